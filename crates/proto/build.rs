@@ -1,0 +1,25 @@
+//! Compiles `proto/sspm/v1/*.proto` with protox (pure Rust, no system `protoc`) and writes
+//! the encoded descriptor set next to the generated code for server reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["common", "request", "authorization", "approval", "ticketing"]
+        .map(|name| root.join(format!("sspm/v1/{name}.proto")));
+
+    let fds = protox::compile(&files, [&root])?;
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("sspm_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+
+    println!("cargo:rerun-if-changed={}", root.display());
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! SSPM's domain rules (DESIGN §1.1–1.2), pure: no I/O, no tonic, no database, no runtime.
+//!
+//! - R1 port ranges: [`PortLimit`], [`PortLimits`]
+//! - R2, R6, R9 and the shape of a change: [`validate_change`]; R3 at apply time: [`reapply`]
+//! - R4 holds by construction: one [`RequestedTargets`] is for one business unit
+//! - R5 (one open request) is enforced by the request service's database; the open states
+//!   are [`RequestState::is_open`]
+//! - R8 daily limits: [`daily`]
+//! - R10 cost: [`monthly_cost_change`]
+//! - R11 temporary changes: [`validate_temporary`], [`revert`]
+//! - the lifecycle: [`lifecycle::next`]
+//!
+//! Every violation is a [`Violation`] naming the rule and the field.
+
+pub mod change;
+pub mod cost;
+pub mod daily;
+pub mod ids;
+pub mod lifecycle;
+pub mod limits;
+pub mod revert;
+pub mod violation;
+
+pub use change::{
+    BusinessUnitFacts, MAX_TEMPORARY_SECONDS, RequestedTargets, Targets, ValidatedChange, reapply, validate_change,
+    validate_temporary,
+};
+pub use cost::{Amount, Price, monthly_cost_change};
+pub use ids::{BusinessUnitId, CaseNumber, ClusterName, InvalidValue, PrincipalId, RequestId, Text};
+pub use lifecycle::{Event, RequestState};
+pub use limits::{PortKind, PortLimit, PortLimits};
+pub use revert::revert;
+pub use violation::{Rule, Violation, ViolationClass, Violations};
