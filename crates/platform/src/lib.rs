@@ -1,0 +1,14 @@
+//! Shared service plumbing for SSPM: configuration, telemetry, the gRPC server and client
+//! builders, bearer tokens, database connection and migrations, and the error model.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod server;
+pub mod telemetry;
+
+pub use auth::{Principal, PrincipalKind, TokenMinter, TokenVerifier, caller};
+pub use config::{ServiceKind, SspmConfig};
+pub use server::ServiceServer;

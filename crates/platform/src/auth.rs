@@ -1,0 +1,373 @@
+//! Bearer tokens (HS256-signed JWTs) and the server layer that authenticates every RPC
+//! except health and reflection.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sspm_rules::PrincipalId;
+use tonic::Status;
+
+use crate::config::AuthConfig;
+
+/// Kind of caller a token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    /// A person.
+    User,
+    /// A service or automation.
+    Service,
+}
+
+/// The authenticated caller of an RPC, put into the request's extensions by [`AuthLayer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The principal id (the token's `sub`).
+    pub id: PrincipalId,
+    /// User or service.
+    pub kind: PrincipalKind,
+    /// The verified bearer token, forwarded on internal calls so the next service sees the
+    /// original principal.
+    token: Arc<str>,
+}
+
+impl Principal {
+    /// The raw token, for forwarding.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+/// The caller of a request, as authenticated by [`AuthLayer`]; UNAUTHENTICATED if absent
+/// (a service mounted without the layer).
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated principal"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    iss: String,
+    aud: String,
+    exp: u64,
+    iat: u64,
+    kind: PrincipalKind,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No `authorization` header.
+    #[error("missing bearer token: send the header `authorization: Bearer <token>`")]
+    Missing,
+    /// The header is not `Bearer <token>`.
+    #[error("malformed authorization header: expected `Bearer <token>`")]
+    Malformed,
+    /// The token expired.
+    #[error("the bearer token has expired")]
+    Expired,
+    /// Bad signature, issuer, audience or shape.
+    #[error("invalid bearer token: {0}")]
+    Invalid(String),
+}
+
+impl From<TokenError> for Status {
+    fn from(e: TokenError) -> Self {
+        Status::unauthenticated(e.to_string())
+    }
+}
+
+/// Verifies tokens with the current key and any previous keys (rotation).
+#[derive(Clone)]
+pub struct TokenVerifier {
+    keys: Arc<[DecodingKey]>,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier").field("keys", &self.keys.len()).finish()
+    }
+}
+
+impl TokenVerifier {
+    /// A verifier for the configured keys, issuer and audience.
+    pub fn new(cfg: &AuthConfig) -> Self {
+        let keys = std::iter::once(&cfg.signing_key)
+            .chain(&cfg.previous_keys)
+            .map(|k| DecodingKey::from_secret(k.as_bytes()))
+            .collect();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[&cfg.issuer]);
+        validation.set_audience(&[&cfg.audience]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.leeway = 30;
+        Self { keys, validation }
+    }
+
+    /// Verifies a raw token.
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let mut last = TokenError::Invalid("no verification key".into());
+        for key in self.keys.iter() {
+            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                Ok(data) => {
+                    let id = PrincipalId::parse(&data.claims.sub)
+                        .map_err(|e| TokenError::Invalid(format!("subject: {e}")))?;
+                    return Ok(Principal {
+                        id,
+                        kind: data.claims.kind,
+                        token: Arc::from(token),
+                    });
+                }
+                // Another key may have signed it: try the next one.
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
+                    last = TokenError::Invalid("signature does not match".into());
+                }
+                Err(e) => {
+                    return Err(match e.kind() {
+                        ErrorKind::ExpiredSignature => TokenError::Expired,
+                        ErrorKind::InvalidAudience => TokenError::Invalid("wrong audience".into()),
+                        ErrorKind::InvalidIssuer => TokenError::Invalid("wrong issuer".into()),
+                        ErrorKind::MissingRequiredClaim(c) => TokenError::Invalid(format!("missing claim {c}")),
+                        _ => TokenError::Invalid("not a valid token".into()),
+                    });
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Verifies the `authorization` header of a request.
+    pub fn verify_headers(&self, headers: &http::HeaderMap) -> Result<Principal, TokenError> {
+        let value = headers.get(http::header::AUTHORIZATION).ok_or(TokenError::Missing)?;
+        let value = value.to_str().map_err(|_| TokenError::Malformed)?;
+        let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(TokenError::Malformed);
+        }
+        self.verify(token.trim())
+    }
+}
+
+/// Mints tokens with the current signing key (development, tests, `sspm token`).
+#[derive(Clone)]
+pub struct TokenMinter {
+    key: EncodingKey,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for TokenMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenMinter").field("issuer", &self.issuer).finish()
+    }
+}
+
+impl TokenMinter {
+    /// A minter for the configured signing key, issuer and audience.
+    pub fn new(cfg: &AuthConfig) -> Self {
+        Self {
+            key: EncodingKey::from_secret(cfg.signing_key.as_bytes()),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+        }
+    }
+
+    /// A token for `subject`, valid for `ttl_seconds`.
+    pub fn mint(&self, subject: &PrincipalId, kind: PrincipalKind, ttl_seconds: u64) -> String {
+        let iat = now();
+        let claims = Claims {
+            sub: subject.to_string(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            exp: iat + ttl_seconds,
+            iat,
+            kind,
+        };
+        // HS256 encoding of a plain struct cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key).unwrap_or_default()
+    }
+}
+
+/// Paths served without a token: health checks and reflection.
+pub fn is_public_path(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+/// Tower layer that authenticates every RPC except [`is_public_path`] ones and puts the
+/// [`Principal`] into the request's extensions; refuses the rest with UNAUTHENTICATED.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    verifier: TokenVerifier,
+}
+
+impl AuthLayer {
+    /// A layer verifying with `verifier`.
+    pub fn new(verifier: TokenVerifier) -> Self {
+        Self { verifier }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            verifier: self.verifier.clone(),
+        }
+    }
+}
+
+/// The service built by [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    verifier: TokenVerifier,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone is ready only after poll_ready; call the instance that was polled.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !is_public_path(req.uri().path()) {
+            match self.verifier.verify_headers(req.headers()) {
+                Ok(principal) => {
+                    tracing::Span::current().record("enduser.id", principal.id.as_str());
+                    req.extensions_mut().insert(principal);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, path = req.uri().path(), "unauthenticated call refused");
+                    return Box::pin(std::future::ready(Ok(Status::from(e).into_http())));
+                }
+            }
+        }
+        Box::pin(inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(key: &str) -> AuthConfig {
+        AuthConfig {
+            signing_key: key.into(),
+            ..AuthConfig::default()
+        }
+    }
+
+    fn alice() -> PrincipalId {
+        PrincipalId::parse("alice@classics.example").unwrap()
+    }
+
+    #[test]
+    fn a_minted_token_verifies_to_its_principal() {
+        let c = AuthConfig::default();
+        let token = TokenMinter::new(&c).mint(&alice(), PrincipalKind::User, 60);
+        let p = TokenVerifier::new(&c).verify(&token).unwrap();
+        assert_eq!(p.id, alice());
+        assert_eq!(p.kind, PrincipalKind::User);
+        assert_eq!(p.token(), token);
+    }
+
+    #[test]
+    fn tokens_of_another_key_issuer_or_audience_are_refused() {
+        let c = AuthConfig::default();
+        let verifier = TokenVerifier::new(&c);
+        let other = cfg("another-key-of-at-least-thirty-two-bytes");
+        let token = TokenMinter::new(&other).mint(&alice(), PrincipalKind::User, 60);
+        assert_eq!(verifier.verify(&token), Err(TokenError::Invalid("signature does not match".into())));
+        let aud = AuthConfig { audience: "other".into(), ..AuthConfig::default() };
+        let token = TokenMinter::new(&aud).mint(&alice(), PrincipalKind::User, 60);
+        assert_eq!(verifier.verify(&token), Err(TokenError::Invalid("wrong audience".into())));
+        assert!(matches!(verifier.verify("garbage"), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let c = AuthConfig::default();
+        let minter = TokenMinter::new(&c);
+        let claims = Claims {
+            sub: "alice".into(),
+            iss: c.issuer.clone(),
+            aud: c.audience.clone(),
+            exp: now() - 120,
+            iat: now() - 180,
+            kind: PrincipalKind::User,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &minter.key).unwrap();
+        assert_eq!(TokenVerifier::new(&c).verify(&token), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn previous_keys_verify_during_rotation() {
+        let old = cfg("the-old-key-of-at-least-thirty-two-bytes");
+        let token = TokenMinter::new(&old).mint(&alice(), PrincipalKind::Service, 60);
+        let rotated = AuthConfig {
+            previous_keys: vec![old.signing_key.clone()],
+            ..cfg("the-new-key-of-at-least-thirty-two-bytes")
+        };
+        assert_eq!(TokenVerifier::new(&rotated).verify(&token).unwrap().kind, PrincipalKind::Service);
+    }
+
+    #[test]
+    fn header_must_be_bearer() {
+        let c = AuthConfig::default();
+        let v = TokenVerifier::new(&c);
+        let mut h = http::HeaderMap::new();
+        assert_eq!(v.verify_headers(&h), Err(TokenError::Missing));
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(v.verify_headers(&h), Err(TokenError::Malformed));
+        let token = TokenMinter::new(&c).mint(&alice(), PrincipalKind::User, 60);
+        h.insert("authorization", format!("bearer {token}").parse().unwrap());
+        assert!(v.verify_headers(&h).is_ok());
+    }
+
+    #[test]
+    fn only_health_and_reflection_are_public() {
+        assert!(is_public_path("/grpc.health.v1.Health/Check"));
+        assert!(is_public_path("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
+        assert!(!is_public_path("/sspm.v1.PortRequestService/GetPortLimits"));
+        assert!(!is_public_path("/grpc.health.v1.HealthX/Check"));
+    }
+}

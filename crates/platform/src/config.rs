@@ -1,0 +1,498 @@
+//! Typed configuration: defaults < file (`sspm.toml`) < environment (`SSPM__...`).
+//!
+//! Environment variables use `__` between the prefix and every level, e.g.
+//! `SSPM__SERVICES__REQUEST__LISTEN=0.0.0.0:50051` or `SSPM__AUTH__SIGNING_KEY=...`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Signing key used when none is configured. Fine on a laptop, refused in production.
+pub const DEV_SIGNING_KEY: &str = "sspm-development-signing-key-do-not-use-in-production";
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or has the wrong shape.
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid {
+        /// The offending key, e.g. `pricing.price_per_concurrent_port`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// How strict the configuration checks are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// Development: the built-in signing key is accepted.
+    #[default]
+    Dev,
+    /// Production: secrets must be configured.
+    Production,
+}
+
+/// The whole system's configuration; each service reads its own section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SspmConfig {
+    /// `dev` or `production`.
+    pub profile: Profile,
+    /// Where the default SQLite databases live.
+    pub data_dir: PathBuf,
+    /// Bearer tokens.
+    pub auth: AuthConfig,
+    /// Listen addresses, endpoints and databases of the four services.
+    pub services: Services,
+    /// Outgoing calls between services.
+    pub clients: ClientConfig,
+    /// Price of a concurrent port (R10).
+    pub pricing: PricingConfig,
+    /// Daily limits (R8).
+    pub daily_limits: DailyLimitsConfig,
+}
+
+/// Bearer-token settings (HS256-signed JWTs).
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The key tokens are signed and verified with; at least 32 bytes.
+    pub signing_key: String,
+    /// Former keys still accepted for verification during a rotation.
+    pub previous_keys: Vec<String>,
+    /// `iss` of minted tokens, required on verified ones.
+    pub issuer: String,
+    /// `aud` of minted tokens, required on verified ones.
+    pub audience: String,
+    /// Lifetime of tokens minted by `sspm token`, in seconds.
+    pub token_ttl_seconds: u64,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    // Never print secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("signing_key", &"<redacted>")
+            .field("previous_keys", &format_args!("<{} redacted>", self.previous_keys.len()))
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("token_ttl_seconds", &self.token_ttl_seconds)
+            .finish()
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            signing_key: DEV_SIGNING_KEY.to_owned(),
+            previous_keys: Vec::new(),
+            issuer: "sspm".to_owned(),
+            audience: "sspm".to_owned(),
+            token_ttl_seconds: 3_600,
+        }
+    }
+}
+
+/// One service's network and storage settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// URL other services use to reach this one; default `http://<listen>` (with
+    /// 127.0.0.1 for an unspecified listen address).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Database URL (`sqlite://...` or `postgres://...`); default a SQLite file
+    /// `<data_dir>/<service>.db`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+}
+
+impl ServiceConfig {
+    fn on_port(port: u16) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            endpoint: None,
+            database_url: None,
+        }
+    }
+
+    /// The URL other services reach this one at.
+    pub fn endpoint(&self) -> String {
+        match &self.endpoint {
+            Some(e) => e.clone(),
+            None => {
+                let mut addr = self.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip([127, 0, 0, 1].into());
+                }
+                format!("http://{addr}")
+            }
+        }
+    }
+}
+
+/// The four services.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Services {
+    /// The request service (port 50051 by default).
+    pub request: ServiceConfig,
+    /// The authorization service (50052).
+    pub authorization: ServiceConfig,
+    /// The approval service (50053).
+    pub approval: ServiceConfig,
+    /// The ticketing service (50054).
+    pub ticketing: ServiceConfig,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self {
+            request: ServiceConfig::on_port(50051),
+            authorization: ServiceConfig::on_port(50052),
+            approval: ServiceConfig::on_port(50053),
+            ticketing: ServiceConfig::on_port(50054),
+        }
+    }
+}
+
+/// Which service a section is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    /// The request service.
+    Request,
+    /// The authorization service.
+    Authorization,
+    /// The approval service.
+    Approval,
+    /// The ticketing service.
+    Ticketing,
+}
+
+impl ServiceKind {
+    /// All four.
+    pub const ALL: [ServiceKind; 4] = [
+        ServiceKind::Request,
+        ServiceKind::Authorization,
+        ServiceKind::Approval,
+        ServiceKind::Ticketing,
+    ];
+
+    /// Short name, e.g. `request`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Request => "request",
+            ServiceKind::Authorization => "authorization",
+            ServiceKind::Approval => "approval",
+            ServiceKind::Ticketing => "ticketing",
+        }
+    }
+}
+
+impl Services {
+    /// The section of one service.
+    pub fn get(&self, kind: ServiceKind) -> &ServiceConfig {
+        match kind {
+            ServiceKind::Request => &self.request,
+            ServiceKind::Authorization => &self.authorization,
+            ServiceKind::Approval => &self.approval,
+            ServiceKind::Ticketing => &self.ticketing,
+        }
+    }
+
+    /// The section of one service, mutably (tests point services at ephemeral ports).
+    pub fn get_mut(&mut self, kind: ServiceKind) -> &mut ServiceConfig {
+        match kind {
+            ServiceKind::Request => &mut self.request,
+            ServiceKind::Authorization => &mut self.authorization,
+            ServiceKind::Approval => &mut self.approval,
+            ServiceKind::Ticketing => &mut self.ticketing,
+        }
+    }
+}
+
+/// Outgoing calls between services.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Deadline of every internal call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Deadline of establishing a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 5_000,
+            connect_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// Price of a concurrent port (R10).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    /// ISO 4217 currency code.
+    pub currency: String,
+    /// Monthly price of one concurrent port, a decimal string such as "12.50".
+    pub price_per_concurrent_port: String,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        Self {
+            currency: "USD".to_owned(),
+            price_per_concurrent_port: "12.50".to_owned(),
+        }
+    }
+}
+
+/// Daily limits (R8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DailyLimitsConfig {
+    /// The default daily limit for clusters without their own, until Network Operations
+    /// sets one through the API.
+    pub default_max_daily_increase: u32,
+    /// Offset of the ledger day from UTC, in minutes (0: UTC days).
+    pub day_utc_offset_minutes: i32,
+}
+
+impl Default for DailyLimitsConfig {
+    fn default() -> Self {
+        Self {
+            default_max_daily_increase: 100,
+            day_utc_offset_minutes: 0,
+        }
+    }
+}
+
+impl Default for SspmConfig {
+    fn default() -> Self {
+        Self {
+            profile: Profile::Dev,
+            data_dir: PathBuf::from("data"),
+            auth: AuthConfig::default(),
+            services: Services::default(),
+            clients: ClientConfig::default(),
+            pricing: PricingConfig::default(),
+            daily_limits: DailyLimitsConfig::default(),
+        }
+    }
+}
+
+impl SspmConfig {
+    /// Loads defaults < `file` (if given; it must exist) < the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, None)
+    }
+
+    /// Like [`SspmConfig::load`], with the environment given as a map (for tests) instead of
+    /// read from the process.
+    pub fn load_from(file: Option<&Path>, env: Option<HashMap<String, String>>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        // Each service's default listen address differs, so a section that sets only some
+        // keys (say `database_url`) needs its default seeded here rather than by serde.
+        let defaults = Services::default();
+        for kind in ServiceKind::ALL {
+            builder = builder.set_default(
+                format!("services.{}.listen", kind.name()),
+                defaults.get(kind).listen.to_string(),
+            )?;
+        }
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let environment = config::Environment::with_prefix("SSPM")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("auth.previous_keys")
+            .try_parsing(true)
+            .source(env);
+        let cfg: SspmConfig = builder.add_source(environment).build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.signing_key.len() < 32 {
+            return Err(invalid("auth.signing_key", "must be at least 32 bytes"));
+        }
+        if let Some(i) = self.auth.previous_keys.iter().position(|k| k.len() < 32) {
+            return Err(invalid(&format!("auth.previous_keys[{i}]"), "must be at least 32 bytes"));
+        }
+        if self.profile == Profile::Production
+            && (self.auth.signing_key == DEV_SIGNING_KEY || self.auth.previous_keys.iter().any(|k| k == DEV_SIGNING_KEY))
+        {
+            return Err(invalid(
+                "auth.signing_key",
+                "the built-in development key is refused in the production profile; set SSPM__AUTH__SIGNING_KEY",
+            ));
+        }
+        if self.auth.issuer.is_empty() || self.auth.audience.is_empty() {
+            return Err(invalid("auth", "issuer and audience must not be empty"));
+        }
+        if self.auth.token_ttl_seconds == 0 {
+            return Err(invalid("auth.token_ttl_seconds", "must be positive"));
+        }
+        self.price()?;
+        if self.daily_limits.default_max_daily_increase > u32::from(sspm_rules::PortLimit::MAX) {
+            return Err(invalid("daily_limits.default_max_daily_increase", "must be 0 to 9999"));
+        }
+        if self.daily_limits.day_utc_offset_minutes.abs() > 14 * 60 {
+            return Err(invalid("daily_limits.day_utc_offset_minutes", "must be within -840..=840"));
+        }
+        if self.clients.timeout_ms == 0 || self.clients.connect_timeout_ms == 0 {
+            return Err(invalid("clients", "timeouts must be positive"));
+        }
+        for kind in ServiceKind::ALL {
+            let svc = self.services.get(kind);
+            let key = format!("services.{}", kind.name());
+            if let Some(url) = &svc.database_url
+                && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            {
+                return Err(invalid(&format!("{key}.database_url"), "must be a sqlite: or postgres:// URL"));
+            }
+            if let Some(e) = &svc.endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                return Err(invalid(&format!("{key}.endpoint"), "must start with http:// or https://"));
+            }
+            for other in ServiceKind::ALL {
+                let o = self.services.get(other);
+                if other != kind && svc.listen.port() != 0 && o.listen == svc.listen {
+                    return Err(invalid(&format!("{key}.listen"), format!("same address as services.{}", other.name())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The price of a concurrent port.
+    pub fn price(&self) -> Result<sspm_rules::Price, ConfigError> {
+        sspm_rules::Price::parse(&self.pricing.currency, &self.pricing.price_per_concurrent_port)
+            .map_err(|e| invalid("pricing", e.0))
+    }
+
+    /// The database URL of a service: its own setting, or a SQLite file in `data_dir`.
+    pub fn database_url(&self, kind: ServiceKind) -> String {
+        match &self.services.get(kind).database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join(format!("{}.db", kind.name())).display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn defaults_run_everything_locally() {
+        let cfg = SspmConfig::load_from(None, env(&[])).unwrap();
+        assert_eq!(cfg.services.request.listen.port(), 50051);
+        assert_eq!(cfg.services.ticketing.endpoint(), "http://127.0.0.1:50054");
+        assert_eq!(cfg.database_url(ServiceKind::Approval), "sqlite://data/approval.db?mode=rwc");
+        assert_eq!(cfg.price().unwrap().micros_per_port(), 12_500_000);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sspm.toml");
+        std::fs::write(
+            &path,
+            r#"
+data_dir = "/var/lib/sspm"
+[services.request]
+listen = "0.0.0.0:7000"
+[pricing]
+price_per_concurrent_port = "3"
+[daily_limits]
+default_max_daily_increase = 40
+"#,
+        )
+        .unwrap();
+        let cfg = SspmConfig::load_from(
+            Some(&path),
+            env(&[
+                ("SSPM__DAILY_LIMITS__DEFAULT_MAX_DAILY_INCREASE", "55"),
+                ("SSPM__SERVICES__APPROVAL__DATABASE_URL", "postgres://db/approval"),
+                ("SSPM__AUTH__PREVIOUS_KEYS", "0123456789abcdef0123456789abcdef,fedcba9876543210fedcba9876543210"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/sspm"));
+        assert_eq!(cfg.services.request.listen.port(), 7000);
+        assert_eq!(cfg.services.request.endpoint(), "http://127.0.0.1:7000");
+        assert_eq!(cfg.services.authorization.listen.port(), 50052, "untouched sections keep defaults");
+        assert_eq!(cfg.pricing.currency, "USD");
+        assert_eq!(cfg.daily_limits.default_max_daily_increase, 55);
+        assert_eq!(cfg.database_url(ServiceKind::Approval), "postgres://db/approval");
+        assert_eq!(cfg.auth.previous_keys.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        let err = SspmConfig::load_from(None, env(&[("SSPM__PRICING__PRICE_PER_CONCURRENT_PORT", "-1")])).unwrap_err();
+        assert!(err.to_string().contains("pricing"), "{err}");
+        let err = SspmConfig::load_from(None, env(&[("SSPM__AUTH__SIGNING_KEY", "short")])).unwrap_err();
+        assert!(err.to_string().contains("auth.signing_key"), "{err}");
+        let err = SspmConfig::load_from(None, env(&[("SSPM__SERVICES__TICKETING__LISTEN", "127.0.0.1:50051")])).unwrap_err();
+        assert!(err.to_string().contains("same address"), "{err}");
+        let err = SspmConfig::load_from(None, env(&[("SSPM__SERVICES__REQUEST__LISTEN", "not-an-address")])).unwrap_err();
+        assert!(matches!(err, ConfigError::Load(_)), "{err}");
+        let err = SspmConfig::load_from(None, env(&[("SSPM__SERVICES__REQUEST__DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert!(err.to_string().contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sspm.toml");
+        std::fs::write(&path, "[pricing]\nprice = \"3\"\n").unwrap();
+        let err = SspmConfig::load_from(Some(&path), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("price"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_the_development_key() {
+        let err = SspmConfig::load_from(None, env(&[("SSPM__PROFILE", "production")])).unwrap_err();
+        assert!(err.to_string().contains("development key"), "{err}");
+        let ok = SspmConfig::load_from(
+            None,
+            env(&[("SSPM__PROFILE", "production"), ("SSPM__AUTH__SIGNING_KEY", "a-real-secret-of-at-least-32-bytes!!")]),
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let cfg = SspmConfig::default();
+        assert!(!format!("{cfg:?}").contains(DEV_SIGNING_KEY));
+    }
+}

@@ -1,0 +1,127 @@
+//! Database connection by URL (SQLite file or PostgreSQL), migrations at start-up, and the
+//! one place where database error codes are translated.
+
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr, SqlErr};
+use sea_orm_migration::MigratorTrait;
+
+/// Connects to `url`: `sqlite://path/file.db?mode=rwc` (the directory is created, WAL and a
+/// busy timeout are enabled) or `postgres://user@host/db`.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10));
+    if let Some(path) = sqlite_path(url) {
+        if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DbErr::Custom(format!("cannot create database directory {}: {e}", dir.display())))?;
+        }
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    } else {
+        opts.max_connections(16).min_connections(1);
+    }
+    Database::connect(opts).await
+}
+
+/// Connects and applies every pending migration of `M`.
+pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let db = connect(url).await?;
+    M::up(&db, None).await?;
+    Ok(db)
+}
+
+/// The file path of a SQLite URL; `None` for other URLs and in-memory databases.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
+/// What a database error means to the code that got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// A unique constraint (or unique index) rejected the write.
+    UniqueViolation,
+    /// A foreign key rejected the write.
+    ForeignKeyViolation,
+    /// The transaction lost a race (serialization failure, deadlock, SQLite busy/locked):
+    /// retrying it can succeed.
+    Conflict,
+    /// The database is unreachable (connection refused, pool timeout).
+    Unavailable,
+    /// Anything else: a bug or a broken database.
+    Other,
+}
+
+/// Translates a database error, the same way for SQLite and PostgreSQL.
+pub fn classify(err: &DbErr) -> DbErrorKind {
+    match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => return DbErrorKind::UniqueViolation,
+        Some(SqlErr::ForeignKeyConstraintViolation(_)) => return DbErrorKind::ForeignKeyViolation,
+        _ => {}
+    }
+    let sqlx = match err {
+        DbErr::Conn(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return DbErrorKind::Unavailable,
+        _ => return DbErrorKind::Other,
+    };
+    use sea_orm::sqlx::Error as E;
+    match sqlx.as_ref() {
+        E::Database(db) => match db.code().as_deref() {
+            // PostgreSQL: serialization_failure, deadlock_detected
+            Some("40001" | "40P01") => DbErrorKind::Conflict,
+            // PostgreSQL: admin_shutdown, crash_shutdown, cannot_connect_now
+            Some("57P01" | "57P02" | "57P03") => DbErrorKind::Unavailable,
+            // SQLite: SQLITE_BUSY, SQLITE_LOCKED and their extended codes
+            Some(c) if c == "5" || c == "6" || c.parse::<u32>().is_ok_and(|n| n & 0xff == 5 || n & 0xff == 6) => {
+                DbErrorKind::Conflict
+            }
+            _ => DbErrorKind::Other,
+        },
+        E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::Tls(_) => DbErrorKind::Unavailable,
+        _ => DbErrorKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, Statement};
+
+    use super::*;
+
+    #[test]
+    fn sqlite_paths_are_found_in_urls() {
+        assert_eq!(sqlite_path("sqlite://data/request.db?mode=rwc"), Some("data/request.db"));
+        assert_eq!(sqlite_path("sqlite:/tmp/x.db"), Some("/tmp/x.db"));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://localhost/request"), None);
+    }
+
+    #[tokio::test]
+    async fn sqlite_files_are_created_in_wal_mode_and_unique_violations_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/nested/dir/t.db?mode=rwc", dir.path().display());
+        let db = connect(&url).await.unwrap();
+        assert!(dir.path().join("nested/dir/t.db").exists());
+        let mode = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), "PRAGMA journal_mode"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(mode.try_get_by_index::<String>(0).unwrap(), "wal");
+        db.execute_unprepared("CREATE TABLE t (k TEXT PRIMARY KEY)").await.unwrap();
+        db.execute_unprepared("INSERT INTO t VALUES ('a')").await.unwrap();
+        let err = db.execute_unprepared("INSERT INTO t VALUES ('a')").await.unwrap_err();
+        assert_eq!(classify(&err), DbErrorKind::UniqueViolation);
+        let err = db.execute_unprepared("SELECT * FROM missing").await.unwrap_err();
+        assert_eq!(classify(&err), DbErrorKind::Other);
+    }
+}

@@ -1,0 +1,165 @@
+//! Mapping of rule violations and service errors to gRPC statuses with rich details
+//! (google.rpc `BadRequest`, `PreconditionFailure`, `ErrorInfo`), exactly as DESIGN §2.2 says.
+
+use std::collections::HashMap;
+
+use sea_orm::DbErr;
+use sspm_rules::{Violation, ViolationClass, Violations};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::db::{DbErrorKind, classify};
+
+/// `ErrorInfo.domain` of every SSPM error.
+pub const ERROR_DOMAIN: &str = "sspm.v1";
+
+/// INVALID_ARGUMENT with a `BadRequest` field violation per violation, or
+/// FAILED_PRECONDITION with a `PreconditionFailure` (type = the rule, subject = the field);
+/// both with an `ErrorInfo` naming the first violation's rule and field.
+pub fn violations(v: &Violations) -> Status {
+    let first = v.first();
+    let mut details = ErrorDetails::new();
+    let metadata = HashMap::from([
+        ("rule".to_owned(), first.rule.code().to_owned()),
+        ("field".to_owned(), first.field.clone()),
+    ]);
+    details.set_error_info(first.rule.reason(), ERROR_DOMAIN, metadata);
+    let code = match v.class() {
+        ViolationClass::InvalidArgument => {
+            for x in v.as_slice() {
+                details.add_bad_request_violation(x.field.clone(), format!("{}: {}", x.rule.code(), x.message));
+            }
+            Code::InvalidArgument
+        }
+        ViolationClass::FailedPrecondition => {
+            for x in v.as_slice() {
+                details.add_precondition_failure_violation(x.rule.code(), x.field.clone(), x.message.clone());
+            }
+            Code::FailedPrecondition
+        }
+    };
+    Status::with_error_details(code, v.to_string(), details)
+}
+
+/// [`violations`] of a single violation.
+pub fn violation(v: Violation) -> Status {
+    violations(&Violations::from(v))
+}
+
+/// NOT_FOUND for an unknown id, or one the caller may not see (never reveal which).
+pub fn not_found(what: &str, id: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info("NOT_FOUND", ERROR_DOMAIN, HashMap::from([("resource".to_owned(), what.to_owned())]));
+    details.set_resource_info(what, id, "", format!("no {what} {id:?} that you may see"));
+    Status::with_error_details(Code::NotFound, format!("{what} {id:?} not found"), details)
+}
+
+/// PERMISSION_DENIED, naming the missing permissions.
+pub fn permission_denied(message: impl Into<String>, missing: &[&str]) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        "PERMISSION_DENIED",
+        ERROR_DOMAIN,
+        HashMap::from([("missing_permissions".to_owned(), missing.join(","))]),
+    );
+    Status::with_error_details(Code::PermissionDenied, message, details)
+}
+
+/// UNAVAILABLE: a dependency (another service, the database) cannot be reached; retrying
+/// the same call later can succeed.
+pub fn unavailable(dependency: &str, message: impl std::fmt::Display) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        "DEPENDENCY_UNAVAILABLE",
+        ERROR_DOMAIN,
+        HashMap::from([("dependency".to_owned(), dependency.to_owned())]),
+    );
+    details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+    Status::with_error_details(Code::Unavailable, format!("{dependency} is unavailable: {message}"), details)
+}
+
+/// INTERNAL: logs the error with its cause chain once, returns nothing of it to the caller.
+pub fn internal(context: &str, err: &(dyn std::error::Error + 'static)) -> Status {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    tracing::error!(context, error = %chain, "internal error");
+    Status::internal(format!("internal error while {context}"))
+}
+
+/// A database error as a status: UNAVAILABLE when the database is down, ABORTED when the
+/// transaction lost a race (retry), INTERNAL otherwise. Unique violations that mean
+/// something to the caller must be translated by the service before calling this.
+pub fn database(context: &str, err: &DbErr) -> Status {
+    match classify(err) {
+        DbErrorKind::Unavailable => unavailable("database", "cannot reach the database"),
+        DbErrorKind::Conflict => Status::aborted(format!("concurrent update while {context}; retry")),
+        DbErrorKind::UniqueViolation | DbErrorKind::ForeignKeyViolation | DbErrorKind::Other => internal(context, err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sspm_rules::{Rule, Violation};
+
+    use super::*;
+
+    /// Sends the status through the HTTP/2 trailers encoding a client decodes.
+    fn over_the_wire(s: Status) -> Status {
+        let response = s.into_http::<()>();
+        Status::from_header_map(response.headers()).expect("status headers")
+    }
+
+    #[test]
+    fn invalid_arguments_carry_bad_request_and_error_info() {
+        let v = Violations::new(vec![
+            Violation::new(Rule::R1PortRange, "targets.concurrent", "10000 exceeds the maximum of 9999 ports"),
+            Violation::new(Rule::R1PortRange, "targets.outbound", "-1 is negative"),
+        ]);
+        let s = over_the_wire(violations(&v));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let d = s.get_error_details();
+        let fields: Vec<_> = d.bad_request().unwrap().field_violations.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["targets.concurrent", "targets.outbound"]);
+        let info = d.error_info().unwrap();
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("R1_PORT_RANGE", ERROR_DOMAIN));
+        assert_eq!(info.metadata["field"], "targets.concurrent");
+    }
+
+    #[test]
+    fn rule_violations_of_state_are_failed_preconditions() {
+        let s = over_the_wire(violation(Violation::new(
+            Rule::R2PersonalConnection,
+            "targets.concurrent",
+            "with personal connection, outbound ports (80) may not exceed concurrent ports (70)",
+        )));
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let d = s.get_error_details();
+        let p = &d.precondition_failure().unwrap().violations[0];
+        assert_eq!((p.r#type.as_str(), p.subject.as_str()), ("R2", "targets.concurrent"));
+        assert_eq!(d.error_info().unwrap().metadata["rule"], "R2");
+        assert!(d.bad_request().is_none());
+    }
+
+    #[test]
+    fn not_found_and_permission_denied_have_reasons() {
+        let s = over_the_wire(not_found("business unit", "bu-9"));
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "NOT_FOUND");
+        let s = over_the_wire(permission_denied("missing permission", &["PORT_MANAGEMENT_CREATE"]));
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.get_error_details().error_info().unwrap().metadata["missing_permissions"], "PORT_MANAGEMENT_CREATE");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak() {
+        let err = std::io::Error::other("password=hunter2 at db.internal");
+        let s = internal("loading limits", &err);
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("hunter2"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The server every SSPM service runs: health, reflection (v1 and v1alpha), a span per RPC
+//! whose parent comes from the caller's `traceparent`, bearer-token authentication, a
+//! pre-bound listener, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use opentelemetry::global;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::auth::{AuthLayer, TokenVerifier};
+use crate::telemetry::HeaderExtractor;
+
+/// Builds and runs one service's gRPC server.
+pub struct ServiceServer {
+    name: &'static str,
+    listener: TcpListener,
+    verifier: TokenVerifier,
+    routes: RoutesBuilder,
+    services: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for ServiceServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceServer")
+            .field("name", &self.name)
+            .field("services", &self.services)
+            .finish()
+    }
+}
+
+/// Binds a listener (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+impl ServiceServer {
+    /// A server named `name` (for logs) on an already bound listener.
+    pub fn new(name: &'static str, listener: TcpListener, verifier: TokenVerifier) -> Self {
+        Self {
+            name,
+            listener,
+            verifier,
+            routes: RoutesBuilder::default(),
+            services: Vec::new(),
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Adds a gRPC service; health reports it SERVING while the server runs.
+    pub fn add_service<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(svc);
+        self.services.push(S::NAME);
+        self
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, reports NOT_SERVING and
+    /// lets in-flight calls finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in &self.services {
+            reporter.set_service_status(*name, ServingStatus::Serving).await;
+        }
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sspm_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let mut reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sspm_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        // List only what this server serves, not every service in the descriptor set.
+        for name in self.services.iter().copied().chain(["grpc.health.v1.Health"]) {
+            reflection = reflection.with_service_name(name);
+            reflection_alpha = reflection_alpha.with_service_name(name);
+        }
+        let mut routes = self.routes;
+        routes
+            .add_service(health)
+            .add_service(reflection.build_v1()?)
+            .add_service(reflection_alpha.build_v1alpha()?);
+
+        let addr = self.listener.local_addr()?;
+        tracing::info!(service = self.name, %addr, services = ?self.services, "serving");
+        let name = self.name;
+        let shutdown_reporter = reporter.clone();
+        let services = self.services.clone();
+        let shutdown = async move {
+            shutdown.await;
+            for s in services {
+                shutdown_reporter.set_service_status(s, ServingStatus::NotServing).await;
+            }
+            tracing::info!(service = name, "shutting down: no new calls, finishing in-flight ones");
+        };
+        tonic::transport::Server::builder()
+            .trace_fn(rpc_span)
+            .layer(AuthLayer::new(self.verifier))
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await?;
+        tracing::info!(service = name, "stopped");
+        Ok(())
+    }
+}
+
+/// The server span of one RPC, named `package.Service/Method`, child of the caller's span.
+fn rpc_span(req: &http::Request<()>) -> tracing::Span {
+    let path = req.uri().path().trim_start_matches('/');
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    let span = if crate::auth::is_public_path(req.uri().path()) {
+        // Probes and reflection: not worth a trace each.
+        tracing::debug_span!("grpc", otel.name = %path, otel.kind = "server", rpc.system = "grpc", rpc.service = %service, rpc.method = %method)
+    } else {
+        tracing::info_span!(
+            "grpc",
+            otel.name = %path,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            enduser.id = tracing::field::Empty,
+        )
+    };
+    let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
+    // Fails only if the span was entered already; it was just created.
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
