@@ -1,6 +1,7 @@
 //! Shared service plumbing for SSPM: configuration, telemetry, the gRPC server and client
 //! builders, bearer tokens, database connection and migrations, and the error model.
 
+pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -8,7 +9,10 @@ pub mod db;
 pub mod error;
 pub mod server;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
+pub use app::ServiceApp;
 pub use auth::{Principal, PrincipalKind, TokenMinter, TokenVerifier, caller};
 pub use config::{ServiceKind, SspmConfig};
 pub use server::ServiceServer;

@@ -23,6 +23,7 @@ pub struct ServiceServer {
     verifier: TokenVerifier,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
+    listed: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for ServiceServer {
@@ -48,7 +49,18 @@ impl ServiceServer {
             verifier,
             routes: RoutesBuilder::default(),
             services: Vec::new(),
+            listed: Vec::new(),
         }
+    }
+
+    /// Lists the API `name` in reflection (`grpcurl list`), so callers can discover and
+    /// describe it. Services whose handlers are routed with [`ServiceServer::add_service`]
+    /// are listed anyway.
+    pub fn advertise(mut self, name: &'static str) -> Self {
+        if !self.listed.contains(&name) {
+            self.listed.push(name);
+        }
+        self
     }
 
     /// The address the server listens on.
@@ -72,7 +84,7 @@ impl ServiceServer {
     {
         self.routes.add_service(svc);
         self.services.push(S::NAME);
-        self
+        self.advertise(S::NAME)
     }
 
     /// Serves until `shutdown` completes, then stops accepting, reports NOT_SERVING and
@@ -89,7 +101,7 @@ impl ServiceServer {
             .register_encoded_file_descriptor_set(sspm_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
         // List only what this server serves, not every service in the descriptor set.
-        for name in self.services.iter().copied().chain(["grpc.health.v1.Health"]) {
+        for name in self.listed.iter().copied().chain(["grpc.health.v1.Health"]) {
             reflection = reflection.with_service_name(name);
             reflection_alpha = reflection_alpha.with_service_name(name);
         }

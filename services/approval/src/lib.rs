@@ -1,0 +1,71 @@
+//! The approval service: daily limits set by Network Operations, the exact ledger of
+//! automatic approvals, approval tasks for human review and the durable decision log.
+//!
+//! It owns its database (schema in [`migration`]) and serves `sspm.v1.ApprovalService`.
+
+pub mod migration;
+
+use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
+use tokio::net::TcpListener;
+
+/// Connects and migrates the approval service's database and binds its listener.
+pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow::Result<ServiceApp> {
+    ServiceApp::prepare::<migration::Migrator>(
+        ServiceKind::Approval,
+        sspm_proto::service_names::APPROVAL,
+        &config,
+        listener,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use sea_orm::ConnectionTrait;
+    use sspm_platform::db::{DbErrorKind, classify, connect_and_migrate};
+    use sspm_platform::testing;
+
+    use crate::migration::Migrator;
+
+    /// One reservation per request, one task per request, one decision per task, and a
+    /// ledger total that cannot go negative.
+    async fn ledger_and_decisions_are_unique(url: &str) {
+        let db = connect_and_migrate::<Migrator>(url).await.unwrap();
+        let reserve = "INSERT INTO ledger_reservations VALUES ('r1', 20514, 'C14', 'bu-1', 20, 1, NULL)";
+        db.execute_unprepared(reserve).await.unwrap();
+        let err = db.execute_unprepared(reserve).await.unwrap_err();
+        assert_eq!(classify(&err), DbErrorKind::UniqueViolation, "{err}");
+        let err = db
+            .execute_unprepared("INSERT INTO ledger_totals VALUES (20514, 'CLUSTER', 'C14', -1)")
+            .await
+            .unwrap_err();
+        assert_eq!(classify(&err), DbErrorKind::Other, "check constraint: {err}");
+        let task = |id: &str| {
+            format!(
+                "INSERT INTO approval_tasks (task_id, request_id, business_unit_id, cluster, requester, case_number, \
+                 before_concurrent, before_outbound, before_agentless, target_concurrent, justification, \
+                 cost_change_micros, currency, state, create_time) \
+                 VALUES ('{id}', 'r1', 'bu-1', 'C14', 'alice', '00001001', 100, 0, 0, 900, 'peak', 1, 'USD', 'PENDING', 1)"
+            )
+        };
+        db.execute_unprepared(&task("t1")).await.unwrap();
+        let err = db.execute_unprepared(&task("t2")).await.unwrap_err();
+        assert_eq!(classify(&err), DbErrorKind::UniqueViolation, "one task per request: {err}");
+        let decide = "INSERT INTO decision_events (task_id, request_id, approved, decided_by, reason, decide_time) \
+                      VALUES ('t1', 'r1', true, 'netops', 'ok', 2)";
+        db.execute_unprepared(decide).await.unwrap();
+        let err = db.execute_unprepared(decide).await.unwrap_err();
+        assert_eq!(classify(&err), DbErrorKind::UniqueViolation, "one decision per task: {err}");
+    }
+
+    #[tokio::test]
+    async fn ledger_constraints_on_sqlite() {
+        ledger_and_decisions_are_unique(&testing::fresh_sqlite().url).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
+    async fn ledger_constraints_on_postgres() {
+        ledger_and_decisions_are_unique(&testing::fresh_postgres("approval").await.url).await;
+    }
+}

@@ -1,0 +1,63 @@
+//! The ticketing service: support cases with Salesforce-style case numbers, comments,
+//! status and resolution.
+//!
+//! It owns its database (schema in [`migration`]) and serves `sspm.v1.TicketingService`.
+
+pub mod migration;
+
+use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
+use tokio::net::TcpListener;
+
+/// Connects and migrates the ticketing service's database and binds its listener.
+pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow::Result<ServiceApp> {
+    ServiceApp::prepare::<migration::Migrator>(
+        ServiceKind::Ticketing,
+        sspm_proto::service_names::TICKETING,
+        &config,
+        listener,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use sea_orm::ConnectionTrait;
+    use sspm_platform::db::{DbErrorKind, classify, connect_and_migrate};
+    use sspm_platform::testing;
+
+    use crate::migration::Migrator;
+
+    /// Case numbers and external references are unique: opening a case twice for one
+    /// request cannot create two cases.
+    async fn case_numbers_and_references_are_unique(url: &str) {
+        let db = connect_and_migrate::<Migrator>(url).await.unwrap();
+        let open = |number: &str, reference: &str| {
+            format!(
+                "INSERT INTO cases (case_number, external_reference, subject, description, business_unit_id, \
+                 requester, status, create_time, update_time) \
+                 VALUES ('{number}', '{reference}', 's', 'd', 'bu-1', 'alice', 'NEW', 1, 1)"
+            )
+        };
+        db.execute_unprepared(&open("00001000", "r1")).await.unwrap();
+        let err = db.execute_unprepared(&open("00001001", "r1")).await.unwrap_err();
+        assert_eq!(classify(&err), DbErrorKind::UniqueViolation, "{err}");
+        let err = db.execute_unprepared(&open("00001000", "r2")).await.unwrap_err();
+        assert_eq!(classify(&err), DbErrorKind::UniqueViolation, "{err}");
+        let err = db
+            .execute_unprepared("INSERT INTO case_comments (case_id, author, body, create_time) VALUES (999, 'a', 'b', 1)")
+            .await
+            .unwrap_err();
+        assert_eq!(classify(&err), DbErrorKind::ForeignKeyViolation, "{err}");
+    }
+
+    #[tokio::test]
+    async fn case_constraints_on_sqlite() {
+        case_numbers_and_references_are_unique(&testing::fresh_sqlite().url).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
+    async fn case_constraints_on_postgres() {
+        case_numbers_and_references_are_unique(&testing::fresh_postgres("ticketing").await.url).await;
+    }
+}

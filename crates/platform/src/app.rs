@@ -1,0 +1,142 @@
+//! What every service binary does: load config, init telemetry, connect and migrate its
+//! database, bind, serve until SIGTERM/SIGINT. Services supply only their migrations and
+//! gRPC handlers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use sea_orm::DatabaseConnection;
+use sea_orm_migration::MigratorTrait;
+use tokio::net::TcpListener;
+
+use crate::auth::TokenVerifier;
+use crate::config::{ServiceKind, SspmConfig};
+use crate::server::{ServiceServer, bind, shutdown_signal};
+
+/// A service that is connected, migrated and bound, ready to serve.
+#[derive(Debug)]
+pub struct ServiceApp {
+    /// Which service.
+    pub kind: ServiceKind,
+    /// Its database.
+    pub db: DatabaseConnection,
+    server: ServiceServer,
+}
+
+impl ServiceApp {
+    /// Connects the service's database (running migrations `M`), binds `listener` or the
+    /// configured address, and prepares a server that lists `api` in reflection.
+    pub async fn prepare<M: MigratorTrait>(
+        kind: ServiceKind,
+        api: &'static str,
+        config: &SspmConfig,
+        listener: Option<TcpListener>,
+    ) -> anyhow::Result<Self> {
+        let url = config.database_url(kind);
+        let db = crate::db::connect_and_migrate::<M>(&url)
+            .await
+            .map_err(|e| anyhow::anyhow!("{} service: database: {e}", kind.name()))?;
+        let listener = match listener {
+            Some(l) => l,
+            None => {
+                let addr = config.services.get(kind).listen;
+                bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{} service: cannot listen on {addr}: {e}", kind.name()))?
+            }
+        };
+        let server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(&config.auth)).advertise(api);
+        Ok(Self { kind, db, server })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// Adds handlers to the server (see [`ServiceServer::add_service`]).
+    pub fn map_server(mut self, f: impl FnOnce(ServiceServer) -> ServiceServer) -> Self {
+        self.server = f(self.server);
+        self
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls and closes the database.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let result = self.server.serve(shutdown).await;
+        if let Err(e) = self.db.close().await {
+            tracing::warn!(service = self.kind.name(), error = %e, "database did not close cleanly");
+        }
+        result
+    }
+}
+
+/// Command-line arguments every service binary takes.
+#[derive(Debug, Default)]
+pub struct Args {
+    /// `--config <path>` (or `SSPM_CONFIG`): the TOML file.
+    pub config: Option<PathBuf>,
+}
+
+/// The usage line of a service binary.
+pub fn usage(binary: &str) -> String {
+    format!(
+        "usage: {binary} [--config <sspm.toml>]\n\nConfiguration: defaults < the file (or $SSPM_CONFIG) < SSPM__* environment variables.\nSee the README for every key."
+    )
+}
+
+/// Parses `--config <path>` / `--config=<path>`; `SSPM_CONFIG` when absent.
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut out = Args::default();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => out.config = Some(it.next().ok_or("--config needs a path")?.into()),
+            s if s.starts_with("--config=") => out.config = Some(s["--config=".len()..].into()),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    if out.config.is_none() {
+        out.config = std::env::var_os("SSPM_CONFIG").map(PathBuf::from);
+    }
+    Ok(out)
+}
+
+/// The whole `main` of a service binary.
+pub async fn run_service<F, Fut>(kind: ServiceKind, build: F) -> anyhow::Result<()>
+where
+    F: FnOnce(SspmConfig, Option<TcpListener>) -> Fut,
+    Fut: Future<Output = anyhow::Result<ServiceApp>>,
+{
+    let binary = format!("sspm-{}", kind.name());
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.iter().any(|a| a == "--help" || a == "-h") {
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{}", usage(&binary));
+        }
+        return Ok(());
+    }
+    let args = parse_args(raw).map_err(|e| anyhow::anyhow!("{e}\n{}", usage(&binary)))?;
+    let config = SspmConfig::load(args.config.as_deref())?;
+    let _telemetry = crate::telemetry::init(&binary)?;
+    let app = build(config, None).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<Args, String> {
+        parse_args(a.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn config_path_is_taken_from_the_flag() {
+        assert_eq!(args(&["--config", "x.toml"]).unwrap().config, Some("x.toml".into()));
+        assert_eq!(args(&["--config=y.toml"]).unwrap().config, Some("y.toml".into()));
+        assert!(args(&["--config"]).is_err());
+        assert!(args(&["serve"]).is_err());
+    }
+}

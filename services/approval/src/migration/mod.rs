@@ -1,0 +1,18 @@
+//! The approval service's schema: daily limits, the ledger of automatic approvals (one
+//! reservation per request, running totals per day and scope), approval tasks (one per
+//! request) and the durable decision log whose auto-increment id is the feed cursor.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_approval;
+
+/// Applies the approval service's migrations.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_approval::Migration)]
+    }
+}

@@ -1,0 +1,18 @@
+//! The request service's schema: port limits per business unit, change requests with their
+//! history, and the decision-feed cursor. R5 (one open request per business unit) and the
+//! idempotency key (`request_id`) are constraints, so they hold with any number of replicas.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_requests;
+
+/// Applies the request service's migrations.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_requests::Migration)]
+    }
+}

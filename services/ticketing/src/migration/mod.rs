@@ -1,0 +1,17 @@
+//! The ticketing service's schema: cases with unique Salesforce-style numbers and unique
+//! external references (idempotent open), and their comments.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_cases;
+
+/// Applies the ticketing service's migrations.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_cases::Migration)]
+    }
+}
