@@ -1,1 +1,73 @@
-fn main() {}
+//! `sspm`: run every SSPM service in one process, and operator commands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sspm_platform::{PrincipalKind, SspmConfig, TokenMinter};
+
+#[derive(Debug, Parser)]
+#[command(name = "sspm", version, about = "SSPM — Self-Service Port Management")]
+struct Cli {
+    /// Configuration file (TOML); `SSPM__*` environment variables override it.
+    #[arg(long, short, global = true, env = "SSPM_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run all four services (request, authorization, approval, ticketing) in this process,
+    /// on SQLite files under the data directory unless configured otherwise.
+    Up {
+        /// Directory of the SQLite databases (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Mint a bearer token signed with the configured key (development and tests).
+    Token {
+        /// The principal id (the token's subject), e.g. alice@classics.example.
+        #[arg(long)]
+        principal: String,
+        /// Kind of principal.
+        #[arg(long, value_enum, default_value_t = Kind::User)]
+        kind: Kind,
+        /// Lifetime in seconds (default: auth.token_ttl_seconds).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    User,
+    Service,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = SspmConfig::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Up { data_dir } => {
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            let _telemetry = sspm_platform::telemetry::init("sspm")?;
+            sspm_cli::up(config, sspm_platform::server::shutdown_signal()).await
+        }
+        Command::Token { principal, kind, ttl } => {
+            let id = sspm_platform::auth::parse_principal(&principal)?;
+            let kind = match kind {
+                Kind::User => PrincipalKind::User,
+                Kind::Service => PrincipalKind::Service,
+            };
+            let token = TokenMinter::new(&config.auth).mint(&id, kind, ttl.unwrap_or(config.auth.token_ttl_seconds));
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{token}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -44,6 +44,11 @@ impl Principal {
     }
 }
 
+/// Validates a principal id given on a command line or in config.
+pub fn parse_principal(raw: &str) -> anyhow::Result<PrincipalId> {
+    PrincipalId::parse(raw).map_err(|e| anyhow::anyhow!("invalid principal: {e}"))
+}
+
 /// The caller of a request, as authenticated by [`AuthLayer`]; UNAUTHENTICATED if absent
 /// (a service mounted without the layer).
 pub fn caller<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {

@@ -112,7 +112,7 @@ impl ServiceServer {
             .add_service(reflection_alpha.build_v1alpha()?);
 
         let addr = self.listener.local_addr()?;
-        tracing::info!(service = self.name, %addr, services = ?self.services, "serving");
+        tracing::info!(service = self.name, %addr, apis = ?self.listed, "serving");
         let name = self.name;
         let shutdown_reporter = reporter.clone();
         let services = self.services.clone();

@@ -48,7 +48,10 @@ pub fn init(service_name: &str) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter);
 
     let provider = if otlp_configured() {
         let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
