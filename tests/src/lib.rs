@@ -1,0 +1,160 @@
+//! The end-to-end test harness: the four real services, in-process, on ephemeral ports, each
+//! with a fresh database (SQLite files, or PostgreSQL databases for the PostgreSQL variants).
+//!
+//! Listeners are bound first and handed to the services (no port races); the harness waits
+//! until every service reports SERVING and shuts the system down explicitly.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sspm_platform::client::{InternalChannel, connect_lazy};
+use sspm_platform::testing::{self, TestDatabase};
+use sspm_platform::{PrincipalKind, ServiceKind, SspmConfig, TokenMinter};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Which database the services use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file per service in a temporary directory.
+    Sqlite,
+    /// A fresh PostgreSQL database per service on `SSPM_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+/// The running system.
+#[derive(Debug)]
+pub struct TestSystem {
+    /// The configuration the services run with.
+    pub config: SspmConfig,
+    addrs: HashMap<ServiceKind, SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    running: Option<JoinHandle<anyhow::Result<()>>>,
+    _databases: Vec<TestDatabase>,
+}
+
+/// Initialises test logging once; silent unless `TEST_LOG` is set (then `RUST_LOG` filters).
+pub fn init_test_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        sspm_platform::telemetry::install_propagator();
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+impl TestSystem {
+    /// Starts the four services and waits until each reports SERVING.
+    pub async fn start(backend: Backend) -> Self {
+        init_test_logging();
+        let mut config = SspmConfig::default();
+        let mut listeners = HashMap::new();
+        let mut addrs = HashMap::new();
+        let mut databases = Vec::new();
+        for kind in ServiceKind::ALL {
+            let listener = sspm_platform::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await
+                .expect("bind an ephemeral port");
+            let addr = listener.local_addr().expect("local address");
+            let db = match backend {
+                Backend::Sqlite => testing::fresh_sqlite(),
+                Backend::Postgres => testing::fresh_postgres(kind.name()).await,
+            };
+            let svc = config.services.get_mut(kind);
+            svc.listen = addr;
+            svc.endpoint = Some(format!("http://{addr}"));
+            svc.database_url = Some(db.url.clone());
+            databases.push(db);
+            listeners.insert(kind, listener);
+            addrs.insert(kind, addr);
+        }
+        config.validate().expect("test configuration is valid");
+        let apps = sspm_cli::build_all(&config, listeners).await.expect("services start");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(sspm_cli::run_all(apps, async {
+            let _ = stopped.await;
+        }));
+        let system = Self {
+            config,
+            addrs,
+            stop: Some(stop),
+            running: Some(running),
+            _databases: databases,
+        };
+        for kind in ServiceKind::ALL {
+            system.wait_until_serving(kind).await;
+        }
+        system
+    }
+
+    /// The address of one service.
+    pub fn addr(&self, kind: ServiceKind) -> SocketAddr {
+        self.addrs[&kind]
+    }
+
+    /// A channel to one service, as another service would open it.
+    pub fn channel(&self, kind: ServiceKind) -> InternalChannel {
+        connect_lazy(&format!("http://{}", self.addr(kind)), &self.config.clients).expect("channel")
+    }
+
+    /// A bearer token for `principal`, signed with the system's key.
+    pub fn token(&self, principal: &str) -> String {
+        let id = sspm_platform::auth::parse_principal(principal).expect("valid principal id");
+        TokenMinter::new(&self.config.auth).mint(&id, PrincipalKind::User, 600)
+    }
+
+    /// A request carrying `principal`'s bearer token.
+    pub fn authed<T>(&self, principal: &str, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        let value = format!("Bearer {}", self.token(principal))
+            .parse()
+            .expect("header value");
+        req.metadata_mut().insert("authorization", value);
+        req
+    }
+
+    async fn wait_until_serving(&self, kind: ServiceKind) {
+        let mut health = HealthClient::new(self.channel(kind));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = health.check(HealthCheckRequest { service: String::new() }).await;
+            match answer {
+                Ok(r) if r.get_ref().status() == ServingStatus::Serving => return,
+                other if tokio::time::Instant::now() > deadline => {
+                    panic!("{} service not serving after 10 s: {other:?}", kind.name())
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Stops every service (graceful: in-flight calls finish) and returns how they ended.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.running.take() {
+            Some(running) => tokio::time::timeout(Duration::from_secs(10), running)
+                .await
+                .map_err(|_| anyhow::anyhow!("services did not stop within 10 s"))??,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestSystem {
+    fn drop(&mut self) {
+        // A test that panicked before shutdown: stop the services anyway.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

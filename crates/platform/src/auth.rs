@@ -321,10 +321,19 @@ mod tests {
         let verifier = TokenVerifier::new(&c);
         let other = cfg("another-key-of-at-least-thirty-two-bytes");
         let token = TokenMinter::new(&other).mint(&alice(), PrincipalKind::User, 60);
-        assert_eq!(verifier.verify(&token), Err(TokenError::Invalid("signature does not match".into())));
-        let aud = AuthConfig { audience: "other".into(), ..AuthConfig::default() };
+        assert_eq!(
+            verifier.verify(&token),
+            Err(TokenError::Invalid("signature does not match".into()))
+        );
+        let aud = AuthConfig {
+            audience: "other".into(),
+            ..AuthConfig::default()
+        };
         let token = TokenMinter::new(&aud).mint(&alice(), PrincipalKind::User, 60);
-        assert_eq!(verifier.verify(&token), Err(TokenError::Invalid("wrong audience".into())));
+        assert_eq!(
+            verifier.verify(&token),
+            Err(TokenError::Invalid("wrong audience".into()))
+        );
         assert!(matches!(verifier.verify("garbage"), Err(TokenError::Invalid(_))));
     }
 
@@ -352,7 +361,10 @@ mod tests {
             previous_keys: vec![old.signing_key.clone()],
             ..cfg("the-new-key-of-at-least-thirty-two-bytes")
         };
-        assert_eq!(TokenVerifier::new(&rotated).verify(&token).unwrap().kind, PrincipalKind::Service);
+        assert_eq!(
+            TokenVerifier::new(&rotated).verify(&token).unwrap().kind,
+            PrincipalKind::Service
+        );
     }
 
     #[test]
@@ -371,7 +383,9 @@ mod tests {
     #[test]
     fn only_health_and_reflection_are_public() {
         assert!(is_public_path("/grpc.health.v1.Health/Check"));
-        assert!(is_public_path("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
+        assert!(is_public_path(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        ));
         assert!(!is_public_path("/sspm.v1.PortRequestService/GetPortLimits"));
         assert!(!is_public_path("/grpc.health.v1.HealthX/Check"));
     }

@@ -87,7 +87,10 @@ impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthConfig")
             .field("signing_key", &"<redacted>")
-            .field("previous_keys", &format_args!("<{} redacted>", self.previous_keys.len()))
+            .field(
+                "previous_keys",
+                &format_args!("<{} redacted>", self.previous_keys.len()),
+            )
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("token_ttl_seconds", &self.token_ttl_seconds)
@@ -339,10 +342,14 @@ impl SspmConfig {
             return Err(invalid("auth.signing_key", "must be at least 32 bytes"));
         }
         if let Some(i) = self.auth.previous_keys.iter().position(|k| k.len() < 32) {
-            return Err(invalid(&format!("auth.previous_keys[{i}]"), "must be at least 32 bytes"));
+            return Err(invalid(
+                &format!("auth.previous_keys[{i}]"),
+                "must be at least 32 bytes",
+            ));
         }
         if self.profile == Profile::Production
-            && (self.auth.signing_key == DEV_SIGNING_KEY || self.auth.previous_keys.iter().any(|k| k == DEV_SIGNING_KEY))
+            && (self.auth.signing_key == DEV_SIGNING_KEY
+                || self.auth.previous_keys.iter().any(|k| k == DEV_SIGNING_KEY))
         {
             return Err(invalid(
                 "auth.signing_key",
@@ -360,7 +367,10 @@ impl SspmConfig {
             return Err(invalid("daily_limits.default_max_daily_increase", "must be 0 to 9999"));
         }
         if self.daily_limits.day_utc_offset_minutes.abs() > 14 * 60 {
-            return Err(invalid("daily_limits.day_utc_offset_minutes", "must be within -840..=840"));
+            return Err(invalid(
+                "daily_limits.day_utc_offset_minutes",
+                "must be within -840..=840",
+            ));
         }
         if self.clients.timeout_ms == 0 || self.clients.connect_timeout_ms == 0 {
             return Err(invalid("clients", "timeouts must be positive"));
@@ -371,17 +381,26 @@ impl SspmConfig {
             if let Some(url) = &svc.database_url
                 && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
             {
-                return Err(invalid(&format!("{key}.database_url"), "must be a sqlite: or postgres:// URL"));
+                return Err(invalid(
+                    &format!("{key}.database_url"),
+                    "must be a sqlite: or postgres:// URL",
+                ));
             }
             if let Some(e) = &svc.endpoint
                 && !(e.starts_with("http://") || e.starts_with("https://"))
             {
-                return Err(invalid(&format!("{key}.endpoint"), "must start with http:// or https://"));
+                return Err(invalid(
+                    &format!("{key}.endpoint"),
+                    "must start with http:// or https://",
+                ));
             }
             for other in ServiceKind::ALL {
                 let o = self.services.get(other);
                 if other != kind && svc.listen.port() != 0 && o.listen == svc.listen {
-                    return Err(invalid(&format!("{key}.listen"), format!("same address as services.{}", other.name())));
+                    return Err(invalid(
+                        &format!("{key}.listen"),
+                        format!("same address as services.{}", other.name()),
+                    ));
                 }
             }
         }
@@ -398,7 +417,10 @@ impl SspmConfig {
     pub fn database_url(&self, kind: ServiceKind) -> String {
         match &self.services.get(kind).database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=rwc", self.data_dir.join(format!("{}.db", kind.name())).display()),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join(format!("{}.db", kind.name())).display()
+            ),
         }
     }
 }
@@ -416,7 +438,10 @@ mod tests {
         let cfg = SspmConfig::load_from(None, env(&[])).unwrap();
         assert_eq!(cfg.services.request.listen.port(), 50051);
         assert_eq!(cfg.services.ticketing.endpoint(), "http://127.0.0.1:50054");
-        assert_eq!(cfg.database_url(ServiceKind::Approval), "sqlite://data/approval.db?mode=rwc");
+        assert_eq!(
+            cfg.database_url(ServiceKind::Approval),
+            "sqlite://data/approval.db?mode=rwc"
+        );
         assert_eq!(cfg.price().unwrap().micros_per_port(), 12_500_000);
     }
 
@@ -442,14 +467,21 @@ default_max_daily_increase = 40
             env(&[
                 ("SSPM__DAILY_LIMITS__DEFAULT_MAX_DAILY_INCREASE", "55"),
                 ("SSPM__SERVICES__APPROVAL__DATABASE_URL", "postgres://db/approval"),
-                ("SSPM__AUTH__PREVIOUS_KEYS", "0123456789abcdef0123456789abcdef,fedcba9876543210fedcba9876543210"),
+                (
+                    "SSPM__AUTH__PREVIOUS_KEYS",
+                    "0123456789abcdef0123456789abcdef,fedcba9876543210fedcba9876543210",
+                ),
             ]),
         )
         .unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/sspm"));
         assert_eq!(cfg.services.request.listen.port(), 7000);
         assert_eq!(cfg.services.request.endpoint(), "http://127.0.0.1:7000");
-        assert_eq!(cfg.services.authorization.listen.port(), 50052, "untouched sections keep defaults");
+        assert_eq!(
+            cfg.services.authorization.listen.port(),
+            50052,
+            "untouched sections keep defaults"
+        );
         assert_eq!(cfg.pricing.currency, "USD");
         assert_eq!(cfg.daily_limits.default_max_daily_increase, 55);
         assert_eq!(cfg.database_url(ServiceKind::Approval), "postgres://db/approval");
@@ -462,11 +494,14 @@ default_max_daily_increase = 40
         assert!(err.to_string().contains("pricing"), "{err}");
         let err = SspmConfig::load_from(None, env(&[("SSPM__AUTH__SIGNING_KEY", "short")])).unwrap_err();
         assert!(err.to_string().contains("auth.signing_key"), "{err}");
-        let err = SspmConfig::load_from(None, env(&[("SSPM__SERVICES__TICKETING__LISTEN", "127.0.0.1:50051")])).unwrap_err();
+        let err =
+            SspmConfig::load_from(None, env(&[("SSPM__SERVICES__TICKETING__LISTEN", "127.0.0.1:50051")])).unwrap_err();
         assert!(err.to_string().contains("same address"), "{err}");
-        let err = SspmConfig::load_from(None, env(&[("SSPM__SERVICES__REQUEST__LISTEN", "not-an-address")])).unwrap_err();
+        let err =
+            SspmConfig::load_from(None, env(&[("SSPM__SERVICES__REQUEST__LISTEN", "not-an-address")])).unwrap_err();
         assert!(matches!(err, ConfigError::Load(_)), "{err}");
-        let err = SspmConfig::load_from(None, env(&[("SSPM__SERVICES__REQUEST__DATABASE_URL", "mysql://x")])).unwrap_err();
+        let err =
+            SspmConfig::load_from(None, env(&[("SSPM__SERVICES__REQUEST__DATABASE_URL", "mysql://x")])).unwrap_err();
         assert!(err.to_string().contains("database_url"), "{err}");
     }
 
@@ -485,7 +520,10 @@ default_max_daily_increase = 40
         assert!(err.to_string().contains("development key"), "{err}");
         let ok = SspmConfig::load_from(
             None,
-            env(&[("SSPM__PROFILE", "production"), ("SSPM__AUTH__SIGNING_KEY", "a-real-secret-of-at-least-32-bytes!!")]),
+            env(&[
+                ("SSPM__PROFILE", "production"),
+                ("SSPM__AUTH__SIGNING_KEY", "a-real-secret-of-at-least-32-bytes!!"),
+            ]),
         );
         assert!(ok.is_ok());
     }

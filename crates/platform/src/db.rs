@@ -15,7 +15,10 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10));
     if let Some(path) = sqlite_path(url) {
-        if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DbErr::Custom(format!("cannot create database directory {}: {e}", dir.display())))?;
         }
@@ -69,7 +72,9 @@ pub fn classify(err: &DbErr) -> DbErrorKind {
         _ => {}
     }
     let sqlx = match err {
-        DbErr::Conn(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return DbErrorKind::Unavailable,
         _ => return DbErrorKind::Other,
     };
@@ -99,7 +104,10 @@ mod tests {
 
     #[test]
     fn sqlite_paths_are_found_in_urls() {
-        assert_eq!(sqlite_path("sqlite://data/request.db?mode=rwc"), Some("data/request.db"));
+        assert_eq!(
+            sqlite_path("sqlite://data/request.db?mode=rwc"),
+            Some("data/request.db")
+        );
         assert_eq!(sqlite_path("sqlite:/tmp/x.db"), Some("/tmp/x.db"));
         assert_eq!(sqlite_path("sqlite::memory:"), None);
         assert_eq!(sqlite_path("postgres://localhost/request"), None);
@@ -117,7 +125,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(mode.try_get_by_index::<String>(0).unwrap(), "wal");
-        db.execute_unprepared("CREATE TABLE t (k TEXT PRIMARY KEY)").await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (k TEXT PRIMARY KEY)")
+            .await
+            .unwrap();
         db.execute_unprepared("INSERT INTO t VALUES ('a')").await.unwrap();
         let err = db.execute_unprepared("INSERT INTO t VALUES ('a')").await.unwrap_err();
         assert_eq!(classify(&err), DbErrorKind::UniqueViolation);

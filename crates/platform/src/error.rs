@@ -49,7 +49,11 @@ pub fn violation(v: Violation) -> Status {
 /// NOT_FOUND for an unknown id, or one the caller may not see (never reveal which).
 pub fn not_found(what: &str, id: &str) -> Status {
     let mut details = ErrorDetails::new();
-    details.set_error_info("NOT_FOUND", ERROR_DOMAIN, HashMap::from([("resource".to_owned(), what.to_owned())]));
+    details.set_error_info(
+        "NOT_FOUND",
+        ERROR_DOMAIN,
+        HashMap::from([("resource".to_owned(), what.to_owned())]),
+    );
     details.set_resource_info(what, id, "", format!("no {what} {id:?} that you may see"));
     Status::with_error_details(Code::NotFound, format!("{what} {id:?} not found"), details)
 }
@@ -75,7 +79,11 @@ pub fn unavailable(dependency: &str, message: impl std::fmt::Display) -> Status 
         HashMap::from([("dependency".to_owned(), dependency.to_owned())]),
     );
     details.set_retry_info(Some(std::time::Duration::from_secs(1)));
-    Status::with_error_details(Code::Unavailable, format!("{dependency} is unavailable: {message}"), details)
+    Status::with_error_details(
+        Code::Unavailable,
+        format!("{dependency} is unavailable: {message}"),
+        details,
+    )
 }
 
 /// INTERNAL: logs the error with its cause chain once, returns nothing of it to the caller.
@@ -117,16 +125,29 @@ mod tests {
     #[test]
     fn invalid_arguments_carry_bad_request_and_error_info() {
         let v = Violations::new(vec![
-            Violation::new(Rule::R1PortRange, "targets.concurrent", "10000 exceeds the maximum of 9999 ports"),
+            Violation::new(
+                Rule::R1PortRange,
+                "targets.concurrent",
+                "10000 exceeds the maximum of 9999 ports",
+            ),
             Violation::new(Rule::R1PortRange, "targets.outbound", "-1 is negative"),
         ]);
         let s = over_the_wire(violations(&v));
         assert_eq!(s.code(), Code::InvalidArgument);
         let d = s.get_error_details();
-        let fields: Vec<_> = d.bad_request().unwrap().field_violations.iter().map(|f| f.field.as_str()).collect();
+        let fields: Vec<_> = d
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|f| f.field.as_str())
+            .collect();
         assert_eq!(fields, ["targets.concurrent", "targets.outbound"]);
         let info = d.error_info().unwrap();
-        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("R1_PORT_RANGE", ERROR_DOMAIN));
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("R1_PORT_RANGE", ERROR_DOMAIN)
+        );
         assert_eq!(info.metadata["field"], "targets.concurrent");
     }
 
@@ -152,7 +173,10 @@ mod tests {
         assert_eq!(s.get_error_details().error_info().unwrap().reason, "NOT_FOUND");
         let s = over_the_wire(permission_denied("missing permission", &["PORT_MANAGEMENT_CREATE"]));
         assert_eq!(s.code(), Code::PermissionDenied);
-        assert_eq!(s.get_error_details().error_info().unwrap().metadata["missing_permissions"], "PORT_MANAGEMENT_CREATE");
+        assert_eq!(
+            s.get_error_details().error_info().unwrap().metadata["missing_permissions"],
+            "PORT_MANAGEMENT_CREATE"
+        );
     }
 
     #[test]

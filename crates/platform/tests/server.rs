@@ -4,6 +4,8 @@
 //!
 //! One test per binary: it installs a global subscriber (servers run on worker threads).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use opentelemetry::trace::{SpanKind, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use sspm_platform::auth::{PrincipalKind, TokenMinter, TokenVerifier, caller};
@@ -66,7 +68,9 @@ impl TicketingService for Refusing {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_authenticates_forwards_traces_and_returns_rich_errors() {
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
     sspm_platform::telemetry::install_propagator();
     let subscriber = tracing_subscriber::registry().with(
         tracing_opentelemetry::layer()
@@ -76,10 +80,12 @@ async fn server_authenticates_forwards_traces_and_returns_rich_errors() {
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let auth = AuthConfig::default();
-    let listener = sspm_platform::server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let listener = sspm_platform::server::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
-    let server =
-        ServiceServer::new("test", listener, TokenVerifier::new(&auth)).add_service(TicketingServiceServer::new(Refusing));
+    let server = ServiceServer::new("test", listener, TokenVerifier::new(&auth))
+        .add_service(TicketingServiceServer::new(Refusing));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(async {
         let _ = stopped.await;
@@ -122,17 +128,29 @@ async fn server_authenticates_forwards_traces_and_returns_rich_errors() {
     let client_cx = client_span.context();
     let err = {
         let call = client.open_case(on_behalf_of(OpenCaseRequest::default(), &principal));
-        tracing::Instrument::instrument(call, client_span.clone()).await.unwrap_err()
+        tracing::Instrument::instrument(call, client_span.clone())
+            .await
+            .unwrap_err()
     };
     drop(client_span);
 
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("refused for alice@classics.example"), "{}", err.message());
+    assert!(
+        err.message().contains("refused for alice@classics.example"),
+        "{}",
+        err.message()
+    );
     let details = err.get_error_details();
     let violation = &details.precondition_failure().expect("PreconditionFailure").violations[0];
-    assert_eq!((violation.r#type.as_str(), violation.subject.as_str()), ("R2", "targets.outbound"));
+    assert_eq!(
+        (violation.r#type.as_str(), violation.subject.as_str()),
+        ("R2", "targets.outbound")
+    );
     let info = details.error_info().expect("ErrorInfo");
-    assert_eq!((info.reason.as_str(), info.domain.as_str()), ("R2_PERSONAL_CONNECTION", "sspm.v1"));
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("R2_PERSONAL_CONNECTION", "sspm.v1")
+    );
 
     // Graceful shutdown: the server stops by itself once told to.
     stop.send(()).unwrap();
@@ -143,11 +161,24 @@ async fn server_authenticates_forwards_traces_and_returns_rich_errors() {
     let server_span = spans
         .iter()
         .find(|s| s.name == "sspm.v1.TicketingService/OpenCase")
-        .unwrap_or_else(|| panic!("no server span in {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no server span in {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
     let client_span_cx = client_cx.span().span_context().clone();
     assert_eq!(server_span.span_kind, SpanKind::Server);
-    assert_eq!(server_span.span_context.trace_id(), client_span_cx.trace_id(), "one trace across the hop");
-    assert_eq!(server_span.parent_span_id, client_span_cx.span_id(), "server span is the caller's child");
+    assert_eq!(
+        server_span.span_context.trace_id(),
+        client_span_cx.trace_id(),
+        "one trace across the hop"
+    );
+    assert_eq!(
+        server_span.parent_span_id,
+        client_span_cx.span_id(),
+        "server span is the caller's child"
+    );
     assert!(
         spans.iter().all(|s| !s.name.starts_with("grpc.health")),
         "health probes are not traced at INFO"

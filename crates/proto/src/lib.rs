@@ -74,9 +74,9 @@ mod tests {
         for file in fds.file.iter().filter(|f| f.package() == "sspm.v1") {
             let info = file.source_code_info.as_ref().expect("source info kept for reflection");
             let documented = |path: &[i32]| {
-                info.location.iter().any(|l| {
-                    l.path == path && !l.leading_comments().trim().is_empty()
-                })
+                info.location
+                    .iter()
+                    .any(|l| l.path == path && !l.leading_comments().trim().is_empty())
             };
             let mut check = |path: Vec<i32>, what: String| {
                 if !documented(&path) {

@@ -68,10 +68,12 @@ impl Targets {
 
     /// `limits` with every set target applied.
     pub fn apply_to(&self, limits: PortLimits) -> PortLimits {
-        PortKind::ALL.into_iter().fold(limits, |acc, kind| match self.get(kind) {
-            Some(v) => acc.with(kind, v),
-            None => acc,
-        })
+        PortKind::ALL
+            .into_iter()
+            .fold(limits, |acc, kind| match self.get(kind) {
+                Some(v) => acc.with(kind, v),
+                None => acc,
+            })
     }
 }
 
@@ -90,10 +92,7 @@ impl ValidatedChange {
     /// Concurrent ports added; 0 for a decrease or no change of concurrent. This is what the
     /// daily limit (R8) counts.
     pub fn concurrent_increase(&self) -> u16 {
-        self.after
-            .concurrent
-            .get()
-            .saturating_sub(self.before.concurrent.get())
+        self.after.concurrent.get().saturating_sub(self.before.concurrent.get())
     }
 
     /// The kinds whose value changes.
@@ -195,7 +194,11 @@ pub fn validate_change(
 fn r2_excess(kind: PortKind, after: PortLimits, targets: &Targets, prefix: &str) -> Violation {
     // Blame the field the caller set: the excess kind if it was set, else concurrent (a
     // decrease of concurrent blocked by the existing outbound/agentless limit).
-    let blamed = if targets.get(kind).is_some() { kind } else { PortKind::Concurrent };
+    let blamed = if targets.get(kind).is_some() {
+        kind
+    } else {
+        PortKind::Concurrent
+    };
     Violation::new(
         Rule::R2PersonalConnection,
         join(prefix, blamed.field_name()),
@@ -210,7 +213,11 @@ fn r2_excess(kind: PortKind, after: PortLimits, targets: &Targets, prefix: &str)
 /// Re-validates an approved change against the limits as they are now (R3: the change is
 /// applied whole or not at all). Fails when a kind the change sets has moved since the
 /// request was made, or when the result would break R2 with the current facts.
-pub fn reapply(change: &ValidatedChange, current: PortLimits, facts: BusinessUnitFacts) -> Result<PortLimits, Violations> {
+pub fn reapply(
+    change: &ValidatedChange,
+    current: PortLimits,
+    facts: BusinessUnitFacts,
+) -> Result<PortLimits, Violations> {
     if !facts.monitoring_gateway {
         return Err(Violation::new(
             Rule::R6MonitoringGateway,
@@ -343,7 +350,10 @@ mod tests {
         let fields: Vec<_> = err.as_slice().iter().map(|v| (v.rule, v.field.as_str())).collect();
         assert_eq!(
             fields,
-            [(Rule::R1PortRange, "targets.concurrent"), (Rule::R1PortRange, "targets.outbound")]
+            [
+                (Rule::R1PortRange, "targets.concurrent"),
+                (Rule::R1PortRange, "targets.outbound")
+            ]
         );
     }
 
@@ -364,7 +374,13 @@ mod tests {
 
     #[test]
     fn r9_targets_equal_to_current_are_invalid() {
-        let err = validate_change(limits(100, 20, 30), PC, &targets(Some(100), Some(20), Some(30)), "targets").unwrap_err();
+        let err = validate_change(
+            limits(100, 20, 30),
+            PC,
+            &targets(Some(100), Some(20), Some(30)),
+            "targets",
+        )
+        .unwrap_err();
         assert_eq!(only(&err).rule, Rule::R9EmptyChange);
         // one kind equal, another different: fine
         let ch = validate_change(limits(100, 20, 30), PC, &targets(Some(100), Some(25), None), "targets").unwrap();
@@ -375,16 +391,30 @@ mod tests {
     fn r2_without_personal_connection_only_concurrent_changes() {
         let err = validate_change(limits(100, 0, 0), NO_PC, &targets(None, Some(10), None), "targets").unwrap_err();
         let v = only(&err);
-        assert_eq!((v.rule, v.field.as_str()), (Rule::R2PersonalConnection, "targets.outbound"));
+        assert_eq!(
+            (v.rule, v.field.as_str()),
+            (Rule::R2PersonalConnection, "targets.outbound")
+        );
         // stating the current value of another kind is harmless
-        assert!(validate_change(limits(100, 0, 0), NO_PC, &targets(Some(110), Some(0), Some(0)), "targets").is_ok());
+        assert!(
+            validate_change(
+                limits(100, 0, 0),
+                NO_PC,
+                &targets(Some(110), Some(0), Some(0)),
+                "targets"
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn r2_outbound_may_not_exceed_concurrent() {
         let err = validate_change(limits(100, 50, 50), PC, &targets(None, Some(101), None), "targets").unwrap_err();
         let v = only(&err);
-        assert_eq!((v.rule, v.field.as_str()), (Rule::R2PersonalConnection, "targets.outbound"));
+        assert_eq!(
+            (v.rule, v.field.as_str()),
+            (Rule::R2PersonalConnection, "targets.outbound")
+        );
         // equal is fine
         assert!(validate_change(limits(100, 50, 50), PC, &targets(None, Some(100), Some(100)), "targets").is_ok());
     }
@@ -393,7 +423,10 @@ mod tests {
     fn r2_blocks_a_decrease_of_concurrent_below_outbound() {
         let err = validate_change(limits(100, 80, 10), PC, &targets(Some(70), None, None), "targets").unwrap_err();
         let v = only(&err);
-        assert_eq!((v.rule, v.field.as_str()), (Rule::R2PersonalConnection, "targets.concurrent"));
+        assert_eq!(
+            (v.rule, v.field.as_str()),
+            (Rule::R2PersonalConnection, "targets.concurrent")
+        );
         assert!(v.message.contains("outbound ports (80)"), "{}", v.message);
         // lowering both together is fine (R3: one atomic change)
         let ch = validate_change(limits(100, 80, 10), PC, &targets(Some(70), Some(70), None), "targets").unwrap();
@@ -437,9 +470,18 @@ mod tests {
         let err = reapply(&ch, limits(100, 80, 50), PC).unwrap_err();
         assert_eq!(only(&err).rule, Rule::R2PersonalConnection);
         let ch = validate_change(limits(100, 50, 50), PC, &targets(None, Some(60), None), "targets").unwrap();
-        assert_eq!(only(&reapply(&ch, limits(100, 50, 50), NO_PC).unwrap_err()).rule, Rule::R2PersonalConnection);
-        let off = BusinessUnitFacts { monitoring_gateway: false, personal_connection: true };
-        assert_eq!(only(&reapply(&ch, limits(100, 50, 50), off).unwrap_err()).rule, Rule::R6MonitoringGateway);
+        assert_eq!(
+            only(&reapply(&ch, limits(100, 50, 50), NO_PC).unwrap_err()).rule,
+            Rule::R2PersonalConnection
+        );
+        let off = BusinessUnitFacts {
+            monitoring_gateway: false,
+            personal_connection: true,
+        };
+        assert_eq!(
+            only(&reapply(&ch, limits(100, 50, 50), off).unwrap_err()).rule,
+            Rule::R6MonitoringGateway
+        );
     }
 
     #[test]
@@ -449,9 +491,15 @@ mod tests {
         assert!(validate_temporary(&inc, now + 3600, now).is_ok());
         assert!(validate_temporary(&inc, now + MAX_TEMPORARY_SECONDS, now).is_ok());
         let past = validate_temporary(&inc, now, now).unwrap_err();
-        assert_eq!((only(&past).rule, only(&past).field.as_str()), (Rule::R11Temporary, "revert_at"));
+        assert_eq!(
+            (only(&past).rule, only(&past).field.as_str()),
+            (Rule::R11Temporary, "revert_at")
+        );
         assert!(validate_temporary(&inc, now + MAX_TEMPORARY_SECONDS + 1, now).is_err());
         let dec = validate_change(limits(100, 0, 0), NO_PC, &targets(Some(50), None, None), "targets").unwrap();
-        assert_eq!(only(&validate_temporary(&dec, now + 3600, now).unwrap_err()).rule, Rule::R11Temporary);
+        assert_eq!(
+            only(&validate_temporary(&dec, now + 3600, now).unwrap_err()).rule,
+            Rule::R11Temporary
+        );
     }
 }

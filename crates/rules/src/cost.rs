@@ -15,7 +15,9 @@ impl Price {
     /// letters) per concurrent port and month; never negative.
     pub fn new(currency: &str, micros_per_port: i64) -> Result<Self, InvalidValue> {
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(InvalidValue(format!("currency {currency:?} is not an ISO 4217 code like \"USD\"")));
+            return Err(InvalidValue(format!(
+                "currency {currency:?} is not an ISO 4217 code like \"USD\""
+            )));
         }
         if !(0..=1_000_000_000_000).contains(&micros_per_port) {
             return Err(InvalidValue("price per port must be between 0 and 1,000,000".into()));
@@ -34,8 +36,15 @@ impl Price {
             return Err(bad());
         }
         let whole: i64 = whole.parse().map_err(|_| bad())?;
-        let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().map_err(|_| bad())? };
-        let micros = whole.checked_mul(1_000_000).and_then(|w| w.checked_add(frac)).ok_or_else(bad)?;
+        let frac: i64 = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<6}").parse().map_err(|_| bad())?
+        };
+        let micros = whole
+            .checked_mul(1_000_000)
+            .and_then(|w| w.checked_add(frac))
+            .ok_or_else(bad)?;
         Self::new(currency, micros)
     }
 
@@ -106,7 +115,10 @@ mod tests {
     #[test]
     fn the_largest_change_does_not_overflow() {
         let p = Price::parse("USD", "1000000").unwrap();
-        assert_eq!(monthly_cost_change(c(0), c(9_999), &p).micros, 9_999 * 1_000_000 * 1_000_000);
+        assert_eq!(
+            monthly_cost_change(c(0), c(9_999), &p).micros,
+            9_999 * 1_000_000 * 1_000_000
+        );
     }
 
     #[test]

@@ -153,15 +153,30 @@ mod tests {
 
     #[test]
     fn cluster_limit_replaces_the_default_and_bu_limit_adds() {
-        let s = DailyLimitSettings { default: 100, cluster: None, business_unit: None };
+        let s = DailyLimitSettings {
+            default: 100,
+            cluster: None,
+            business_unit: None,
+        };
         assert_eq!(s.applicable(), [(LimitScope::Default, 100)]);
-        let s = DailyLimitSettings { default: 100, cluster: Some(300), business_unit: Some(50) };
-        assert_eq!(s.applicable(), [(LimitScope::Cluster, 300), (LimitScope::BusinessUnit, 50)]);
+        let s = DailyLimitSettings {
+            default: 100,
+            cluster: Some(300),
+            business_unit: Some(50),
+        };
+        assert_eq!(
+            s.applicable(),
+            [(LimitScope::Cluster, 300), (LimitScope::BusinessUnit, 50)]
+        );
     }
 
     #[test]
     fn an_increase_fits_exactly_up_to_the_limit() {
-        let b = [Budget { scope: LimitScope::Cluster, max: 100, used: 80 }];
+        let b = [Budget {
+            scope: LimitScope::Cluster,
+            max: 100,
+            used: 80,
+        }];
         let e = evaluate(&b, 20);
         assert!(e.fits);
         assert_eq!(e.budgets[0].used, 100);
@@ -174,8 +189,16 @@ mod tests {
     #[test]
     fn every_applicable_limit_must_hold() {
         let b = [
-            Budget { scope: LimitScope::Cluster, max: 1000, used: 0 },
-            Budget { scope: LimitScope::BusinessUnit, max: 10, used: 5 },
+            Budget {
+                scope: LimitScope::Cluster,
+                max: 1000,
+                used: 0,
+            },
+            Budget {
+                scope: LimitScope::BusinessUnit,
+                max: 10,
+                used: 5,
+            },
         ];
         assert!(!evaluate(&b, 6).fits);
         assert!(evaluate(&b, 5).fits);
@@ -183,10 +206,18 @@ mod tests {
 
     #[test]
     fn a_zero_limit_admits_only_zero_and_lowered_limits_leave_nothing() {
-        let b = [Budget { scope: LimitScope::Default, max: 0, used: 0 }];
+        let b = [Budget {
+            scope: LimitScope::Default,
+            max: 0,
+            used: 0,
+        }];
         assert!(!evaluate(&b, 1).fits);
         assert!(evaluate(&b, 0).fits);
-        let lowered = Budget { scope: LimitScope::Default, max: 10, used: 30 };
+        let lowered = Budget {
+            scope: LimitScope::Default,
+            max: 10,
+            used: 30,
+        };
         assert_eq!(lowered.remaining(), 0);
         assert!(!lowered.fits(1));
     }

@@ -24,10 +24,7 @@ fn check_token(raw: &str, what: &str, max: usize, extra: &[char]) -> Result<(), 
     if raw.chars().count() > max {
         return Err(InvalidValue(format!("{what} is longer than {max} characters")));
     }
-    if let Some(c) = raw
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c)))
-    {
+    if let Some(c) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c))) {
         return Err(InvalidValue(format!(
             "{what} contains {c:?}; allowed are letters, digits and {}",
             extra.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(" ")
@@ -238,7 +235,10 @@ mod tests {
 
     #[test]
     fn text_is_trimmed_and_bounded() {
-        assert_eq!(Text::parse("  peak season \n", "justification").unwrap().as_str(), "peak season");
+        assert_eq!(
+            Text::parse("  peak season \n", "justification").unwrap().as_str(),
+            "peak season"
+        );
         assert!(Text::parse("   ", "justification").is_err());
         assert!(Text::parse(&"x".repeat(4000), "justification").is_ok());
         assert!(Text::parse(&"x".repeat(4001), "justification").is_err());

@@ -168,7 +168,10 @@ mod tests {
         assert_eq!(next(S::New, Event::AutoApprove), Ok(S::Approved));
         assert_eq!(next(S::New, Event::AskForInformation), Ok(S::PendingInformation));
         assert_eq!(next(S::New, Event::SendToReview), Ok(S::UnderReview));
-        assert_eq!(next(S::PendingInformation, Event::ProvideInformation), Ok(S::UnderReview));
+        assert_eq!(
+            next(S::PendingInformation, Event::ProvideInformation),
+            Ok(S::UnderReview)
+        );
         assert_eq!(next(S::UnderReview, Event::Approve), Ok(S::Approved));
         assert_eq!(next(S::UnderReview, Event::Reject), Ok(S::Rejected));
         for open in [S::New, S::PendingInformation, S::UnderReview] {

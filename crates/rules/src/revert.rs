@@ -53,7 +53,11 @@ mod tests {
     }
 
     fn change(before: PortLimits, c: Option<i64>, o: Option<i64>) -> ValidatedChange {
-        let t = RequestedTargets { concurrent: c, outbound: o, agentless: None };
+        let t = RequestedTargets {
+            concurrent: c,
+            outbound: o,
+            agentless: None,
+        };
         validate_change(before, PC, &t, "targets").unwrap()
     }
 

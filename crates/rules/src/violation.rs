@@ -74,11 +74,9 @@ impl Rule {
     /// that depend on the stored state (R2, R3, R5, R6, the lifecycle).
     pub fn class(self) -> ViolationClass {
         match self {
-            Rule::Input
-            | Rule::R1PortRange
-            | Rule::R4SingleBusinessUnit
-            | Rule::R9EmptyChange
-            | Rule::R11Temporary => ViolationClass::InvalidArgument,
+            Rule::Input | Rule::R1PortRange | Rule::R4SingleBusinessUnit | Rule::R9EmptyChange | Rule::R11Temporary => {
+                ViolationClass::InvalidArgument
+            }
             Rule::R2PersonalConnection
             | Rule::R3Atomic
             | Rule::R5OneOpenRequest

@@ -1,5 +1,7 @@
 //! Property tests of the invariants the rules guarantee, whatever the input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use proptest::prelude::*;
 use sspm_rules::daily::{Budget, LimitScope, evaluate};
 use sspm_rules::lifecycle::{Event, RequestState, next};
@@ -24,7 +26,15 @@ fn raw_target() -> impl Strategy<Value = Option<i64>> {
     prop_oneof![
         Just(None),
         (-20_000i64..=20_000).prop_map(Some),
-        prop_oneof![Just(-1i64), Just(0), Just(9_999), Just(10_000), Just(i64::MIN), Just(i64::MAX)].prop_map(Some),
+        prop_oneof![
+            Just(-1i64),
+            Just(0),
+            Just(9_999),
+            Just(10_000),
+            Just(i64::MIN),
+            Just(i64::MAX)
+        ]
+        .prop_map(Some),
     ]
 }
 

@@ -50,12 +50,20 @@ mod schema_tests {
         };
         db.execute_unprepared(&task("t1")).await.unwrap();
         let err = db.execute_unprepared(&task("t2")).await.unwrap_err();
-        assert_eq!(classify(&err), DbErrorKind::UniqueViolation, "one task per request: {err}");
+        assert_eq!(
+            classify(&err),
+            DbErrorKind::UniqueViolation,
+            "one task per request: {err}"
+        );
         let decide = "INSERT INTO decision_events (task_id, request_id, approved, decided_by, reason, decide_time) \
                       VALUES ('t1', 'r1', true, 'netops', 'ok', 2)";
         db.execute_unprepared(decide).await.unwrap();
         let err = db.execute_unprepared(decide).await.unwrap_err();
-        assert_eq!(classify(&err), DbErrorKind::UniqueViolation, "one decision per task: {err}");
+        assert_eq!(
+            classify(&err),
+            DbErrorKind::UniqueViolation,
+            "one decision per task: {err}"
+        );
     }
 
     #[tokio::test]

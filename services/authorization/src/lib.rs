@@ -42,7 +42,9 @@ mod schema_tests {
         .await
         .unwrap();
         let err = db
-            .execute_unprepared("INSERT INTO business_units VALUES ('bu-x', 'X', 'C14', 'bu-missing', true, false, 1, 1)")
+            .execute_unprepared(
+                "INSERT INTO business_units VALUES ('bu-x', 'X', 'C14', 'bu-missing', true, false, 1, 1)",
+            )
             .await
             .unwrap_err();
         assert_eq!(classify(&err), DbErrorKind::ForeignKeyViolation, "{err}");
@@ -54,7 +56,9 @@ mod schema_tests {
         let err = db.execute_unprepared(grant).await.unwrap_err();
         assert_eq!(classify(&err), DbErrorKind::UniqueViolation, "{err}");
         let err = db
-            .execute_unprepared("INSERT INTO permission_grants VALUES ('nobody', '', 'ACCOUNT_REPRESENTATIVE', 'rep', 1)")
+            .execute_unprepared(
+                "INSERT INTO permission_grants VALUES ('nobody', '', 'ACCOUNT_REPRESENTATIVE', 'rep', 1)",
+            )
             .await
             .unwrap_err();
         assert_eq!(classify(&err), DbErrorKind::ForeignKeyViolation, "{err}");

@@ -44,7 +44,9 @@ mod schema_tests {
         let err = db.execute_unprepared(&open("00001000", "r2")).await.unwrap_err();
         assert_eq!(classify(&err), DbErrorKind::UniqueViolation, "{err}");
         let err = db
-            .execute_unprepared("INSERT INTO case_comments (case_id, author, body, create_time) VALUES (999, 'a', 'b', 1)")
+            .execute_unprepared(
+                "INSERT INTO case_comments (case_id, author, body, create_time) VALUES (999, 'a', 'b', 1)",
+            )
             .await
             .unwrap_err();
         assert_eq!(classify(&err), DbErrorKind::ForeignKeyViolation, "{err}");

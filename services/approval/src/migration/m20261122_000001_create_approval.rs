@@ -122,7 +122,13 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        for t in ["decision_events", "approval_tasks", "ledger_totals", "ledger_reservations", "daily_limits"] {
+        for t in [
+            "decision_events",
+            "approval_tasks",
+            "ledger_totals",
+            "ledger_reservations",
+            "daily_limits",
+        ] {
             m.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
         }
         Ok(())

@@ -100,7 +100,11 @@ impl MigrationTrait for Migration {
                 .name("ix_requests_pending_revert")
                 .table("port_change_requests")
                 .col("revert_at")
-                .and_where(Expr::col("revert_at").is_not_null().and(Expr::col("reverted_time").is_null()))
+                .and_where(
+                    Expr::col("revert_at")
+                        .is_not_null()
+                        .and(Expr::col("reverted_time").is_null()),
+                )
                 .to_owned(),
         )
         .await?;
@@ -149,7 +153,12 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        for t in ["decision_cursor", "request_history", "port_change_requests", "port_limits"] {
+        for t in [
+            "decision_cursor",
+            "request_history",
+            "port_change_requests",
+            "port_limits",
+        ] {
             m.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
         }
         Ok(())
