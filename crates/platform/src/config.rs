@@ -64,6 +64,8 @@ pub struct SspmConfig {
     pub pricing: PricingConfig,
     /// Daily limits (R8).
     pub daily_limits: DailyLimitsConfig,
+    /// The request service's reconciler.
+    pub workflow: WorkflowConfig,
 }
 
 /// Bearer-token settings (HS256-signed JWTs).
@@ -80,6 +82,9 @@ pub struct AuthConfig {
     pub audience: String,
     /// Lifetime of tokens minted by `sspm token`, in seconds.
     pub token_ttl_seconds: u64,
+    /// Principals the authorization service registers as account representatives at
+    /// start-up (the bootstrap of administration; further grants go through the API).
+    pub account_representatives: Vec<String>,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -94,6 +99,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("token_ttl_seconds", &self.token_ttl_seconds)
+            .field("account_representatives", &self.account_representatives)
             .finish()
     }
 }
@@ -106,6 +112,7 @@ impl Default for AuthConfig {
             issuer: "sspm".to_owned(),
             audience: "sspm".to_owned(),
             token_ttl_seconds: 3_600,
+            account_representatives: Vec::new(),
         }
     }
 }
@@ -288,6 +295,32 @@ impl Default for DailyLimitsConfig {
     }
 }
 
+/// The request service's reconciler: retries of failed steps and the safety-net polls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkflowConfig {
+    /// How often the worker looks for due work (retries, reverts), in milliseconds.
+    pub poll_interval_ms: u64,
+    /// First retry delay of a failed step, in milliseconds; doubles up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+    /// How often requests under review are checked against the approval service, besides
+    /// the decision feed, in seconds.
+    pub review_poll_seconds: u64,
+}
+
+impl Default for WorkflowConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 250,
+            retry_initial_ms: 500,
+            retry_max_ms: 30_000,
+            review_poll_seconds: 30,
+        }
+    }
+}
+
 impl Default for SspmConfig {
     fn default() -> Self {
         Self {
@@ -298,6 +331,7 @@ impl Default for SspmConfig {
             clients: ClientConfig::default(),
             pricing: PricingConfig::default(),
             daily_limits: DailyLimitsConfig::default(),
+            workflow: WorkflowConfig::default(),
         }
     }
 }
@@ -329,6 +363,7 @@ impl SspmConfig {
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("auth.previous_keys")
+            .with_list_parse_key("auth.account_representatives")
             .try_parsing(true)
             .source(env);
         let cfg: SspmConfig = builder.add_source(environment).build()?.try_deserialize()?;
@@ -370,6 +405,27 @@ impl SspmConfig {
             return Err(invalid(
                 "daily_limits.day_utc_offset_minutes",
                 "must be within -840..=840",
+            ));
+        }
+        if let Some(bad) = self
+            .auth
+            .account_representatives
+            .iter()
+            .find(|p| sspm_rules::PrincipalId::parse(p).is_err())
+        {
+            return Err(invalid(
+                "auth.account_representatives",
+                format!("{bad:?} is not a valid principal id"),
+            ));
+        }
+        if self.workflow.poll_interval_ms == 0
+            || self.workflow.retry_initial_ms == 0
+            || self.workflow.retry_max_ms < self.workflow.retry_initial_ms
+            || self.workflow.review_poll_seconds == 0
+        {
+            return Err(invalid(
+                "workflow",
+                "intervals must be positive and retry_max_ms at least retry_initial_ms",
             ));
         }
         if self.clients.timeout_ms == 0 || self.clients.connect_timeout_ms == 0 {

@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod rpc;
 pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -3,20 +3,31 @@
 //!
 //! It owns its database (schema in [`migration`]) and serves `sspm.v1.AuthorizationService`.
 
+pub mod api;
+pub mod entities;
 pub mod migration;
+pub mod model;
+pub mod seed;
+pub mod store;
 
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
+use sspm_proto::v1::authorization_service_server::AuthorizationServiceServer;
 use tokio::net::TcpListener;
 
-/// Connects and migrates the authorization service's database and binds its listener.
+/// Connects and migrates the authorization service's database, registers the configured
+/// account representatives (`auth.account_representatives`) and binds its listener.
 pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow::Result<ServiceApp> {
-    ServiceApp::prepare::<migration::Migrator>(
+    let app = ServiceApp::prepare::<migration::Migrator>(
         ServiceKind::Authorization,
         sspm_proto::service_names::AUTHORIZATION,
         &config,
         listener,
     )
-    .await
+    .await?;
+    let store = store::Store::new(app.db.clone());
+    seed::bootstrap_account_representatives(store.db(), &config.auth.account_representatives).await?;
+    let api = api::AuthorizationApi::new(store);
+    Ok(app.map_server(|s| s.add_service(AuthorizationServiceServer::new(api))))
 }
 
 #[cfg(test)]

@@ -1,0 +1,320 @@
+//! What every handler needs: timestamps, input checks, pagination, the service's own
+//! identity for internal calls, and the client of the authorization service.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
+use sspm_proto::v1::{Action, BusinessUnit, CheckRequest, DenyReason, GetBusinessUnitRequest, Permission};
+use sspm_rules::{InvalidValue, PrincipalId, Rule, Violation};
+use tonic::{Code, Status};
+
+use crate::auth::{Principal, PrincipalKind, TokenMinter};
+use crate::client::{InternalChannel, connect_lazy};
+use crate::config::{ServiceKind, SspmConfig};
+use crate::error;
+
+/// Metadata key naming the end user an internal call is made for (audit and logs).
+pub const ON_BEHALF_OF: &str = "x-sspm-on-behalf-of";
+
+/// Now, in Unix microseconds (how every SSPM database stores time).
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// A stored time (Unix microseconds) as a protobuf timestamp.
+pub fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1_000).unwrap_or_default(),
+    }
+}
+
+/// A stored optional time as an optional protobuf timestamp.
+pub fn timestamp_opt(micros: Option<i64>) -> Option<prost_types::Timestamp> {
+    micros.map(timestamp)
+}
+
+/// A protobuf timestamp from a caller as Unix microseconds; INVALID_ARGUMENT naming `field`
+/// when it is out of range.
+pub fn micros_of(ts: &prost_types::Timestamp, field: &str) -> Result<i64, Status> {
+    if !(0..1_000_000_000).contains(&ts.nanos) || !(0..=253_402_300_799).contains(&ts.seconds) {
+        return Err(invalid(field, "not a valid timestamp"));
+    }
+    Ok(ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1_000)
+}
+
+/// INVALID_ARGUMENT for malformed input in `field`.
+pub fn invalid(field: &str, message: impl Into<String>) -> Status {
+    error::violation(Violation::new(Rule::Input, field, message))
+}
+
+/// Turns a newtype's parse error into INVALID_ARGUMENT naming `field`.
+pub fn parse_at<T>(field: &str, parsed: Result<T, InvalidValue>) -> Result<T, Status> {
+    parsed.map_err(|e| error::violation(e.at(field)))
+}
+
+/// A required enum field: INVALID_ARGUMENT when unset (`*_UNSPECIFIED`) or unknown.
+pub fn required_enum<E>(field: &str, raw: i32) -> Result<E, Status>
+where
+    E: TryFrom<i32> + PartialEq + Default,
+{
+    match E::try_from(raw) {
+        Ok(v) if v != E::default() => Ok(v),
+        Ok(_) => Err(invalid(field, "is required")),
+        Err(_) => Err(invalid(field, format!("unknown value {raw}"))),
+    }
+}
+
+/// Default page size of list RPCs.
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
+/// Largest page size of list RPCs.
+pub const MAX_PAGE_SIZE: u64 = 500;
+
+/// The page size of a list request: 0 means [`DEFAULT_PAGE_SIZE`], at most [`MAX_PAGE_SIZE`].
+pub fn page_size(raw: i32) -> Result<u64, Status> {
+    match raw {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        1..=500 => Ok(raw.unsigned_abs().into()),
+        _ => Err(invalid("page_size", "must be between 0 and 500")),
+    }
+}
+
+const TOKEN_PREFIX: &str = "p1.";
+
+/// An opaque page token holding `key` (the sort key of the last item of the page).
+pub fn page_token(key: &str) -> String {
+    let mut out = String::with_capacity(TOKEN_PREFIX.len() + key.len() * 2);
+    out.push_str(TOKEN_PREFIX);
+    for b in key.bytes() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The key of a page token; `None` for the first page; INVALID_ARGUMENT for a token that
+/// no list RPC issued.
+pub fn page_key(token: &str) -> Result<Option<String>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid("page_token", "not a page token issued by this RPC");
+    let hex = token.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
+    if hex.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    String::from_utf8(bytes).map(Some).map_err(|_| bad())
+}
+
+/// PERMISSION_DENIED unless the caller is an SSPM service (internal RPCs).
+pub fn require_service(caller: &Principal, rpc: &str) -> Result<(), Status> {
+    if caller.kind == PrincipalKind::Service {
+        Ok(())
+    } else {
+        Err(error::permission_denied(
+            format!("{rpc} is internal: only SSPM services may call it"),
+            &["SERVICE"],
+        ))
+    }
+}
+
+/// A downstream failure as this service's answer: UNAVAILABLE when retrying can help,
+/// INTERNAL otherwise (the downstream service refusing us is a bug or a misconfiguration).
+pub fn downstream(dependency: &str, status: &Status) -> Status {
+    if is_transient(status) {
+        error::unavailable(dependency, status.message())
+    } else {
+        tracing::error!(dependency, code = ?status.code(), message = status.message(), "downstream call failed");
+        Status::internal(format!("internal error while calling the {dependency}"))
+    }
+}
+
+/// Whether retrying a failed call can succeed.
+pub fn is_transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted | Code::ResourceExhausted
+    ) || (status.code() == Code::Unknown && status.message().contains("transport"))
+}
+
+/// The identity of an SSPM service for its internal calls: a service token it mints with the
+/// shared key, renewed before it expires.
+#[derive(Debug, Clone)]
+pub struct ServiceIdentity {
+    id: PrincipalId,
+    minter: TokenMinter,
+    current: Arc<Mutex<Option<(String, SystemTime)>>>,
+}
+
+const SERVICE_TOKEN_TTL: u64 = 3_600;
+
+impl ServiceIdentity {
+    /// The identity `svc-<name>` of `kind`.
+    pub fn new(kind: ServiceKind, config: &SspmConfig) -> Self {
+        let id = PrincipalId::parse(&format!("svc-{}", kind.name())).unwrap_or_else(|_| unreachable!());
+        Self {
+            id,
+            minter: TokenMinter::new(&config.auth),
+            current: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The principal id.
+    pub fn id(&self) -> &PrincipalId {
+        &self.id
+    }
+
+    fn token(&self) -> String {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let now = SystemTime::now();
+        match &*current {
+            Some((token, renew_at)) if now < *renew_at => token.clone(),
+            _ => {
+                let token = self.minter.mint(&self.id, PrincipalKind::Service, SERVICE_TOKEN_TTL);
+                *current = Some((token.clone(), now + Duration::from_secs(SERVICE_TOKEN_TTL / 2)));
+                token
+            }
+        }
+    }
+
+    /// A request to another service made by this service, for `on_behalf_of` when given.
+    pub fn request<T>(&self, message: T, on_behalf_of: Option<&str>) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        if let Ok(v) = format!("Bearer {}", self.token()).parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        if let Some(v) = on_behalf_of.and_then(|p| p.parse().ok()) {
+            req.metadata_mut().insert(ON_BEHALF_OF, v);
+        }
+        req
+    }
+}
+
+/// The authorization service, as the other services ask it.
+#[derive(Debug, Clone)]
+pub struct Authz {
+    client: AuthorizationServiceClient<InternalChannel>,
+    identity: ServiceIdentity,
+}
+
+/// Name of the authorization service in errors.
+const AUTHORIZATION: &str = "authorization service";
+
+impl Authz {
+    /// A client of the configured authorization service, calling as `identity`.
+    pub fn new(config: &SspmConfig, identity: ServiceIdentity) -> anyhow::Result<Self> {
+        let endpoint = config.services.get(ServiceKind::Authorization).endpoint();
+        Ok(Self {
+            client: AuthorizationServiceClient::new(connect_lazy(&endpoint, &config.clients)?),
+            identity,
+        })
+    }
+
+    /// Whether `principal` may do `action` on `business_unit_id` (empty for global actions);
+    /// the allowed business unit's facts, or the status to answer the caller with: NOT_FOUND
+    /// for a business unit it may not see, FAILED_PRECONDITION (R6) without Monitoring
+    /// Gateway, PERMISSION_DENIED for missing permissions.
+    pub async fn require(
+        &self,
+        principal: &PrincipalId,
+        action: Action,
+        business_unit_id: &str,
+    ) -> Result<Option<BusinessUnit>, Status> {
+        let req = CheckRequest {
+            principal_id: principal.to_string(),
+            action: action.into(),
+            business_unit_id: business_unit_id.to_owned(),
+        };
+        let answer = self
+            .client
+            .clone()
+            .check(self.identity.request(req, Some(principal.as_str())))
+            .await
+            .map_err(|s| downstream(AUTHORIZATION, &s))?
+            .into_inner();
+        if answer.allowed {
+            return Ok(answer.business_unit);
+        }
+        Err(match answer.deny_reason() {
+            DenyReason::NotFound => error::not_found("business unit", business_unit_id),
+            DenyReason::MonitoringGatewayDisabled => error::violation(Violation::new(
+                Rule::R6MonitoringGateway,
+                "business_unit_id",
+                "monitoring gateway is not enabled for this business unit; SSPM is not available for it",
+            )),
+            DenyReason::UnknownPrincipal => {
+                error::permission_denied(format!("principal {principal} is not registered with SSPM"), &[])
+            }
+            DenyReason::MissingPermission | DenyReason::Unspecified => {
+                let names: Vec<&str> = answer
+                    .missing_permissions()
+                    .map(|p| p.as_str_name().trim_start_matches("PERMISSION_"))
+                    .collect();
+                error::permission_denied(answer.message.clone(), &names)
+            }
+        })
+    }
+
+    /// A business unit's facts as the service sees them (every business unit); `None` when
+    /// it does not exist.
+    pub async fn business_unit(&self, business_unit_id: &str) -> Result<Option<BusinessUnit>, Status> {
+        let req = GetBusinessUnitRequest {
+            business_unit_id: business_unit_id.to_owned(),
+        };
+        match self
+            .client
+            .clone()
+            .get_business_unit(self.identity.request(req, None))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().business_unit),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(downstream(AUTHORIZATION, &s)),
+        }
+    }
+}
+
+/// The protobuf name of a permission without its prefix, e.g. `PORT_MANAGEMENT_CREATE`.
+pub fn permission_name(p: Permission) -> &'static str {
+    p.as_str_name().trim_start_matches("PERMISSION_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_tokens_are_refused() {
+        let t = page_token("1700000000|req-1");
+        assert_eq!(page_key(&t).unwrap().as_deref(), Some("1700000000|req-1"));
+        assert_eq!(page_key("").unwrap(), None);
+        for bad in ["abc", "p1.zz", "p1.a", "p1.ff"] {
+            assert_eq!(page_key(bad).unwrap_err().code(), Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn page_sizes_default_and_are_bounded() {
+        assert_eq!(page_size(0).unwrap(), 50);
+        assert_eq!(page_size(500).unwrap(), 500);
+        assert!(page_size(501).is_err());
+        assert!(page_size(-1).is_err());
+    }
+
+    #[test]
+    fn timestamps_round_trip_in_microseconds() {
+        let ts = timestamp(1_700_000_000_123_456);
+        assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_456_000));
+        assert_eq!(micros_of(&ts, "t").unwrap(), 1_700_000_000_123_456);
+        let bad = prost_types::Timestamp { seconds: 1, nanos: -1 };
+        assert_eq!(micros_of(&bad, "revert_at").unwrap_err().code(), Code::InvalidArgument);
+    }
+}

@@ -1,0 +1,669 @@
+//! `sspm.v1.AuthorizationService`: the check, visibility, and the account representative's
+//! administration of business units, principals and grants.
+
+use sea_orm::DbErr;
+use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
+use sspm_platform::caller;
+use sspm_platform::db::{DbErrorKind, classify};
+use sspm_platform::error::{self, not_found, permission_denied};
+use sspm_platform::rpc::{self, invalid, now_micros, page_key, page_size, page_token, parse_at, timestamp};
+use sspm_proto::v1 as pb;
+use sspm_proto::v1::authorization_service_server::AuthorizationService;
+use sspm_rules::{BusinessUnitId, ClusterName, PrincipalId, Text};
+use tonic::{Request, Response, Status};
+
+use crate::entities::{business_unit, grant, principal};
+use crate::model::{Perm, Subject, required};
+use crate::store::Store;
+
+/// The handlers.
+#[derive(Debug, Clone)]
+pub struct AuthorizationApi {
+    store: Store,
+}
+
+impl AuthorizationApi {
+    /// Handlers on `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    async fn subject(&self, id: &str) -> Result<Option<Subject>, Status> {
+        let Some(principal) = self.store.principal(id).await.map_err(db("loading a principal"))? else {
+            return Ok(None);
+        };
+        let grants = self.store.grants_of(id).await.map_err(db("loading grants"))?;
+        Ok(Some(Subject { principal, grants }))
+    }
+
+    /// The caller as a subject; `None` for a service or an unregistered principal.
+    async fn caller_subject(&self, caller: &Caller) -> Result<Option<Subject>, Status> {
+        if caller.kind == CallerKind::Service {
+            return Ok(None);
+        }
+        self.subject(caller.id.as_str()).await
+    }
+
+    /// PERMISSION_DENIED unless the caller is an account representative.
+    async fn require_admin(&self, caller: &Caller) -> Result<(), Status> {
+        let is_rep = self
+            .caller_subject(caller)
+            .await?
+            .is_some_and(|s| s.has_global(pb::Permission::AccountRepresentative));
+        if is_rep {
+            Ok(())
+        } else {
+            Err(permission_denied(
+                "only an account representative may administer business units, principals and permissions",
+                &["ACCOUNT_REPRESENTATIVE"],
+            ))
+        }
+    }
+
+    /// The principal a request is about: `raw`, or the caller when empty. Asking about
+    /// someone else needs a service or an account representative.
+    async fn target_principal(&self, caller: &Caller, raw: &str) -> Result<String, Status> {
+        if raw.is_empty() || raw == caller.id.as_str() {
+            return Ok(caller.id.to_string());
+        }
+        let id = parse_at("principal_id", PrincipalId::parse(raw))?;
+        if caller.kind != CallerKind::Service {
+            self.require_admin(caller).await.map_err(|_| {
+                permission_denied(
+                    "only SSPM services and account representatives may ask about another principal",
+                    &["ACCOUNT_REPRESENTATIVE"],
+                )
+            })?;
+        }
+        Ok(id.to_string())
+    }
+
+    async fn existing_business_unit(&self, field: &str, id: &str) -> Result<business_unit::Model, Status> {
+        let id = parse_at(field, BusinessUnitId::parse(id))?;
+        self.store
+            .business_unit(id.as_str())
+            .await
+            .map_err(db("loading a business unit"))?
+            .ok_or_else(|| not_found("business unit", id.as_str()))
+    }
+
+    /// Checks a partner assignment: the partner exists, is not the business unit itself and
+    /// has no partner of its own (one level of management).
+    async fn check_partner(&self, field: &str, bu_id: &str, partner: &str) -> Result<(), Status> {
+        if partner == bu_id {
+            return Err(invalid(field, "a business unit cannot be its own partner"));
+        }
+        let p = parse_at(field, BusinessUnitId::parse(partner))?;
+        match self
+            .store
+            .business_unit(p.as_str())
+            .await
+            .map_err(db("loading a partner"))?
+        {
+            None => Err(invalid(field, format!("no business unit {partner:?}"))),
+            Some(p) if p.partner_id.is_some() => Err(invalid(
+                field,
+                format!("{partner:?} is itself a customer of a partner; partners cannot be nested"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+fn db(context: &'static str) -> impl Fn(DbErr) -> Status {
+    move |e| error::database(context, &e)
+}
+
+fn to_pb_bu(m: business_unit::Model) -> pb::BusinessUnit {
+    pb::BusinessUnit {
+        business_unit_id: m.business_unit_id,
+        display_name: m.display_name,
+        cluster: m.cluster,
+        partner_id: m.partner_id.unwrap_or_default(),
+        monitoring_gateway_enabled: m.monitoring_gateway_enabled,
+        personal_connection_enabled: m.personal_connection_enabled,
+        create_time: Some(timestamp(m.create_time)),
+        update_time: Some(timestamp(m.update_time)),
+    }
+}
+
+fn to_pb_principal(m: principal::Model) -> pb::Principal {
+    let kind = match m.kind.as_str() {
+        "SERVICE" => pb::PrincipalKind::Service,
+        _ => pb::PrincipalKind::User,
+    };
+    pb::Principal {
+        principal_id: m.principal_id,
+        display_name: m.display_name,
+        home_business_unit_id: m.home_business_unit_id.unwrap_or_default(),
+        kind: kind.into(),
+        create_time: Some(timestamp(m.create_time)),
+    }
+}
+
+fn to_pb_grant(m: grant::Model) -> pb::PermissionGrant {
+    let permission = Perm::from_name(&m.permission).map_or(pb::Permission::Unspecified, |p| p.0);
+    pb::PermissionGrant {
+        principal_id: m.principal_id,
+        business_unit_id: m.business_unit_id,
+        permission: permission.into(),
+        granted_by: m.granted_by,
+        grant_time: Some(timestamp(m.grant_time)),
+    }
+}
+
+fn display_name(field: &str, raw: &str) -> Result<String, Status> {
+    Ok(parse_at(field, Text::parse_max(raw, "display name", 255))?
+        .as_str()
+        .to_owned())
+}
+
+fn cluster(field: &str, raw: &str) -> Result<String, Status> {
+    Ok(parse_at(field, ClusterName::parse(raw))?.as_str().to_owned())
+}
+
+fn deny(reason: pb::DenyReason, message: impl Into<String>) -> pb::CheckResponse {
+    pb::CheckResponse {
+        allowed: false,
+        deny_reason: reason.into(),
+        missing_permissions: Vec::new(),
+        message: message.into(),
+        business_unit: None,
+    }
+}
+
+#[tonic::async_trait]
+impl AuthorizationService for AuthorizationApi {
+    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let action: pb::Action = rpc::required_enum("action", req.action)?;
+        let who = self.target_principal(&caller, &req.principal_id).await?;
+        let (global, needs) = required(action);
+        if global && !req.business_unit_id.is_empty() {
+            return Err(invalid(
+                "business_unit_id",
+                "must be empty for a global action (daily limits, approvals, administration)",
+            ));
+        }
+        if !global && req.business_unit_id.is_empty() {
+            return Err(invalid("business_unit_id", "is required for this action"));
+        }
+        let Some(subject) = self.subject(&who).await? else {
+            return Ok(Response::new(deny(
+                pb::DenyReason::UnknownPrincipal,
+                format!("principal {who} is not registered"),
+            )));
+        };
+        if global {
+            let missing: Vec<pb::Permission> = needs.iter().copied().filter(|p| !subject.has_global(*p)).collect();
+            return Ok(Response::new(if missing.is_empty() {
+                pb::CheckResponse {
+                    allowed: true,
+                    message: "allowed".into(),
+                    ..Default::default()
+                }
+            } else {
+                pb::CheckResponse {
+                    allowed: false,
+                    deny_reason: pb::DenyReason::MissingPermission.into(),
+                    message: format!("{who} lacks {}", names(&missing)),
+                    missing_permissions: missing.into_iter().map(Into::into).collect(),
+                    business_unit: None,
+                }
+            }));
+        }
+        let bu_id = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
+        let bu = self
+            .store
+            .business_unit(bu_id.as_str())
+            .await
+            .map_err(db("loading a business unit"))?
+            .filter(|bu| subject.may_see(bu));
+        let Some(bu) = bu else {
+            // Unknown and invisible look the same: never leak another tenant's existence.
+            return Ok(Response::new(deny(
+                pb::DenyReason::NotFound,
+                format!("business unit {bu_id} not found"),
+            )));
+        };
+        if !bu.monitoring_gateway_enabled {
+            return Ok(Response::new(pb::CheckResponse {
+                business_unit: Some(to_pb_bu(bu)),
+                ..deny(
+                    pb::DenyReason::MonitoringGatewayDisabled,
+                    "monitoring gateway is not enabled for this business unit (R6)",
+                )
+            }));
+        }
+        let missing: Vec<pb::Permission> = needs.iter().copied().filter(|p| !subject.has_on(*p, &bu)).collect();
+        let answer = if missing.is_empty() {
+            pb::CheckResponse {
+                allowed: true,
+                message: "allowed".into(),
+                business_unit: Some(to_pb_bu(bu)),
+                ..Default::default()
+            }
+        } else {
+            pb::CheckResponse {
+                allowed: false,
+                deny_reason: pb::DenyReason::MissingPermission.into(),
+                message: format!("{who} lacks {} on business unit {bu_id}", names(&missing)),
+                missing_permissions: missing.into_iter().map(Into::into).collect(),
+                business_unit: Some(to_pb_bu(bu)),
+            }
+        };
+        Ok(Response::new(answer))
+    }
+
+    async fn list_visible_business_units(
+        &self,
+        request: Request<pb::ListVisibleBusinessUnitsRequest>,
+    ) -> Result<Response<pb::ListVisibleBusinessUnitsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let size = page_size(req.page_size)?;
+        let after = page_key(&req.page_token)?;
+        let who = self.target_principal(&caller, &req.principal_id).await?;
+        let scope = if caller.kind == CallerKind::Service && req.principal_id.is_empty() {
+            None
+        } else {
+            match self.subject(&who).await? {
+                Some(s) => s.scope(),
+                None => Some(Vec::new()),
+            }
+        };
+        if scope.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Response::new(pb::ListVisibleBusinessUnitsResponse::default()));
+        }
+        let mut rows = self
+            .store
+            .business_units(scope.as_deref(), after.as_deref(), size + 1)
+            .await
+            .map_err(db("listing business units"))?;
+        let next = next_token(&mut rows, size, |b| b.business_unit_id.clone());
+        Ok(Response::new(pb::ListVisibleBusinessUnitsResponse {
+            business_units: rows.into_iter().map(to_pb_bu).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn create_business_unit(
+        &self,
+        request: Request<pb::CreateBusinessUnitRequest>,
+    ) -> Result<Response<pb::CreateBusinessUnitResponse>, Status> {
+        let caller = caller(&request)?;
+        self.require_admin(&caller).await?;
+        let bu = request
+            .into_inner()
+            .business_unit
+            .ok_or_else(|| invalid("business_unit", "is required"))?;
+        let id = parse_at(
+            "business_unit.business_unit_id",
+            BusinessUnitId::parse(&bu.business_unit_id),
+        )?;
+        let now = now_micros();
+        let partner = (!bu.partner_id.is_empty()).then_some(bu.partner_id.clone());
+        if let Some(p) = &partner {
+            self.check_partner("business_unit.partner_id", id.as_str(), p).await?;
+        }
+        let model = business_unit::Model {
+            business_unit_id: id.to_string(),
+            display_name: display_name("business_unit.display_name", &bu.display_name)?,
+            cluster: cluster("business_unit.cluster", &bu.cluster)?,
+            partner_id: partner,
+            monitoring_gateway_enabled: bu.monitoring_gateway_enabled,
+            personal_connection_enabled: bu.personal_connection_enabled,
+            create_time: now,
+            update_time: now,
+        };
+        match self.store.insert_business_unit(model.clone()).await {
+            Ok(()) => {}
+            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+                return Err(Status::already_exists(format!("business unit {id} already exists")));
+            }
+            Err(e) => return Err(error::database("creating a business unit", &e)),
+        }
+        tracing::info!(business_unit = %id, by = %caller.id, "business unit created");
+        Ok(Response::new(pb::CreateBusinessUnitResponse {
+            business_unit: Some(to_pb_bu(model)),
+        }))
+    }
+
+    async fn update_business_unit(
+        &self,
+        request: Request<pb::UpdateBusinessUnitRequest>,
+    ) -> Result<Response<pb::UpdateBusinessUnitResponse>, Status> {
+        let caller = caller(&request)?;
+        self.require_admin(&caller).await?;
+        let req = request.into_inner();
+        let mut bu = self
+            .existing_business_unit("business_unit_id", &req.business_unit_id)
+            .await?;
+        if let Some(name) = &req.display_name {
+            bu.display_name = display_name("display_name", name)?;
+        }
+        if let Some(c) = &req.cluster {
+            bu.cluster = cluster("cluster", c)?;
+        }
+        if let Some(p) = &req.partner_id {
+            if p.is_empty() {
+                bu.partner_id = None;
+            } else {
+                self.check_partner("partner_id", &bu.business_unit_id, p).await?;
+                if self
+                    .store
+                    .has_customers(&bu.business_unit_id)
+                    .await
+                    .map_err(db("loading customers"))?
+                {
+                    return Err(invalid(
+                        "partner_id",
+                        "this business unit is a partner with customers; partners cannot be nested",
+                    ));
+                }
+                bu.partner_id = Some(p.clone());
+            }
+        }
+        if let Some(v) = req.monitoring_gateway_enabled {
+            bu.monitoring_gateway_enabled = v;
+        }
+        if let Some(v) = req.personal_connection_enabled {
+            bu.personal_connection_enabled = v;
+        }
+        bu.update_time = now_micros();
+        self.store
+            .update_business_unit(bu.clone())
+            .await
+            .map_err(db("updating a business unit"))?;
+        tracing::info!(business_unit = %bu.business_unit_id, by = %caller.id, "business unit updated");
+        Ok(Response::new(pb::UpdateBusinessUnitResponse {
+            business_unit: Some(to_pb_bu(bu)),
+        }))
+    }
+
+    async fn get_business_unit(
+        &self,
+        request: Request<pb::GetBusinessUnitRequest>,
+    ) -> Result<Response<pb::GetBusinessUnitResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let bu = self
+            .existing_business_unit("business_unit_id", &req.business_unit_id)
+            .await?;
+        if caller.kind != CallerKind::Service {
+            let visible = self.caller_subject(&caller).await?.is_some_and(|s| s.may_see(&bu));
+            if !visible {
+                return Err(not_found("business unit", &req.business_unit_id));
+            }
+        }
+        Ok(Response::new(pb::GetBusinessUnitResponse {
+            business_unit: Some(to_pb_bu(bu)),
+        }))
+    }
+
+    async fn create_principal(
+        &self,
+        request: Request<pb::CreatePrincipalRequest>,
+    ) -> Result<Response<pb::CreatePrincipalResponse>, Status> {
+        let caller = caller(&request)?;
+        self.require_admin(&caller).await?;
+        let p = request
+            .into_inner()
+            .principal
+            .ok_or_else(|| invalid("principal", "is required"))?;
+        let id = parse_at("principal.principal_id", PrincipalId::parse(&p.principal_id))?;
+        let kind = match rpc::required_enum::<pb::PrincipalKind>("principal.kind", p.kind)? {
+            pb::PrincipalKind::Service => "SERVICE",
+            _ => "USER",
+        };
+        let name = if p.display_name.is_empty() {
+            id.to_string()
+        } else {
+            display_name("principal.display_name", &p.display_name)?
+        };
+        let home = if p.home_business_unit_id.is_empty() {
+            None
+        } else {
+            Some(
+                self.existing_business_unit("principal.home_business_unit_id", &p.home_business_unit_id)
+                    .await
+                    .map_err(|_| invalid("principal.home_business_unit_id", "no such business unit"))?
+                    .business_unit_id,
+            )
+        };
+        let model = principal::Model {
+            principal_id: id.to_string(),
+            display_name: name,
+            home_business_unit_id: home,
+            kind: kind.to_owned(),
+            create_time: now_micros(),
+        };
+        match self.store.insert_principal(model.clone()).await {
+            Ok(()) => {}
+            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+                return Err(Status::already_exists(format!("principal {id} already exists")));
+            }
+            Err(e) => return Err(error::database("creating a principal", &e)),
+        }
+        tracing::info!(principal = %id, by = %caller.id, "principal created");
+        Ok(Response::new(pb::CreatePrincipalResponse {
+            principal: Some(to_pb_principal(model)),
+        }))
+    }
+
+    async fn update_principal(
+        &self,
+        request: Request<pb::UpdatePrincipalRequest>,
+    ) -> Result<Response<pb::UpdatePrincipalResponse>, Status> {
+        let caller = caller(&request)?;
+        self.require_admin(&caller).await?;
+        let req = request.into_inner();
+        let id = parse_at("principal_id", PrincipalId::parse(&req.principal_id))?;
+        let mut p = self
+            .store
+            .principal(id.as_str())
+            .await
+            .map_err(db("loading a principal"))?
+            .ok_or_else(|| not_found("principal", id.as_str()))?;
+        if let Some(name) = &req.display_name {
+            p.display_name = display_name("display_name", name)?;
+        }
+        if let Some(home) = &req.home_business_unit_id {
+            p.home_business_unit_id = if home.is_empty() {
+                None
+            } else {
+                Some(
+                    self.existing_business_unit("home_business_unit_id", home)
+                        .await
+                        .map_err(|_| invalid("home_business_unit_id", "no such business unit"))?
+                        .business_unit_id,
+                )
+            };
+        }
+        self.store
+            .update_principal(&p)
+            .await
+            .map_err(db("updating a principal"))?;
+        Ok(Response::new(pb::UpdatePrincipalResponse {
+            principal: Some(to_pb_principal(p)),
+        }))
+    }
+
+    async fn get_principal(
+        &self,
+        request: Request<pb::GetPrincipalRequest>,
+    ) -> Result<Response<pb::GetPrincipalResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let who = self.target_principal(&caller, &req.principal_id).await?;
+        let p = self
+            .store
+            .principal(&who)
+            .await
+            .map_err(db("loading a principal"))?
+            .ok_or_else(|| not_found("principal", &who))?;
+        Ok(Response::new(pb::GetPrincipalResponse {
+            principal: Some(to_pb_principal(p)),
+        }))
+    }
+
+    async fn grant_permission(
+        &self,
+        request: Request<pb::GrantPermissionRequest>,
+    ) -> Result<Response<pb::GrantPermissionResponse>, Status> {
+        let caller = caller(&request)?;
+        self.require_admin(&caller).await?;
+        let req = request.into_inner();
+        let (principal_id, bu, perm) = self
+            .grant_key(&req.principal_id, &req.business_unit_id, req.permission)
+            .await?;
+        let stored = self
+            .store
+            .grant(grant::Model {
+                principal_id,
+                business_unit_id: bu,
+                permission: perm.name().to_owned(),
+                granted_by: caller.id.to_string(),
+                grant_time: now_micros(),
+            })
+            .await
+            .map_err(db("granting a permission"))?;
+        tracing::info!(principal = %stored.principal_id, business_unit = %stored.business_unit_id,
+            permission = %stored.permission, by = %caller.id, "permission granted");
+        Ok(Response::new(pb::GrantPermissionResponse {
+            grant: Some(to_pb_grant(stored)),
+        }))
+    }
+
+    async fn revoke_permission(
+        &self,
+        request: Request<pb::RevokePermissionRequest>,
+    ) -> Result<Response<pb::RevokePermissionResponse>, Status> {
+        let caller = caller(&request)?;
+        self.require_admin(&caller).await?;
+        let req = request.into_inner();
+        let (principal_id, bu, perm) = self
+            .grant_key(&req.principal_id, &req.business_unit_id, req.permission)
+            .await?;
+        let revoked = self
+            .store
+            .revoke(&principal_id, &bu, perm)
+            .await
+            .map_err(db("revoking a permission"))?;
+        tracing::info!(principal = %principal_id, business_unit = %bu, permission = perm.name(),
+            by = %caller.id, revoked, "permission revoked");
+        Ok(Response::new(pb::RevokePermissionResponse { revoked }))
+    }
+
+    async fn list_permissions(
+        &self,
+        request: Request<pb::ListPermissionsRequest>,
+    ) -> Result<Response<pb::ListPermissionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let size = page_size(req.page_size)?;
+        let offset = match page_key(&req.page_token)? {
+            None => 0,
+            Some(k) => k
+                .parse::<u64>()
+                .map_err(|_| invalid("page_token", "not a page token issued by this RPC"))?,
+        };
+        let principal_filter = if req.principal_id.is_empty() {
+            None
+        } else {
+            Some(parse_at("principal_id", PrincipalId::parse(&req.principal_id))?.to_string())
+        };
+        let is_admin = caller.kind == CallerKind::Service || self.require_admin(&caller).await.is_ok();
+        // Without administration rights, callers list only their own grants.
+        let principal_filter = match (is_admin, principal_filter) {
+            (true, f) => f,
+            (false, None) => Some(caller.id.to_string()),
+            (false, Some(p)) if p == caller.id.as_str() => Some(p),
+            (false, Some(_)) => {
+                return Err(permission_denied(
+                    "only account representatives may list another principal's permissions",
+                    &["ACCOUNT_REPRESENTATIVE"],
+                ));
+            }
+        };
+        let bu_filter = (!req.business_unit_id.is_empty()).then_some(req.business_unit_id.as_str());
+        let mut rows = self
+            .store
+            .grants(principal_filter.as_deref(), bu_filter, offset, size + 1)
+            .await
+            .map_err(db("listing permissions"))?;
+        let more = rows.len() as u64 > size;
+        rows.truncate(size as usize);
+        let next = if more {
+            page_token(&(offset + size).to_string())
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPermissionsResponse {
+            grants: rows.into_iter().map(to_pb_grant).collect(),
+            next_page_token: next,
+        }))
+    }
+}
+
+impl AuthorizationApi {
+    /// Validates the (principal, business unit, permission) of a grant or revoke.
+    async fn grant_key(
+        &self,
+        principal_raw: &str,
+        bu_raw: &str,
+        permission: i32,
+    ) -> Result<(String, String, Perm), Status> {
+        let perm = Perm(rpc::required_enum::<pb::Permission>("permission", permission)?);
+        let id = parse_at("principal_id", PrincipalId::parse(principal_raw))?;
+        if self
+            .store
+            .principal(id.as_str())
+            .await
+            .map_err(db("loading a principal"))?
+            .is_none()
+        {
+            return Err(not_found("principal", id.as_str()));
+        }
+        let bu = match (perm.is_global(), bu_raw.is_empty()) {
+            (true, true) => String::new(),
+            (true, false) => {
+                return Err(invalid(
+                    "business_unit_id",
+                    format!("{} is a global permission: leave business_unit_id empty", perm.name()),
+                ));
+            }
+            (false, true) => {
+                return Err(invalid(
+                    "business_unit_id",
+                    format!("{} is granted on a business unit: set business_unit_id", perm.name()),
+                ));
+            }
+            (false, false) => {
+                self.existing_business_unit("business_unit_id", bu_raw)
+                    .await?
+                    .business_unit_id
+            }
+        };
+        Ok((id.to_string(), bu, perm))
+    }
+}
+
+fn names(perms: &[pb::Permission]) -> String {
+    perms
+        .iter()
+        .map(|p| rpc::permission_name(*p))
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// Truncates a page fetched with one extra row and returns the next page token.
+pub(crate) fn next_token<T>(rows: &mut Vec<T>, size: u64, key: impl Fn(&T) -> String) -> String {
+    if rows.len() as u64 > size {
+        rows.truncate(size as usize);
+        rows.last().map(key).map(|k| page_token(&k)).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}

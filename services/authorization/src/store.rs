@@ -1,0 +1,199 @@
+//! Every query of the authorization service.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+
+use crate::entities::{business_unit, grant, principal};
+use crate::model::Perm;
+
+/// The authorization service's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// A store on `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// One business unit.
+    pub async fn business_unit(&self, id: &str) -> Result<Option<business_unit::Model>, DbErr> {
+        business_unit::Entity::find_by_id(id.to_owned()).one(&self.db).await
+    }
+
+    /// Whether any business unit has `id` as its partner.
+    pub async fn has_customers(&self, id: &str) -> Result<bool, DbErr> {
+        Ok(business_unit::Entity::find()
+            .filter(business_unit::Column::PartnerId.eq(id))
+            .one(&self.db)
+            .await?
+            .is_some())
+    }
+
+    /// Business units ordered by id after `after`: all of them, or (with `scope`) those
+    /// whose id or partner is in `scope`.
+    pub async fn business_units(
+        &self,
+        scope: Option<&[String]>,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<business_unit::Model>, DbErr> {
+        let mut q = business_unit::Entity::find();
+        if let Some(ids) = scope {
+            q = q.filter(
+                Condition::any()
+                    .add(business_unit::Column::BusinessUnitId.is_in(ids.iter().cloned()))
+                    .add(business_unit::Column::PartnerId.is_in(ids.iter().cloned())),
+            );
+        }
+        if let Some(after) = after {
+            q = q.filter(business_unit::Column::BusinessUnitId.gt(after));
+        }
+        q.order_by_asc(business_unit::Column::BusinessUnitId)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    /// Inserts a business unit; a unique violation means it exists.
+    pub async fn insert_business_unit(&self, bu: business_unit::Model) -> Result<(), DbErr> {
+        business_unit::Entity::insert(business_unit::ActiveModel::from(bu))
+            .exec_without_returning(&self.db)
+            .await
+            .map(|_| ())
+    }
+
+    /// Replaces a business unit's fields.
+    pub async fn update_business_unit(&self, bu: business_unit::Model) -> Result<(), DbErr> {
+        business_unit::Entity::update_many()
+            .col_expr(business_unit::Column::DisplayName, Expr::val(bu.display_name))
+            .col_expr(business_unit::Column::Cluster, Expr::val(bu.cluster))
+            .col_expr(business_unit::Column::PartnerId, Expr::val(bu.partner_id))
+            .col_expr(
+                business_unit::Column::MonitoringGatewayEnabled,
+                Expr::val(bu.monitoring_gateway_enabled),
+            )
+            .col_expr(
+                business_unit::Column::PersonalConnectionEnabled,
+                Expr::val(bu.personal_connection_enabled),
+            )
+            .col_expr(business_unit::Column::UpdateTime, Expr::val(bu.update_time))
+            .filter(business_unit::Column::BusinessUnitId.eq(bu.business_unit_id))
+            .exec(&self.db)
+            .await
+            .map(|_| ())
+    }
+
+    /// One principal.
+    pub async fn principal(&self, id: &str) -> Result<Option<principal::Model>, DbErr> {
+        principal::Entity::find_by_id(id.to_owned()).one(&self.db).await
+    }
+
+    /// Inserts a principal; a unique violation means it exists.
+    pub async fn insert_principal(&self, p: principal::Model) -> Result<(), DbErr> {
+        principal::Entity::insert(principal::ActiveModel::from(p))
+            .exec_without_returning(&self.db)
+            .await
+            .map(|_| ())
+    }
+
+    /// Replaces a principal's display name and home business unit.
+    pub async fn update_principal(&self, p: &principal::Model) -> Result<(), DbErr> {
+        principal::Entity::update_many()
+            .col_expr(principal::Column::DisplayName, Expr::val(p.display_name.clone()))
+            .col_expr(
+                principal::Column::HomeBusinessUnitId,
+                Expr::val(p.home_business_unit_id.clone()),
+            )
+            .filter(principal::Column::PrincipalId.eq(p.principal_id.clone()))
+            .exec(&self.db)
+            .await
+            .map(|_| ())
+    }
+
+    /// Every grant of a principal.
+    pub async fn grants_of(&self, principal_id: &str) -> Result<Vec<grant::Model>, DbErr> {
+        grant::Entity::find()
+            .filter(grant::Column::PrincipalId.eq(principal_id))
+            .all(&self.db)
+            .await
+    }
+
+    /// Grants a permission unless already granted; returns the stored grant.
+    pub async fn grant(&self, g: grant::Model) -> Result<grant::Model, DbErr> {
+        grant_on(&self.db, g.clone()).await?;
+        grant::Entity::find_by_id((g.principal_id, g.business_unit_id, g.permission))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("grant vanished after insert".into()))
+    }
+
+    /// Revokes a permission; whether there was one.
+    pub async fn revoke(&self, principal_id: &str, business_unit_id: &str, perm: Perm) -> Result<bool, DbErr> {
+        let r = grant::Entity::delete_many()
+            .filter(grant::Column::PrincipalId.eq(principal_id))
+            .filter(grant::Column::BusinessUnitId.eq(business_unit_id))
+            .filter(grant::Column::Permission.eq(perm.name()))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected > 0)
+    }
+
+    /// Grants ordered by (principal, business unit, permission), filtered, from `offset`.
+    pub async fn grants(
+        &self,
+        principal_id: Option<&str>,
+        business_unit_id: Option<&str>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<grant::Model>, DbErr> {
+        let mut q = grant::Entity::find();
+        if let Some(p) = principal_id {
+            q = q.filter(grant::Column::PrincipalId.eq(p));
+        }
+        if let Some(b) = business_unit_id {
+            q = q.filter(grant::Column::BusinessUnitId.eq(b));
+        }
+        q.order_by_asc(grant::Column::PrincipalId)
+            .order_by_asc(grant::Column::BusinessUnitId)
+            .order_by_asc(grant::Column::Permission)
+            .offset(offset)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    /// The database, for seeding.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}
+
+/// Inserts a grant, doing nothing when it exists.
+pub async fn grant_on(db: &impl ConnectionTrait, g: grant::Model) -> Result<(), DbErr> {
+    grant::Entity::insert(grant::ActiveModel::from(g))
+        .on_conflict_do_nothing()
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// Inserts a principal, doing nothing when it exists.
+pub async fn ensure_principal(db: &impl ConnectionTrait, p: principal::Model) -> Result<(), DbErr> {
+    principal::Entity::insert(principal::ActiveModel {
+        principal_id: Set(p.principal_id),
+        display_name: Set(p.display_name),
+        home_business_unit_id: Set(p.home_business_unit_id),
+        kind: Set(p.kind),
+        create_time: Set(p.create_time),
+    })
+    .on_conflict_do_nothing()
+    .exec(db)
+    .await
+    .map(|_| ())
+}
