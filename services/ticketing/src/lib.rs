@@ -3,20 +3,28 @@
 //!
 //! It owns its database (schema in [`migration`]) and serves `sspm.v1.TicketingService`.
 
+pub mod api;
+pub mod entities;
 pub mod migration;
+pub mod store;
 
+use sspm_platform::rpc::{Authz, ServiceIdentity};
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
+use sspm_proto::v1::ticketing_service_server::TicketingServiceServer;
 use tokio::net::TcpListener;
 
 /// Connects and migrates the ticketing service's database and binds its listener.
 pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow::Result<ServiceApp> {
-    ServiceApp::prepare::<migration::Migrator>(
+    let app = ServiceApp::prepare::<migration::Migrator>(
         ServiceKind::Ticketing,
         sspm_proto::service_names::TICKETING,
         &config,
         listener,
     )
-    .await
+    .await?;
+    let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Ticketing, &config))?;
+    let api = api::TicketingApi::new(store::Store::new(app.db.clone()), authz);
+    Ok(app.map_server(|s| s.add_service(TicketingServiceServer::new(api))))
 }
 
 #[cfg(test)]

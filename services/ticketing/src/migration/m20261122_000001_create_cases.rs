@@ -13,7 +13,8 @@ impl MigrationTrait for Migration {
                 .table("cases")
                 .if_not_exists()
                 .col(big_pk_auto("id"))
-                .col(string_len_uniq("case_number", 20))
+                // Set from `id` in the transaction that inserts the case (NULL until then).
+                .col(string_len_null("case_number", 20).unique_key())
                 .col(string_len_uniq("external_reference", 64))
                 .col(string_len("subject", 255))
                 .col(text("description"))

@@ -1,0 +1,270 @@
+//! `sspm.v1.TicketingService`. Opening, commenting and closing cases is internal (SSPM
+//! services); users read the cases of business units whose requests they may view.
+
+use sea_orm::DbErr;
+use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
+use sspm_platform::error::{self, not_found};
+use sspm_platform::rpc::{
+    Authz, ON_BEHALF_OF, invalid, now_micros, page_key, page_size, page_token, parse_at, require_service, timestamp,
+    timestamp_opt,
+};
+use sspm_platform::caller;
+use sspm_proto::v1 as pb;
+use sspm_proto::v1::ticketing_service_server::TicketingService;
+use sspm_rules::{BusinessUnitId, CaseNumber, PrincipalId, Text};
+use tonic::{Code, Request, Response, Status};
+
+use crate::store::{CaseRecord, Closed, NewCase, Store};
+
+/// The handlers.
+#[derive(Debug, Clone)]
+pub struct TicketingApi {
+    store: Store,
+    authz: Authz,
+}
+
+impl TicketingApi {
+    /// Handlers on `store`, asking `authz` about users' access.
+    pub fn new(store: Store, authz: Authz) -> Self {
+        Self { store, authz }
+    }
+
+    /// May the caller read the cases of `business_unit_id`? Services may read all.
+    async fn may_read(&self, caller: &Caller, business_unit_id: &str) -> Result<(), Status> {
+        if caller.kind == CallerKind::Service {
+            return Ok(());
+        }
+        self.authz
+            .require(&caller.id, pb::Action::ViewPorts, business_unit_id)
+            .await
+            .map(|_| ())
+    }
+
+    async fn case_by_number(&self, raw: &str) -> Result<CaseRecord, Status> {
+        let number = parse_at("case_number", CaseNumber::parse(raw))?;
+        self.store
+            .by_number(number.as_str())
+            .await
+            .map_err(db("loading a case"))?
+            .ok_or_else(|| not_found("case", raw))
+    }
+}
+
+fn db(context: &'static str) -> impl Fn(DbErr) -> Status {
+    move |e| error::database(context, &e)
+}
+
+/// Who wrote something: the end user the calling service acts for, or the caller.
+fn author<T>(request: &Request<T>, caller: &Caller) -> String {
+    request
+        .metadata()
+        .get(ON_BEHALF_OF)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| *v == "system" || PrincipalId::parse(v).is_ok())
+        .map_or_else(|| caller.id.to_string(), str::to_owned)
+}
+
+fn status_name(s: pb::CaseStatus) -> &'static str {
+    s.as_str_name().trim_start_matches("CASE_STATUS_")
+}
+
+fn to_pb(r: CaseRecord) -> pb::Case {
+    let c = r.case;
+    let status = pb::CaseStatus::from_str_name(&format!("CASE_STATUS_{}", c.status)).unwrap_or_default();
+    pb::Case {
+        case_number: c.case_number.unwrap_or_default(),
+        external_reference: c.external_reference,
+        subject: c.subject,
+        description: c.description,
+        business_unit_id: c.business_unit_id,
+        requester: c.requester,
+        status: status.into(),
+        resolution: c.resolution.unwrap_or_default(),
+        comments: r
+            .comments
+            .into_iter()
+            .map(|m| pb::CaseComment {
+                author: m.author,
+                body: m.body,
+                create_time: Some(timestamp(m.create_time)),
+            })
+            .collect(),
+        create_time: Some(timestamp(c.create_time)),
+        update_time: Some(timestamp(c.update_time)),
+        close_time: timestamp_opt(c.close_time),
+    }
+}
+
+fn text(field: &str, raw: &str, what: &str, max: usize) -> Result<String, Status> {
+    Ok(parse_at(field, Text::parse_max(raw, what, max))?.as_str().to_owned())
+}
+
+#[tonic::async_trait]
+impl TicketingService for TicketingApi {
+    async fn open_case(&self, request: Request<pb::OpenCaseRequest>) -> Result<Response<pb::OpenCaseResponse>, Status> {
+        let caller = caller(&request)?;
+        require_service(&caller, "OpenCase")?;
+        let req = request.into_inner();
+        let reference = req.external_reference.trim();
+        if reference.is_empty() || reference.len() > 64 {
+            return Err(invalid("external_reference", "must be 1-64 characters"));
+        }
+        let description = if req.description.is_empty() {
+            String::new()
+        } else {
+            text("description", &req.description, "description", 32_000)?
+        };
+        let new = NewCase {
+            external_reference: reference.to_owned(),
+            subject: text("subject", &req.subject, "subject", 255)?,
+            description,
+            business_unit_id: parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?.to_string(),
+            requester: parse_at("requester", PrincipalId::parse(&req.requester))?.to_string(),
+        };
+        let (case, created) = self
+            .store
+            .open(new, now_micros())
+            .await
+            .map_err(db("opening a case"))?;
+        if created {
+            tracing::info!(case_number = ?case.case.case_number, reference, "case opened");
+        }
+        Ok(Response::new(pb::OpenCaseResponse {
+            case: Some(to_pb(case)),
+            created,
+        }))
+    }
+
+    async fn add_case_comment(
+        &self,
+        request: Request<pb::AddCaseCommentRequest>,
+    ) -> Result<Response<pb::AddCaseCommentResponse>, Status> {
+        let caller = caller(&request)?;
+        require_service(&caller, "AddCaseComment")?;
+        let author = author(&request, &caller);
+        let req = request.into_inner();
+        let body = text("body", &req.body, "comment", Text::MAX_LEN)?;
+        let case = self.case_by_number(&req.case_number).await?;
+        self.store
+            .comment(case.case.id, &author, &body, now_micros())
+            .await
+            .map_err(db("adding a comment"))?;
+        let case = self.case_by_number(&req.case_number).await?;
+        Ok(Response::new(pb::AddCaseCommentResponse { case: Some(to_pb(case)) }))
+    }
+
+    async fn update_case_status(
+        &self,
+        request: Request<pb::UpdateCaseStatusRequest>,
+    ) -> Result<Response<pb::UpdateCaseStatusResponse>, Status> {
+        let caller = caller(&request)?;
+        require_service(&caller, "UpdateCaseStatus")?;
+        let req = request.into_inner();
+        let status: pb::CaseStatus = sspm_platform::rpc::required_enum("status", req.status)?;
+        if status == pb::CaseStatus::Closed {
+            return Err(invalid("status", "use CloseCase to close a case, with its resolution"));
+        }
+        let case = self.case_by_number(&req.case_number).await?;
+        let updated = self
+            .store
+            .set_status(case.case.id, status_name(status), now_micros())
+            .await
+            .map_err(db("updating a case"))?;
+        if !updated {
+            return Err(Status::failed_precondition(format!(
+                "case {} is closed; its status can no longer change",
+                req.case_number
+            )));
+        }
+        let case = self.case_by_number(&req.case_number).await?;
+        Ok(Response::new(pb::UpdateCaseStatusResponse { case: Some(to_pb(case)) }))
+    }
+
+    async fn close_case(&self, request: Request<pb::CloseCaseRequest>) -> Result<Response<pb::CloseCaseResponse>, Status> {
+        let caller = caller(&request)?;
+        require_service(&caller, "CloseCase")?;
+        let req = request.into_inner();
+        let number = parse_at("case_number", CaseNumber::parse(&req.case_number))?;
+        let resolution = text("resolution", &req.resolution, "resolution", Text::MAX_LEN)?;
+        match self
+            .store
+            .close(number.as_str(), &resolution, now_micros())
+            .await
+            .map_err(db("closing a case"))?
+        {
+            None => Err(not_found("case", number.as_str())),
+            Some(Closed::Ok(case)) => Ok(Response::new(pb::CloseCaseResponse { case: Some(to_pb(case)) })),
+            Some(Closed::Conflict(case)) => Err(Status::failed_precondition(format!(
+                "case {} is already closed with another resolution: {:?}",
+                number,
+                case.case.resolution.unwrap_or_default()
+            ))),
+        }
+    }
+
+    async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
+        let caller = caller(&request)?;
+        let case = match request.into_inner().key {
+            Some(pb::get_case_request::Key::CaseNumber(n)) => self.case_by_number(&n).await?,
+            Some(pb::get_case_request::Key::ExternalReference(r)) => self
+                .store
+                .by_reference(&r)
+                .await
+                .map_err(db("loading a case"))?
+                .ok_or_else(|| not_found("case", &r))?,
+            None => return Err(invalid("key", "set case_number or external_reference")),
+        };
+        let shown = case.case.case_number.clone().unwrap_or_default();
+        match self.may_read(&caller, &case.case.business_unit_id).await {
+            Ok(()) => Ok(Response::new(pb::GetCaseResponse { case: Some(to_pb(case)) })),
+            Err(s) if s.code() == Code::NotFound => Err(not_found("case", &shown)),
+            Err(s) => Err(s),
+        }
+    }
+
+    async fn list_cases(&self, request: Request<pb::ListCasesRequest>) -> Result<Response<pb::ListCasesResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let size = page_size(req.page_size)?;
+        let before = match page_key(&req.page_token)? {
+            None => None,
+            Some(k) => Some(
+                k.parse::<i64>()
+                    .map_err(|_| invalid("page_token", "not a page token issued by this RPC"))?,
+            ),
+        };
+        let bu = if req.business_unit_id.is_empty() {
+            if caller.kind != CallerKind::Service {
+                return Err(invalid(
+                    "business_unit_id",
+                    "is required: list the cases of one business unit you may view",
+                ));
+            }
+            None
+        } else {
+            let id = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
+            self.may_read(&caller, id.as_str()).await?;
+            Some(id.to_string())
+        };
+        let mut statuses = Vec::new();
+        for (i, raw) in req.statuses.iter().enumerate() {
+            let s: pb::CaseStatus = sspm_platform::rpc::required_enum(&format!("statuses[{i}]"), *raw)?;
+            statuses.push(status_name(s));
+        }
+        let mut rows = self
+            .store
+            .list(bu.as_deref(), &statuses, before, size + 1)
+            .await
+            .map_err(db("listing cases"))?;
+        let next = if rows.len() as u64 > size {
+            rows.truncate(size as usize);
+            rows.last().map(|r| page_token(&r.case.id.to_string())).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListCasesResponse {
+            cases: rows.into_iter().map(to_pb).collect(),
+            next_page_token: next,
+        }))
+    }
+}

@@ -1,0 +1,213 @@
+//! Every query of the ticketing service.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use sspm_platform::db::{DbErrorKind, classify};
+use sspm_rules::CaseNumber;
+
+use crate::entities::{case, comment};
+
+/// A case with its comments.
+#[derive(Debug, Clone)]
+pub struct CaseRecord {
+    /// The case.
+    pub case: case::Model,
+    /// Its comments, oldest first.
+    pub comments: Vec<comment::Model>,
+}
+
+/// A new case.
+#[derive(Debug, Clone)]
+pub struct NewCase {
+    /// The caller's unique reference.
+    pub external_reference: String,
+    /// Subject.
+    pub subject: String,
+    /// Description.
+    pub description: String,
+    /// Business unit.
+    pub business_unit_id: String,
+    /// Requester.
+    pub requester: String,
+}
+
+/// What closing a case did.
+#[derive(Debug)]
+pub enum Closed {
+    /// Closed now, or it was closed already with the same resolution.
+    Ok(CaseRecord),
+    /// It was closed already with another resolution.
+    Conflict(CaseRecord),
+}
+
+/// The ticketing service's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// A store on `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    async fn with_comments(&self, case: Option<case::Model>) -> Result<Option<CaseRecord>, DbErr> {
+        let Some(case) = case else { return Ok(None) };
+        let comments = comment::Entity::find()
+            .filter(comment::Column::CaseId.eq(case.id))
+            .order_by_asc(comment::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(Some(CaseRecord { case, comments }))
+    }
+
+    /// A case by number.
+    pub async fn by_number(&self, number: &str) -> Result<Option<CaseRecord>, DbErr> {
+        let c = case::Entity::find()
+            .filter(case::Column::CaseNumber.eq(number))
+            .one(&self.db)
+            .await?;
+        self.with_comments(c).await
+    }
+
+    /// A case by external reference.
+    pub async fn by_reference(&self, reference: &str) -> Result<Option<CaseRecord>, DbErr> {
+        let c = case::Entity::find()
+            .filter(case::Column::ExternalReference.eq(reference))
+            .one(&self.db)
+            .await?;
+        self.with_comments(c).await
+    }
+
+    /// Opens a case, or returns the one with the same external reference; `true` when this
+    /// call opened it. The case number is formatted from the row id in the same transaction.
+    pub async fn open(&self, new: NewCase, now: i64) -> Result<(CaseRecord, bool), DbErr> {
+        if let Some(existing) = self.by_reference(&new.external_reference).await? {
+            return Ok((existing, false));
+        }
+        let reference = new.external_reference.clone();
+        let inserted = async {
+            let tx = self.db.begin().await?;
+            let res = case::Entity::insert(case::ActiveModel {
+                id: NotSet,
+                case_number: Set(None),
+                external_reference: Set(new.external_reference),
+                subject: Set(new.subject),
+                description: Set(new.description),
+                business_unit_id: Set(new.business_unit_id),
+                requester: Set(new.requester),
+                status: Set("NEW".to_owned()),
+                resolution: Set(None),
+                create_time: Set(now),
+                update_time: Set(now),
+                close_time: Set(None),
+            })
+            .exec(&tx)
+            .await?;
+            let id = res.last_insert_id;
+            let number = CaseNumber::from_sequence(u64::try_from(id).unwrap_or_default());
+            case::Entity::update_many()
+                .col_expr(case::Column::CaseNumber, Expr::val(number.as_str()))
+                .filter(case::Column::Id.eq(id))
+                .exec(&tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        let created = match inserted {
+            Ok(()) => true,
+            // Opened concurrently by another call: that one is the case.
+            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => false,
+            Err(e) => return Err(e),
+        };
+        let case = self
+            .by_reference(&reference)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("case {reference} after insert")))?;
+        Ok((case, created))
+    }
+
+    /// Adds a comment.
+    pub async fn comment(&self, case_id: i64, author: &str, body: &str, now: i64) -> Result<(), DbErr> {
+        let tx = self.db.begin().await?;
+        comment::Entity::insert(comment::ActiveModel {
+            id: NotSet,
+            case_id: Set(case_id),
+            author: Set(author.to_owned()),
+            body: Set(body.to_owned()),
+            create_time: Set(now),
+        })
+        .exec(&tx)
+        .await?;
+        case::Entity::update_many()
+            .col_expr(case::Column::UpdateTime, Expr::val(now))
+            .filter(case::Column::Id.eq(case_id))
+            .exec(&tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Sets the status of an open case; `false` when the case is closed.
+    pub async fn set_status(&self, case_id: i64, status: &str, now: i64) -> Result<bool, DbErr> {
+        let r = case::Entity::update_many()
+            .col_expr(case::Column::Status, Expr::val(status))
+            .col_expr(case::Column::UpdateTime, Expr::val(now))
+            .filter(case::Column::Id.eq(case_id))
+            .filter(case::Column::Status.ne("CLOSED"))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected == 1)
+    }
+
+    /// Closes a case with a resolution (a no-op when closed with the same one).
+    pub async fn close(&self, number: &str, resolution: &str, now: i64) -> Result<Option<Closed>, DbErr> {
+        case::Entity::update_many()
+            .col_expr(case::Column::Status, Expr::val("CLOSED"))
+            .col_expr(case::Column::Resolution, Expr::val(resolution))
+            .col_expr(case::Column::CloseTime, Expr::val(now))
+            .col_expr(case::Column::UpdateTime, Expr::val(now))
+            .filter(case::Column::CaseNumber.eq(number))
+            .filter(case::Column::Status.ne("CLOSED"))
+            .exec(&self.db)
+            .await?;
+        Ok(self.by_number(number).await?.map(|c| {
+            if c.case.resolution.as_deref() == Some(resolution) {
+                Closed::Ok(c)
+            } else {
+                Closed::Conflict(c)
+            }
+        }))
+    }
+
+    /// Cases newest first, with ids below `before`, filtered.
+    pub async fn list(
+        &self,
+        business_unit_id: Option<&str>,
+        statuses: &[&str],
+        before: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<CaseRecord>, DbErr> {
+        let mut q = case::Entity::find();
+        if let Some(bu) = business_unit_id {
+            q = q.filter(case::Column::BusinessUnitId.eq(bu));
+        }
+        if !statuses.is_empty() {
+            q = q.filter(case::Column::Status.is_in(statuses.iter().copied()));
+        }
+        if let Some(b) = before {
+            q = q.filter(case::Column::Id.lt(b));
+        }
+        let cases = q.order_by_desc(case::Column::Id).limit(limit).all(&self.db).await?;
+        let mut out = Vec::with_capacity(cases.len());
+        for c in cases {
+            if let Some(r) = self.with_comments(Some(c)).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
