@@ -20,6 +20,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_fds(fds)?;
 
-    println!("cargo:rerun-if-changed={}", root.display());
+    // Name every file: a directory is only checked for its own modification time.
+    println!("cargo:rerun-if-changed={}", root.join("sspm/v1").display());
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
     Ok(())
 }

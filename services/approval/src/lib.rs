@@ -3,20 +3,49 @@
 //!
 //! It owns its database (schema in [`migration`]) and serves `sspm.v1.ApprovalService`.
 
+pub mod api;
+pub mod entities;
 pub mod migration;
+pub mod store;
 
+use sea_orm::{DatabaseConnection, DbErr};
+use sspm_platform::rpc::{Authz, ServiceIdentity, now_micros};
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
+use sspm_proto::v1::approval_service_server::ApprovalServiceServer;
 use tokio::net::TcpListener;
 
 /// Connects and migrates the approval service's database and binds its listener.
 pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow::Result<ServiceApp> {
-    ServiceApp::prepare::<migration::Migrator>(
+    let app = ServiceApp::prepare::<migration::Migrator>(
         ServiceKind::Approval,
         sspm_proto::service_names::APPROVAL,
         &config,
         listener,
     )
-    .await
+    .await?;
+    let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Approval, &config))?;
+    let store = store::Store::new(app.db.clone(), config.daily_limits.default_max_daily_increase);
+    let api = api::ApprovalApi::new(store, authz, config.daily_limits.day_utc_offset_minutes);
+    Ok(app.map_server(|s| s.add_service(ApprovalServiceServer::new(api))))
+}
+
+/// Demo data of `sspm up`: records the default daily limit as set by Network Operations,
+/// unless one is set already.
+pub async fn seed_demo(db: &DatabaseConnection, by: &str, default_max: u32) -> Result<bool, DbErr> {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    if entities::daily_limit::Entity::find().count(db).await? > 0 {
+        return Ok(false);
+    }
+    store::Store::new(db.clone(), default_max)
+        .set_limit(entities::daily_limit::Model {
+            scope: store::DEFAULT.to_owned(),
+            target: String::new(),
+            max_daily_increase: i32::try_from(default_max).unwrap_or(i32::MAX),
+            updated_by: by.to_owned(),
+            update_time: now_micros(),
+        })
+        .await?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 
 use sea_orm::DbErr;
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
+use sspm_platform::caller;
 use sspm_platform::error::{self, not_found};
 use sspm_platform::rpc::{
     Authz, ON_BEHALF_OF, invalid, now_micros, page_key, page_size, page_token, parse_at, require_service, timestamp,
     timestamp_opt,
 };
-use sspm_platform::caller;
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::ticketing_service_server::TicketingService;
 use sspm_rules::{BusinessUnitId, CaseNumber, PrincipalId, Text};
@@ -121,11 +121,7 @@ impl TicketingService for TicketingApi {
             business_unit_id: parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?.to_string(),
             requester: parse_at("requester", PrincipalId::parse(&req.requester))?.to_string(),
         };
-        let (case, created) = self
-            .store
-            .open(new, now_micros())
-            .await
-            .map_err(db("opening a case"))?;
+        let (case, created) = self.store.open(new, now_micros()).await.map_err(db("opening a case"))?;
         if created {
             tracing::info!(case_number = ?case.case.case_number, reference, "case opened");
         }
@@ -150,7 +146,9 @@ impl TicketingService for TicketingApi {
             .await
             .map_err(db("adding a comment"))?;
         let case = self.case_by_number(&req.case_number).await?;
-        Ok(Response::new(pb::AddCaseCommentResponse { case: Some(to_pb(case)) }))
+        Ok(Response::new(pb::AddCaseCommentResponse {
+            case: Some(to_pb(case)),
+        }))
     }
 
     async fn update_case_status(
@@ -177,10 +175,15 @@ impl TicketingService for TicketingApi {
             )));
         }
         let case = self.case_by_number(&req.case_number).await?;
-        Ok(Response::new(pb::UpdateCaseStatusResponse { case: Some(to_pb(case)) }))
+        Ok(Response::new(pb::UpdateCaseStatusResponse {
+            case: Some(to_pb(case)),
+        }))
     }
 
-    async fn close_case(&self, request: Request<pb::CloseCaseRequest>) -> Result<Response<pb::CloseCaseResponse>, Status> {
+    async fn close_case(
+        &self,
+        request: Request<pb::CloseCaseRequest>,
+    ) -> Result<Response<pb::CloseCaseResponse>, Status> {
         let caller = caller(&request)?;
         require_service(&caller, "CloseCase")?;
         let req = request.into_inner();
@@ -193,7 +196,9 @@ impl TicketingService for TicketingApi {
             .map_err(db("closing a case"))?
         {
             None => Err(not_found("case", number.as_str())),
-            Some(Closed::Ok(case)) => Ok(Response::new(pb::CloseCaseResponse { case: Some(to_pb(case)) })),
+            Some(Closed::Ok(case)) => Ok(Response::new(pb::CloseCaseResponse {
+                case: Some(to_pb(case)),
+            })),
             Some(Closed::Conflict(case)) => Err(Status::failed_precondition(format!(
                 "case {} is already closed with another resolution: {:?}",
                 number,
@@ -216,13 +221,18 @@ impl TicketingService for TicketingApi {
         };
         let shown = case.case.case_number.clone().unwrap_or_default();
         match self.may_read(&caller, &case.case.business_unit_id).await {
-            Ok(()) => Ok(Response::new(pb::GetCaseResponse { case: Some(to_pb(case)) })),
+            Ok(()) => Ok(Response::new(pb::GetCaseResponse {
+                case: Some(to_pb(case)),
+            })),
             Err(s) if s.code() == Code::NotFound => Err(not_found("case", &shown)),
             Err(s) => Err(s),
         }
     }
 
-    async fn list_cases(&self, request: Request<pb::ListCasesRequest>) -> Result<Response<pb::ListCasesResponse>, Status> {
+    async fn list_cases(
+        &self,
+        request: Request<pb::ListCasesRequest>,
+    ) -> Result<Response<pb::ListCasesResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
@@ -258,7 +268,9 @@ impl TicketingService for TicketingApi {
             .map_err(db("listing cases"))?;
         let next = if rows.len() as u64 > size {
             rows.truncate(size as usize);
-            rows.last().map(|r| page_token(&r.case.id.to_string())).unwrap_or_default()
+            rows.last()
+                .map(|r| page_token(&r.case.id.to_string()))
+                .unwrap_or_default()
         } else {
             String::new()
         };

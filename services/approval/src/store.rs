@@ -1,0 +1,433 @@
+//! Every query of the approval service, including the exact daily-limit ledger (R8).
+//!
+//! The ledger keeps one running total per (day, cluster) and per (day, business unit). An
+//! evaluation adds the increase to each total with a guarded `UPDATE ... WHERE used + n <=
+//! max` inside one transaction, and records a reservation keyed by the request id. Row
+//! locks (PostgreSQL) or the single writer (SQLite) serialise concurrent evaluations on the
+//! same total, and the guard is re-checked against the committed value, so no number of
+//! replicas can overrun a limit; the reservation's primary key makes a repeated evaluation
+//! of one request count once.
+
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use sspm_platform::db::{DbErrorKind, classify};
+
+use crate::entities::{daily_limit, decision, reservation, task, total};
+
+/// Ledger scope of per-cluster totals (used by cluster and default limits).
+pub const CLUSTER: &str = "CLUSTER";
+/// Ledger scope of per-business-unit totals.
+pub const BUSINESS_UNIT: &str = "BUSINESS_UNIT";
+/// Scope of the default limit.
+pub const DEFAULT: &str = "DEFAULT";
+
+/// One limit that applies to an increase, with the ledger total it is counted against.
+#[derive(Debug, Clone)]
+pub struct Applicable {
+    /// The limit (for the default: as stored, or from config).
+    pub limit: daily_limit::Model,
+    /// Ledger scope (`CLUSTER` or `BUSINESS_UNIT`).
+    pub ledger_scope: &'static str,
+    /// Ledger target (the cluster or business unit).
+    pub ledger_target: String,
+}
+
+/// A limit with the day's usage.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    /// The limit.
+    pub limit: daily_limit::Model,
+    /// Ports used that day.
+    pub used: i32,
+}
+
+/// Result of an evaluation.
+#[derive(Debug, Clone)]
+pub enum Evaluated {
+    /// Reserved now.
+    Fits,
+    /// Reserved earlier by the same request.
+    AlreadyReserved(reservation::Model),
+    /// Does not fit; nothing reserved.
+    Exceeds,
+}
+
+/// Result of a decision.
+#[derive(Debug, Clone)]
+pub enum Decided {
+    /// Decided now.
+    Now(task::Model),
+    /// No such task.
+    NotFound,
+    /// Decided or withdrawn before.
+    Already(task::Model),
+}
+
+/// The approval service's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    default_max: i32,
+}
+
+impl Store {
+    /// A store on `db`; `default_max` is the default daily limit until one is set.
+    pub fn new(db: DatabaseConnection, default_max: u32) -> Self {
+        Self {
+            db,
+            default_max: i32::try_from(default_max).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The limits that apply to an increase of `business_unit_id` on `cluster`: the
+    /// cluster's own limit or else the default, and the business unit's own limit if set.
+    pub async fn applicable(
+        &self,
+        db: &impl ConnectionTrait,
+        cluster: &str,
+        business_unit_id: &str,
+    ) -> Result<Vec<Applicable>, DbErr> {
+        let rows = daily_limit::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(daily_limit::Column::Scope.eq(DEFAULT))
+                    .add(
+                        Condition::all()
+                            .add(daily_limit::Column::Scope.eq(CLUSTER))
+                            .add(daily_limit::Column::Target.eq(cluster)),
+                    )
+                    .add(
+                        Condition::all()
+                            .add(daily_limit::Column::Scope.eq(BUSINESS_UNIT))
+                            .add(daily_limit::Column::Target.eq(business_unit_id)),
+                    ),
+            )
+            .all(db)
+            .await?;
+        let find = |scope: &str| rows.iter().find(|r| r.scope == scope).cloned();
+        let cluster_limit = find(CLUSTER).unwrap_or_else(|| find(DEFAULT).unwrap_or_else(|| self.config_default()));
+        let mut out = vec![Applicable {
+            limit: cluster_limit,
+            ledger_scope: CLUSTER,
+            ledger_target: cluster.to_owned(),
+        }];
+        if let Some(bu) = find(BUSINESS_UNIT) {
+            out.push(Applicable {
+                limit: bu,
+                ledger_scope: BUSINESS_UNIT,
+                ledger_target: business_unit_id.to_owned(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The default limit from config, until Network Operations sets one.
+    pub fn config_default(&self) -> daily_limit::Model {
+        daily_limit::Model {
+            scope: DEFAULT.to_owned(),
+            target: String::new(),
+            max_daily_increase: self.default_max,
+            updated_by: "config".to_owned(),
+            update_time: 0,
+        }
+    }
+
+    /// The day's usage under each applicable limit.
+    pub async fn usage(&self, day: i64, cluster: &str, business_unit_id: &str) -> Result<Vec<Usage>, DbErr> {
+        let limits = self.applicable(&self.db, cluster, business_unit_id).await?;
+        let mut out = Vec::with_capacity(limits.len());
+        for a in limits {
+            let used = total::Entity::find_by_id((day, a.ledger_scope.to_owned(), a.ledger_target.clone()))
+                .one(&self.db)
+                .await?
+                .map_or(0, |t| t.used);
+            out.push(Usage { limit: a.limit, used });
+        }
+        Ok(out)
+    }
+
+    /// Evaluates an increase and reserves it when it fits every applicable limit.
+    pub async fn evaluate(
+        &self,
+        request_id: &str,
+        business_unit_id: &str,
+        cluster: &str,
+        increase: i32,
+        day: i64,
+        now: i64,
+    ) -> Result<Evaluated, DbErr> {
+        if let Some(r) = reservation::Entity::find_by_id(request_id.to_owned())
+            .one(&self.db)
+            .await?
+        {
+            return Ok(Evaluated::AlreadyReserved(r));
+        }
+        let tx = self.db.begin().await?;
+        let limits = self.applicable(&tx, cluster, business_unit_id).await?;
+        let totals = [(CLUSTER, cluster), (BUSINESS_UNIT, business_unit_id)];
+        for (scope, target) in totals {
+            total::Entity::insert(total::ActiveModel {
+                day: Set(day),
+                scope: Set(scope.to_owned()),
+                target: Set(target.to_owned()),
+                used: Set(0),
+            })
+            .on_conflict_do_nothing()
+            .exec(&tx)
+            .await?;
+        }
+        for (scope, target) in totals {
+            let max = limits
+                .iter()
+                .find(|a| a.ledger_scope == scope)
+                .map(|a| a.limit.max_daily_increase);
+            let mut update = total::Entity::update_many()
+                .col_expr(total::Column::Used, Expr::col(total::Column::Used).add(increase))
+                .filter(total::Column::Day.eq(day))
+                .filter(total::Column::Scope.eq(scope))
+                .filter(total::Column::Target.eq(target));
+            if let Some(max) = max {
+                update = update.filter(Expr::col(total::Column::Used).add(increase).lte(max));
+            }
+            if update.exec(&tx).await?.rows_affected != 1 {
+                tx.rollback().await?;
+                return Ok(Evaluated::Exceeds);
+            }
+        }
+        let inserted = reservation::Entity::insert(reservation::ActiveModel {
+            request_id: Set(request_id.to_owned()),
+            day: Set(day),
+            cluster: Set(cluster.to_owned()),
+            business_unit_id: Set(business_unit_id.to_owned()),
+            increase: Set(increase),
+            create_time: Set(now),
+            release_time: Set(None),
+        })
+        .exec_without_returning(&tx)
+        .await;
+        match inserted {
+            Ok(_) => {
+                tx.commit().await?;
+                Ok(Evaluated::Fits)
+            }
+            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+                // The same request was evaluated concurrently and reserved first.
+                tx.rollback().await?;
+                reservation::Entity::find_by_id(request_id.to_owned())
+                    .one(&self.db)
+                    .await?
+                    .map(Evaluated::AlreadyReserved)
+                    .ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Releases a request's reservation; whether there was one to release.
+    pub async fn release(&self, request_id: &str, now: i64) -> Result<bool, DbErr> {
+        let tx = self.db.begin().await?;
+        let released = reservation::Entity::update_many()
+            .col_expr(reservation::Column::ReleaseTime, Expr::val(now))
+            .filter(reservation::Column::RequestId.eq(request_id))
+            .filter(reservation::Column::ReleaseTime.is_null())
+            .exec(&tx)
+            .await?
+            .rows_affected
+            == 1;
+        if released && let Some(r) = reservation::Entity::find_by_id(request_id.to_owned()).one(&tx).await? {
+            for (scope, target) in [(CLUSTER, &r.cluster), (BUSINESS_UNIT, &r.business_unit_id)] {
+                total::Entity::update_many()
+                    .col_expr(total::Column::Used, Expr::col(total::Column::Used).sub(r.increase))
+                    .filter(total::Column::Day.eq(r.day))
+                    .filter(total::Column::Scope.eq(scope))
+                    .filter(total::Column::Target.eq(target.as_str()))
+                    .exec(&tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    /// Creates a request's task unless it has one; the task.
+    pub async fn submit(&self, t: task::Model) -> Result<task::Model, DbErr> {
+        let request_id = t.request_id.clone();
+        task::Entity::insert(task::ActiveModel::from(t))
+            .on_conflict_do_nothing()
+            .exec(&self.db)
+            .await?;
+        self.task_of_request(&request_id)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("task of {request_id} after insert")))
+    }
+
+    /// A task by id.
+    pub async fn task(&self, task_id: &str) -> Result<Option<task::Model>, DbErr> {
+        task::Entity::find_by_id(task_id.to_owned()).one(&self.db).await
+    }
+
+    /// A request's task.
+    pub async fn task_of_request(&self, request_id: &str) -> Result<Option<task::Model>, DbErr> {
+        task::Entity::find()
+            .filter(task::Column::RequestId.eq(request_id))
+            .one(&self.db)
+            .await
+    }
+
+    /// Withdraws a request's pending task; the task as it is now.
+    pub async fn withdraw(&self, request_id: &str, reason: &str, now: i64) -> Result<Option<task::Model>, DbErr> {
+        task::Entity::update_many()
+            .col_expr(task::Column::State, Expr::val("WITHDRAWN"))
+            .col_expr(task::Column::DecisionReason, Expr::val(reason))
+            .col_expr(task::Column::DecideTime, Expr::val(now))
+            .filter(task::Column::RequestId.eq(request_id))
+            .filter(task::Column::State.eq("PENDING"))
+            .exec(&self.db)
+            .await?;
+        self.task_of_request(request_id).await
+    }
+
+    /// Decides a pending task and appends the decision to the log, atomically.
+    pub async fn decide(
+        &self,
+        task_id: &str,
+        approved: bool,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Decided, DbErr> {
+        let tx = self.db.begin().await?;
+        let state = if approved { "APPROVED" } else { "REJECTED" };
+        let changed = task::Entity::update_many()
+            .col_expr(task::Column::State, Expr::val(state))
+            .col_expr(task::Column::DecidedBy, Expr::val(by))
+            .col_expr(task::Column::DecisionReason, Expr::val(reason))
+            .col_expr(task::Column::DecideTime, Expr::val(now))
+            .filter(task::Column::TaskId.eq(task_id))
+            .filter(task::Column::State.eq("PENDING"))
+            .exec(&tx)
+            .await?
+            .rows_affected
+            == 1;
+        let Some(t) = task::Entity::find_by_id(task_id.to_owned()).one(&tx).await? else {
+            tx.rollback().await?;
+            return Ok(Decided::NotFound);
+        };
+        if !changed {
+            tx.rollback().await?;
+            return Ok(Decided::Already(t));
+        }
+        decision::Entity::insert(decision::ActiveModel {
+            cursor: sea_orm::ActiveValue::NotSet,
+            task_id: Set(t.task_id.clone()),
+            request_id: Set(t.request_id.clone()),
+            approved: Set(approved),
+            decided_by: Set(by.to_owned()),
+            reason: Set(reason.to_owned()),
+            decide_time: Set(now),
+        })
+        .exec(&tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Decided::Now(t))
+    }
+
+    /// Decisions after `cursor`, in log order.
+    pub async fn decisions_after(&self, cursor: i64, limit: u64) -> Result<Vec<(decision::Model, task::Model)>, DbErr> {
+        let events = decision::Entity::find()
+            .filter(decision::Column::Cursor.gt(cursor))
+            .order_by_asc(decision::Column::Cursor)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            if let Some(t) = self.task(&e.task_id).await? {
+                out.push((e, t));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tasks oldest first after `after` (create time, task id), filtered.
+    pub async fn tasks(
+        &self,
+        states: &[&str],
+        cluster: Option<&str>,
+        after: Option<(i64, String)>,
+        limit: u64,
+    ) -> Result<Vec<task::Model>, DbErr> {
+        let mut q = task::Entity::find();
+        if !states.is_empty() {
+            q = q.filter(task::Column::State.is_in(states.iter().copied()));
+        }
+        if let Some(c) = cluster {
+            q = q.filter(task::Column::Cluster.eq(c));
+        }
+        if let Some((t, id)) = after {
+            q = q.filter(
+                Condition::any().add(task::Column::CreateTime.gt(t)).add(
+                    Condition::all()
+                        .add(task::Column::CreateTime.eq(t))
+                        .add(task::Column::TaskId.gt(id)),
+                ),
+            );
+        }
+        q.order_by_asc(task::Column::CreateTime)
+            .order_by_asc(task::Column::TaskId)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    /// Sets a limit (insert or replace).
+    pub async fn set_limit(&self, l: daily_limit::Model) -> Result<(), DbErr> {
+        daily_limit::Entity::insert(daily_limit::ActiveModel::from(l))
+            .on_conflict(
+                OnConflict::columns([daily_limit::Column::Scope, daily_limit::Column::Target])
+                    .update_columns([
+                        daily_limit::Column::MaxDailyIncrease,
+                        daily_limit::Column::UpdatedBy,
+                        daily_limit::Column::UpdateTime,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes a limit; whether there was one.
+    pub async fn clear_limit(&self, scope: &str, target: &str) -> Result<bool, DbErr> {
+        Ok(daily_limit::Entity::delete_many()
+            .filter(daily_limit::Column::Scope.eq(scope))
+            .filter(daily_limit::Column::Target.eq(target))
+            .exec(&self.db)
+            .await?
+            .rows_affected
+            > 0)
+    }
+
+    /// Every limit that is set, the default first (from config when not set).
+    pub async fn limits(&self) -> Result<Vec<daily_limit::Model>, DbErr> {
+        let mut rows = daily_limit::Entity::find().all(&self.db).await?;
+        if !rows.iter().any(|r| r.scope == DEFAULT) {
+            rows.push(self.config_default());
+        }
+        let rank = |s: &str| match s {
+            DEFAULT => 0,
+            CLUSTER => 1,
+            _ => 2,
+        };
+        rows.sort_by(|a, b| (rank(&a.scope), &a.target).cmp(&(rank(&b.scope), &b.target)));
+        Ok(rows)
+    }
+}
