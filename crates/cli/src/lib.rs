@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 
+use sspm_authorization::seed::demo;
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -57,9 +58,94 @@ pub async fn run_all(apps: Vec<ServiceApp>, shutdown: impl Future<Output = ()> +
     first_error.map_or(Ok(()), Err)
 }
 
-/// `sspm up`: builds the four services on their configured addresses and runs them until
-/// `shutdown`.
-pub async fn up(config: SspmConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+/// Port limits of the demo business units: (id, concurrent, outbound, agentless).
+pub const DEMO_LIMITS: [(&str, i32, i32, i32); 5] = [
+    (demo::PARTNER, 200, 50, 50),
+    (demo::CUSTOMER, 100, 40, 20),
+    (demo::SIBLING, 50, 0, 0),
+    (demo::NO_GATEWAY, 80, 10, 10),
+    (demo::OTHER_PARTNER, 300, 100, 100),
+];
+
+/// Seeds the demo tenancy (see the README) into the services' databases where they are
+/// empty; whether anything was seeded.
+pub async fn seed_demo(apps: &[ServiceApp], config: &SspmConfig) -> anyhow::Result<bool> {
+    let mut seeded = false;
+    for app in apps {
+        seeded |= match app.kind {
+            ServiceKind::Authorization => sspm_authorization::seed::seed_demo(&app.db).await?,
+            ServiceKind::Request => sspm_request::seed_demo(&app.db, &DEMO_LIMITS).await?,
+            ServiceKind::Approval => {
+                sspm_approval::seed_demo(&app.db, demo::NETOPS, config.daily_limits.default_max_daily_increase).await?
+            }
+            ServiceKind::Ticketing => false,
+        };
+    }
+    Ok(seeded)
+}
+
+/// `sspm up`: builds the four services on their configured addresses, seeds the demo
+/// tenancy when asked, prints how to call them and runs them until `shutdown`.
+pub async fn up(
+    config: SspmConfig,
+    demo: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let apps = build_all(&config, HashMap::new()).await?;
+    if demo && seed_demo(&apps, &config).await? {
+        tracing::info!(data_dir = %config.data_dir.display(), "demo tenancy seeded");
+    }
+    let mut banner = String::from("SSPM is up:\n");
+    for app in &apps {
+        banner.push_str(&format!(
+            "  {:<14} {}\n",
+            app.kind.name(),
+            app.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        ));
+    }
+    if demo {
+        banner.push_str(&demo_help(&config, &apps));
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{banner}");
+    }
     run_all(apps, shutdown).await
+}
+
+/// Ready-to-paste grpcurl commands for the demo tenancy, with development tokens.
+fn demo_help(config: &SspmConfig, apps: &[ServiceApp]) -> String {
+    let addr = |kind: ServiceKind| {
+        apps.iter()
+            .find(|a| a.kind == kind)
+            .and_then(|a| a.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    };
+    let minter = sspm_platform::TokenMinter::new(&config.auth);
+    let token = |p: &str| match sspm_platform::auth::parse_principal(p) {
+        Ok(id) => minter.mint(&id, sspm_platform::PrincipalKind::User, config.auth.token_ttl_seconds),
+        Err(_) => String::new(),
+    };
+    let request = addr(ServiceKind::Request);
+    let approval = addr(ServiceKind::Approval);
+    format!(
+        "\nDemo tenancy: partner \"Classics, Inc.\" ({partner}) on cluster {cluster}, its customer \
+\"The League of the Scarlet Pimpernel\" ({customer}); tokens below are valid for {ttl} s.\n\n\
+export PERCY=\"{percy}\"      # Percy Blakeney, partner administrator (View + Create)\n\
+export NETOPS=\"{netops}\"     # Network Operations (daily limits, approvals)\n\n\
+grpcurl -plaintext -H \"authorization: Bearer $PERCY\" -d '{{\"business_unit_id\":\"{customer}\"}}' \\\n  \
+{request} sspm.v1.PortRequestService/GetPortLimits\n\
+grpcurl -plaintext -H \"authorization: Bearer $PERCY\" -d '{{\"request_id\":\"demo-1\",\"business_unit_id\":\"{customer}\",\"targets\":{{\"concurrent\":150}}}}' \\\n  \
+{request} sspm.v1.PortRequestService/CreatePortChangeRequest\n\
+grpcurl -plaintext -H \"authorization: Bearer $NETOPS\" -d '{{\"states\":[\"APPROVAL_TASK_STATE_PENDING\"]}}' \\\n  \
+{approval} sspm.v1.ApprovalService/ListApprovalTasks\n\n\
+More: the README's walkthrough; `sspm token <principal>` mints other tokens.\n",
+        partner = demo::PARTNER,
+        customer = demo::CUSTOMER,
+        cluster = demo::CLUSTER,
+        ttl = config.auth.token_ttl_seconds,
+        percy = token(demo::PARTNER_ADMIN),
+        netops = token(demo::NETOPS),
+    )
 }

@@ -23,11 +23,13 @@ enum Command {
         /// Directory of the SQLite databases (overrides `data_dir`).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Do not seed the demo tenancy into empty databases.
+        #[arg(long)]
+        no_demo: bool,
     },
     /// Mint a bearer token signed with the configured key (development and tests).
     Token {
-        /// The principal id (the token's subject), e.g. alice@classics.example.
-        #[arg(long)]
+        /// The principal id (the token's subject), e.g. percy@classics.example.
         principal: String,
         /// Kind of principal.
         #[arg(long, value_enum, default_value_t = Kind::User)]
@@ -49,12 +51,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = SspmConfig::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Up { data_dir } => {
+        Command::Up { data_dir, no_demo } => {
             if let Some(dir) = data_dir {
                 config.data_dir = dir;
             }
             let _telemetry = sspm_platform::telemetry::init("sspm")?;
-            sspm_cli::up(config, sspm_platform::server::shutdown_signal()).await
+            sspm_cli::up(config, !no_demo, sspm_platform::server::shutdown_signal()).await
         }
         Command::Token { principal, kind, ttl } => {
             let id = sspm_platform::auth::parse_principal(&principal)?;

@@ -22,6 +22,7 @@ pub struct ServiceApp {
     /// Its database.
     pub db: DatabaseConnection,
     server: ServiceServer,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ServiceApp {
@@ -47,7 +48,12 @@ impl ServiceApp {
             }
         };
         let server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(&config.auth)).advertise(api);
-        Ok(Self { kind, db, server })
+        Ok(Self {
+            kind,
+            db,
+            server,
+            background: Vec::new(),
+        })
     }
 
     /// The address it listens on.
@@ -61,9 +67,24 @@ impl ServiceApp {
         self
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight calls and closes the database.
+    /// Background tasks of the service (workers, subscriptions), stopped after the server
+    /// has drained. They must tolerate being stopped at any await point (their writes are
+    /// transactions, rolled back when dropped).
+    pub fn with_background(mut self, tasks: Vec<tokio::task::JoinHandle<()>>) -> Self {
+        self.background.extend(tasks);
+        self
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls, stops the background
+    /// tasks and closes the database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let result = self.server.serve(shutdown).await;
+        for task in &self.background {
+            task.abort();
+        }
+        for task in self.background {
+            let _ = task.await;
+        }
         if let Err(e) = self.db.close().await {
             tracing::warn!(service = self.kind.name(), error = %e, "database did not close cleanly");
         }

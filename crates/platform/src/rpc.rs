@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
-use sspm_proto::v1::{Action, BusinessUnit, CheckRequest, DenyReason, GetBusinessUnitRequest, Permission};
+use sspm_proto::v1::{
+    Action, BusinessUnit, CheckRequest, DenyReason, GetBusinessUnitRequest, ListVisibleBusinessUnitsRequest, Permission,
+};
 use sspm_rules::{InvalidValue, PrincipalId, Rule, Violation};
 use tonic::{Code, Status};
 
@@ -261,6 +263,33 @@ impl Authz {
                 error::permission_denied(answer.message.clone(), &names)
             }
         })
+    }
+
+    /// The business units `principal` may see (its own, and a partner's customers), at most
+    /// `max`.
+    pub async fn visible(&self, principal: &PrincipalId, max: usize) -> Result<Vec<BusinessUnit>, Status> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let req = ListVisibleBusinessUnitsRequest {
+                principal_id: principal.to_string(),
+                page_size: 500,
+                page_token: token,
+            };
+            let page = self
+                .client
+                .clone()
+                .list_visible_business_units(self.identity.request(req, Some(principal.as_str())))
+                .await
+                .map_err(|s| downstream(AUTHORIZATION, &s))?
+                .into_inner();
+            out.extend(page.business_units);
+            if page.next_page_token.is_empty() || out.len() >= max {
+                out.truncate(max);
+                return Ok(out);
+            }
+            token = page.next_page_token;
+        }
     }
 
     /// A business unit's facts as the service sees them (every business unit); `None` when

@@ -3,21 +3,63 @@
 //!
 //! It owns its database (schema in [`migration`]) and serves `sspm.v1.PortRequestService`.
 
+pub mod api;
+pub mod convert;
+pub mod entities;
 pub mod migration;
+pub mod store;
+pub mod workflow;
 
+use std::sync::Arc;
+
+use sea_orm::{DatabaseConnection, DbErr};
+use sspm_platform::client::connect_lazy;
+use sspm_platform::rpc::{Authz, ServiceIdentity, now_micros};
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
+use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
+use sspm_proto::v1::port_request_service_server::PortRequestServiceServer;
+use sspm_proto::v1::ticketing_service_client::TicketingServiceClient;
 use tokio::net::TcpListener;
 
-/// Connects and migrates the request service's database and binds its listener (`listener`,
-/// or the configured address).
+/// Connects and migrates the request service's database, binds its listener (`listener`,
+/// or the configured address) and starts the reconciler's background loops.
 pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow::Result<ServiceApp> {
-    ServiceApp::prepare::<migration::Migrator>(
+    let app = ServiceApp::prepare::<migration::Migrator>(
         ServiceKind::Request,
         sspm_proto::service_names::PORT_REQUEST,
         &config,
         listener,
     )
-    .await
+    .await?;
+    let identity = ServiceIdentity::new(ServiceKind::Request, &config);
+    let endpoint = |k| config.services.get(k).endpoint();
+    let workflow = Arc::new(workflow::Workflow::new(
+        store::Store::new(app.db.clone()),
+        Authz::new(&config, identity.clone())?,
+        TicketingServiceClient::new(connect_lazy(&endpoint(ServiceKind::Ticketing), &config.clients)?),
+        ApprovalServiceClient::new(connect_lazy(&endpoint(ServiceKind::Approval), &config.clients)?),
+        identity,
+        config.workflow.clone(),
+    ));
+    let api = api::RequestApi::new(Arc::clone(&workflow), config.price()?);
+    let background = workflow.spawn_background();
+    Ok(app
+        .map_server(|s| s.add_service(PortRequestServiceServer::new(api)))
+        .with_background(background))
+}
+
+/// Demo data of `sspm up`: the port limits of the demo business units, unless SSPM has
+/// limits on record already.
+pub async fn seed_demo(db: &DatabaseConnection, limits: &[(&str, i32, i32, i32)]) -> Result<bool, DbErr> {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    if entities::limits::Entity::find().count(db).await? > 0 {
+        return Ok(false);
+    }
+    let store = store::Store::new(db.clone());
+    for (bu, c, o, a) in limits {
+        store.put_limits(bu, *c, *o, *a, now_micros()).await?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -30,10 +72,10 @@ mod schema_tests {
 
     async fn insert(db: &DatabaseConnection, id: &str, bu: &str, state: &str) -> Result<(), sea_orm::DbErr> {
         db.execute_unprepared(&format!(
-            "INSERT INTO port_change_requests (request_id, business_unit_id, cluster, requester, state, payload_hash, \
+            "INSERT INTO port_change_requests (request_id, business_unit_id, cluster, requester, state, \
              before_concurrent, before_outbound, before_agentless, target_concurrent, cost_change_micros, currency, \
              attempts, create_time, update_time) \
-             VALUES ('{id}', '{bu}', 'C14', 'alice', '{state}', 'h', 100, 0, 0, 120, 250000000, 'USD', 0, 1, 1)"
+             VALUES ('{id}', '{bu}', 'C14', 'alice', '{state}', 100, 0, 0, 120, 250000000, 'USD', 0, 1, 1)"
         ))
         .await
         .map(|_| ())

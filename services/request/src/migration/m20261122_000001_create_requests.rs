@@ -34,8 +34,6 @@ impl MigrationTrait for Migration {
                 .col(string_len("cluster", 16))
                 .col(string_len("requester", 128))
                 .col(string_len("state", 32))
-                // Hash of the create payload: the same id with another payload is refused.
-                .col(string_len("payload_hash", 64))
                 .col(string_len_null("case_number", 20))
                 .col(integer("before_concurrent"))
                 .col(integer("before_outbound"))
@@ -140,6 +138,37 @@ impl MigrationTrait for Migration {
         )
         .await?;
 
+        // The outbox: calls to other services decided by a transition, written in the same
+        // transaction and carried out (idempotently, with retries) by the reconciler.
+        m.create_table(
+            Table::create()
+                .table("request_effects")
+                .if_not_exists()
+                .col(big_pk_auto("id"))
+                .col(string_len("request_id", 64))
+                .col(string_len("kind", 32))
+                .col(text("argument"))
+                .col(string_len("actor", 128))
+                .col(big_integer_null("done_time"))
+                .foreign_key(
+                    ForeignKey::create()
+                        .from("request_effects", "request_id")
+                        .to("port_change_requests", "request_id")
+                        .on_delete(ForeignKeyAction::Cascade),
+                )
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("ix_effects_pending")
+                .table("request_effects")
+                .col("request_id")
+                .col("id")
+                .and_where(Expr::col("done_time").is_null())
+                .to_owned(),
+        )
+        .await?;
         // Where the subscription to the approval service's decision log resumes.
         m.create_table(
             Table::create()
@@ -155,6 +184,7 @@ impl MigrationTrait for Migration {
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         for t in [
             "decision_cursor",
+            "request_effects",
             "request_history",
             "port_change_requests",
             "port_limits",

@@ -1,0 +1,577 @@
+//! `sspm.v1.PortRequestService`: what partner and customer administrators call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DbErr;
+use sea_orm::sea_query::Expr;
+use sspm_platform::caller;
+use sspm_platform::db::{DbErrorKind, classify};
+use sspm_platform::error::{self, not_found};
+use sspm_platform::rpc::{invalid, micros_of, now_micros, page_key, page_size, page_token, parse_at, required_enum};
+use sspm_proto::v1 as pb;
+use sspm_proto::v1::port_request_service_server::PortRequestService;
+use sspm_rules::lifecycle::{Event, next};
+use sspm_rules::{
+    BusinessUnitFacts, BusinessUnitId, Price, PrincipalId, RequestId, RequestState, RequestedTargets, Rule, Text,
+    Violation, monthly_cost_change, validate_change, validate_temporary,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::convert::{limits_pb, outcome, request_pb};
+use crate::entities::request;
+use crate::store::{Entry, Transition};
+use crate::workflow::{Effect, SYSTEM, Workflow, limits_of, state_of};
+
+/// The handlers.
+#[derive(Debug, Clone)]
+pub struct RequestApi {
+    wf: Arc<Workflow>,
+    price: Price,
+}
+
+fn db(context: &'static str) -> impl Fn(DbErr) -> Status {
+    move |e| error::database(context, &e)
+}
+
+/// The payload of a create call, validated for shape.
+#[derive(Debug, PartialEq)]
+struct CreatePayload {
+    business_unit_id: String,
+    targets: (Option<i32>, Option<i32>, Option<i32>),
+    justification: Option<String>,
+    revert_at: Option<i64>,
+}
+
+impl CreatePayload {
+    fn matches(&self, r: &request::Model, requester: &PrincipalId) -> bool {
+        r.requester == requester.as_str()
+            && r.business_unit_id == self.business_unit_id
+            && (r.target_concurrent, r.target_outbound, r.target_agentless) == self.targets
+            && r.justification == self.justification
+            && r.revert_at == self.revert_at
+    }
+}
+
+impl RequestApi {
+    /// Handlers driving requests with `wf`, pricing ports with `price`.
+    pub fn new(wf: Arc<Workflow>, price: Price) -> Self {
+        Self { wf, price }
+    }
+
+    async fn load(&self, id: &str) -> Result<request::Model, Status> {
+        let id = parse_at("request_id", RequestId::parse(id))?;
+        self.wf
+            .store()
+            .request(id.as_str())
+            .await
+            .map_err(db("loading a request"))?
+            .ok_or_else(|| not_found("port change request", id.as_str()))
+    }
+
+    /// Loads a request the caller may act on with `action`; one it may not see is NOT_FOUND.
+    async fn load_for(&self, caller: &PrincipalId, id: &str, action: pb::Action) -> Result<request::Model, Status> {
+        let r = self.load(id).await?;
+        match self.wf.authz().require(caller, action, &r.business_unit_id).await {
+            Ok(_) => Ok(r),
+            Err(s) if s.code() == Code::NotFound => Err(not_found("port change request", id)),
+            Err(s) => Err(s),
+        }
+    }
+
+    async fn show(&self, id: &str) -> Result<pb::PortChangeRequest, Status> {
+        let r = self.load(id).await?;
+        let history = self.wf.store().history(id).await.map_err(db("loading history"))?;
+        Ok(request_pb(r, history))
+    }
+
+    /// Would an increase of `increase` ports fit today's daily limits? (a dry run: nothing
+    /// is reserved).
+    async fn would_fit(&self, bu: &str, cluster: &str, increase: u16) -> Result<bool, Status> {
+        let req = pb::GetDailyUsageRequest {
+            cluster: cluster.to_owned(),
+            business_unit_id: bu.to_owned(),
+            day: String::new(),
+        };
+        let usage = self
+            .wf
+            .approval()
+            .get_daily_usage(self.wf.identity().request(req, None))
+            .await
+            .map_err(|s| sspm_platform::rpc::downstream("approval service", &s))?
+            .into_inner();
+        Ok(usage.usage.iter().all(|u| {
+            let max = u.limit.as_ref().map_or(0, |l| l.max_daily_increase);
+            u.used + i32::from(increase) <= max
+        }))
+    }
+}
+
+fn r5(bu: &str, open: &str) -> Status {
+    error::violation(Violation::new(
+        Rule::R5OneOpenRequest,
+        "business_unit_id",
+        format!("business unit {bu} already has an open request ({open}); wait for it to finish or cancel it"),
+    ))
+}
+
+fn optional_text(field: &str, raw: &str, what: &str) -> Result<Option<String>, Status> {
+    if raw.trim().is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(parse_at(field, Text::parse(raw, what))?.to_string()))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPortChangeRequestResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PortRequestService for RequestApi {
+    async fn get_port_limits(
+        &self,
+        request: Request<pb::GetPortLimitsRequest>,
+    ) -> Result<Response<pb::GetPortLimitsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let bu = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
+        let facts = self
+            .wf
+            .authz()
+            .require(&caller.id, pb::Action::ViewPorts, bu.as_str())
+            .await?
+            .unwrap_or_default();
+        let store = self.wf.store();
+        let limits = store.limits(bu.as_str()).await.map_err(db("loading limits"))?;
+        let open = store
+            .open_request_of(bu.as_str())
+            .await
+            .map_err(db("loading the open request"))?;
+        Ok(Response::new(pb::GetPortLimitsResponse {
+            business_unit_id: bu.to_string(),
+            limits: Some(limits_pb(limits_of(limits.as_ref()))),
+            personal_connection_enabled: facts.personal_connection_enabled,
+            open_request_id: open.unwrap_or_default(),
+            update_time: limits.map(|l| sspm_platform::rpc::timestamp(l.update_time)),
+        }))
+    }
+
+    async fn create_port_change_request(
+        &self,
+        request: Request<pb::CreatePortChangeRequestRequest>,
+    ) -> Result<Response<pb::CreatePortChangeRequestResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let id = parse_at("request_id", RequestId::parse(&req.request_id))?;
+        let bu_id = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
+        let t = req.targets.unwrap_or_default();
+        let payload = CreatePayload {
+            business_unit_id: bu_id.to_string(),
+            targets: (t.concurrent, t.outbound, t.agentless),
+            justification: optional_text("justification", &req.justification, "justification")?,
+            revert_at: req
+                .revert_at
+                .as_ref()
+                .map(|ts| micros_of(ts, "revert_at"))
+                .transpose()?,
+        };
+        let bu = self
+            .wf
+            .authz()
+            .require(&caller.id, pb::Action::RequestPortChange, bu_id.as_str())
+            .await?
+            .ok_or_else(|| Status::internal("authorization answered without the business unit"))?;
+        let store = self.wf.store();
+
+        // Idempotency: the same id and payload answers with the stored request.
+        let replay = |existing: request::Model| -> Result<Response<pb::CreatePortChangeRequestResponse>, Status> {
+            if !payload.matches(&existing, &caller.id) {
+                return Err(Status::already_exists(format!(
+                    "request id {id} is already used for another request; choose a new id"
+                )));
+            }
+            Ok(Response::new(pb::CreatePortChangeRequestResponse {
+                outcome: outcome(&existing).into(),
+                request: None,
+                validate_only: false,
+            }))
+        };
+        if let Some(existing) = store.request(id.as_str()).await.map_err(db("loading a request"))? {
+            let mut resp = replay(existing)?;
+            resp.get_mut().request = Some(self.show(id.as_str()).await?);
+            return Ok(resp);
+        }
+
+        let facts = BusinessUnitFacts {
+            monitoring_gateway: bu.monitoring_gateway_enabled,
+            personal_connection: bu.personal_connection_enabled,
+        };
+        let current = limits_of(
+            store
+                .limits(bu_id.as_str())
+                .await
+                .map_err(db("loading limits"))?
+                .as_ref(),
+        );
+        let requested = RequestedTargets {
+            concurrent: t.concurrent.map(i64::from),
+            outbound: t.outbound.map(i64::from),
+            agentless: t.agentless.map(i64::from),
+        };
+        let change = validate_change(current, facts, &requested, "targets").map_err(|v| error::violations(&v))?;
+        let now = now_micros();
+        if let Some(at) = payload.revert_at {
+            validate_temporary(&change, at / 1_000_000, now / 1_000_000).map_err(|v| error::violations(&v))?;
+        }
+        let cost = monthly_cost_change(change.before, change.after, &self.price);
+        if let Some(open) = store
+            .open_request_of(bu_id.as_str())
+            .await
+            .map_err(db("loading the open request"))?
+        {
+            return Err(r5(bu_id.as_str(), &open));
+        }
+        let model = request::Model {
+            request_id: id.to_string(),
+            business_unit_id: bu_id.to_string(),
+            cluster: bu.cluster.clone(),
+            requester: caller.id.to_string(),
+            state: RequestState::New.as_str().to_owned(),
+            case_number: None,
+            before_concurrent: change.before.concurrent.get().into(),
+            before_outbound: change.before.outbound.get().into(),
+            before_agentless: change.before.agentless.get().into(),
+            target_concurrent: t.concurrent,
+            target_outbound: t.outbound,
+            target_agentless: t.agentless,
+            cost_change_micros: cost.micros,
+            currency: cost.currency.clone(),
+            justification: payload.justification.clone(),
+            approval_path: None,
+            decided_by: None,
+            decision_approved: None,
+            decision_reason: None,
+            decide_time: None,
+            failure_reason: None,
+            revert_at: payload.revert_at,
+            reverted_time: None,
+            reverted_concurrent: None,
+            reverted_outbound: None,
+            reverted_agentless: None,
+            next_attempt_at: Some(Workflow::lease_until(now)),
+            attempts: 0,
+            create_time: now,
+            update_time: now,
+        };
+
+        if req.validate_only {
+            let outcome = if !change.needs_daily_limit_check()
+                || self
+                    .would_fit(bu_id.as_str(), &bu.cluster, change.concurrent_increase())
+                    .await?
+            {
+                pb::CreateOutcome::AutoApproved
+            } else if payload.justification.is_some() {
+                pb::CreateOutcome::SentToReview
+            } else {
+                pb::CreateOutcome::NeedsInformation
+            };
+            return Ok(Response::new(pb::CreatePortChangeRequestResponse {
+                request: Some(request_pb(model, Vec::new())),
+                outcome: outcome.into(),
+                validate_only: true,
+            }));
+        }
+
+        let entry = Entry {
+            kind: "TRANSITION",
+            actor: caller.id.to_string(),
+            from: None,
+            to: RequestState::New,
+            reason: format!("requested: {}", crate::workflow::describe(&change)),
+        };
+        match store.insert(model, entry).await {
+            Ok(()) => {}
+            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+                // Either the same id was created concurrently (idempotent replay), or
+                // another request for the business unit opened first (R5, in the database).
+                if let Some(existing) = store.request(id.as_str()).await.map_err(db("loading a request"))? {
+                    let mut resp = replay(existing)?;
+                    resp.get_mut().request = Some(self.show(id.as_str()).await?);
+                    return Ok(resp);
+                }
+                let open = store
+                    .open_request_of(bu_id.as_str())
+                    .await
+                    .map_err(db("loading the open request"))?
+                    .unwrap_or_default();
+                return Err(r5(bu_id.as_str(), &open));
+            }
+            Err(e) => return Err(error::database("creating a request", &e)),
+        }
+        tracing::info!(request_id = %id, business_unit = %bu_id, requester = %caller.id, change = %crate::workflow::describe(&change), "request created");
+        self.wf.drive(id.as_str()).await;
+        let r = self.load(id.as_str()).await?;
+        let outcome = outcome(&r);
+        Ok(Response::new(pb::CreatePortChangeRequestResponse {
+            request: Some(self.show(id.as_str()).await?),
+            outcome: outcome.into(),
+            validate_only: false,
+        }))
+    }
+
+    async fn get_port_change_request(
+        &self,
+        request: Request<pb::GetPortChangeRequestRequest>,
+    ) -> Result<Response<pb::GetPortChangeRequestResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        self.load_for(&caller.id, &req.request_id, pb::Action::ViewPorts)
+            .await?;
+        Ok(Response::new(pb::GetPortChangeRequestResponse {
+            request: Some(self.show(&req.request_id).await?),
+        }))
+    }
+
+    async fn list_port_change_requests(
+        &self,
+        request: Request<pb::ListPortChangeRequestsRequest>,
+    ) -> Result<Response<pb::ListPortChangeRequestsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let size = page_size(req.page_size)?;
+        let after = match page_key(&req.page_token)? {
+            None => None,
+            Some(k) => {
+                let bad = || invalid("page_token", "not a page token issued by this RPC");
+                let (t, id) = k.split_once('|').ok_or_else(bad)?;
+                Some((t.parse::<i64>().map_err(|_| bad())?, id.to_owned()))
+            }
+        };
+        let mut states = Vec::new();
+        for (i, raw) in req.states.iter().enumerate() {
+            let s: pb::PortChangeRequestState = required_enum(&format!("states[{i}]"), *raw)?;
+            let name = s.as_str_name().trim_start_matches("PORT_CHANGE_REQUEST_STATE_");
+            let state =
+                RequestState::from_name(name).ok_or_else(|| invalid(&format!("states[{i}]"), "unknown state"))?;
+            states.push(state.as_str());
+        }
+        let authz = self.wf.authz();
+        let bus: Vec<String> = if req.business_unit_id.is_empty() {
+            // Every business unit the caller may see and holds View on.
+            let mut out = Vec::new();
+            for bu in authz.visible(&caller.id, 500).await? {
+                if authz
+                    .require(&caller.id, pb::Action::ViewPorts, &bu.business_unit_id)
+                    .await
+                    .is_ok()
+                {
+                    out.push(bu.business_unit_id);
+                }
+            }
+            out
+        } else {
+            let bu = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
+            authz.require(&caller.id, pb::Action::ViewPorts, bu.as_str()).await?;
+            vec![bu.to_string()]
+        };
+        if bus.is_empty() {
+            return Ok(Response::new(pb::ListPortChangeRequestsResponse::default()));
+        }
+        let store = self.wf.store();
+        let mut rows = store
+            .list(Some(&bus), &states, after, size + 1)
+            .await
+            .map_err(db("listing requests"))?;
+        let next = if rows.len() as u64 > size {
+            rows.truncate(size as usize);
+            rows.last()
+                .map(|r| page_token(&format!("{}|{}", r.create_time, r.request_id)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut requests = Vec::with_capacity(rows.len());
+        for r in rows {
+            let history = store.history(&r.request_id).await.map_err(db("loading history"))?;
+            requests.push(request_pb(r, history));
+        }
+        Ok(Response::new(pb::ListPortChangeRequestsResponse {
+            requests,
+            next_page_token: next,
+        }))
+    }
+
+    async fn provide_information(
+        &self,
+        request: Request<pb::ProvideInformationRequest>,
+    ) -> Result<Response<pb::ProvideInformationResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let r = self
+            .load_for(&caller.id, &req.request_id, pb::Action::RequestPortChange)
+            .await?;
+        let justification = parse_at("justification", Text::parse(&req.justification, "justification"))?;
+        let from = state_of(&r);
+        let to = next(from, Event::ProvideInformation).map_err(error::violation)?;
+        let who = caller.id.to_string();
+        let t = Transition {
+            from,
+            to,
+            actor: who.clone(),
+            reason: format!("justification provided: {justification}"),
+            set: vec![(request::Column::Justification, Expr::val(justification.as_str()))],
+            effects: vec![
+                Effect::Comment.with(format!("Justification from {who}: {justification}"), &who),
+                Effect::CaseStatus.with("ESCALATED", SYSTEM),
+                Effect::SubmitReview.with("", &who),
+            ],
+        };
+        if !self
+            .wf
+            .store()
+            .transition(&r.request_id, t, now_micros())
+            .await
+            .map_err(db("updating a request"))?
+        {
+            let now = self.load(&r.request_id).await?;
+            return Err(error::violation(
+                next(state_of(&now), Event::ProvideInformation)
+                    .err()
+                    .unwrap_or_else(|| {
+                        Violation::new(Rule::Lifecycle, "request_id", "the request changed meanwhile; retry")
+                    }),
+            ));
+        }
+        self.wf.drive(&r.request_id).await;
+        Ok(Response::new(pb::ProvideInformationResponse {
+            request: Some(self.show(&r.request_id).await?),
+        }))
+    }
+
+    async fn cancel_port_change_request(
+        &self,
+        request: Request<pb::CancelPortChangeRequestRequest>,
+    ) -> Result<Response<pb::CancelPortChangeRequestResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let r = self
+            .load_for(&caller.id, &req.request_id, pb::Action::RequestPortChange)
+            .await?;
+        let reason = optional_text("reason", &req.reason, "reason")?;
+        let from = state_of(&r);
+        let to = next(from, Event::Cancel).map_err(error::violation)?;
+        let who = caller.id.to_string();
+        let why = reason.unwrap_or_else(|| "no reason given".to_owned());
+        let mut effects = vec![Effect::Release.with("cancelled", &who)];
+        if from == RequestState::UnderReview {
+            effects.push(Effect::WithdrawReview.with(format!("cancelled by {who}: {why}"), &who));
+        }
+        effects.push(Effect::CloseCase.with(format!("Cancelled by {who}: {why}"), &who));
+        let t = Transition {
+            from,
+            to,
+            actor: who.clone(),
+            reason: format!("cancelled: {why}"),
+            set: vec![],
+            effects,
+        };
+        if !self
+            .wf
+            .store()
+            .transition(&r.request_id, t, now_micros())
+            .await
+            .map_err(db("cancelling a request"))?
+        {
+            let now = self.load(&r.request_id).await?;
+            return Err(error::violation(
+                next(state_of(&now), Event::Cancel).err().unwrap_or_else(|| {
+                    Violation::new(Rule::Lifecycle, "request_id", "the request changed meanwhile; retry")
+                }),
+            ));
+        }
+        tracing::info!(request_id = r.request_id, by = who, "request cancelled");
+        self.wf.drive(&r.request_id).await;
+        Ok(Response::new(pb::CancelPortChangeRequestResponse {
+            request: Some(self.show(&r.request_id).await?),
+        }))
+    }
+
+    type WatchPortChangeRequestStream = WatchStream;
+
+    async fn watch_port_change_request(
+        &self,
+        request: Request<pb::WatchPortChangeRequestRequest>,
+    ) -> Result<Response<Self::WatchPortChangeRequestStream>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let r = self
+            .load_for(&caller.id, &req.request_id, pb::Action::ViewPorts)
+            .await?;
+        let id = r.request_id;
+        let (tx, rx) = mpsc::channel(16);
+        let api = self.clone();
+        let mut changes = self.wf.subscribe();
+        tokio::spawn(async move {
+            let mut last: Option<pb::PortChangeRequest> = None;
+            loop {
+                match api.show(&id).await {
+                    Ok(now) => {
+                        if last.as_ref() != Some(&now) {
+                            let done = finished(&now);
+                            if tx
+                                .send(Ok(pb::WatchPortChangeRequestResponse {
+                                    request: Some(now.clone()),
+                                }))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            if done {
+                                return;
+                            }
+                            last = Some(now);
+                        }
+                    }
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                }
+                // Changes made by this replica wake the stream at once; the poll covers
+                // changes made by other replicas.
+                let deadline = tokio::time::sleep(Duration::from_secs(1));
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        changed = changes.recv() => match changed {
+                            Ok(changed) if changed != id => continue,
+                            _ => break,
+                        },
+                        _ = &mut deadline => break,
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A request is finished for watchers once terminal and, for a temporary change applied,
+/// reverted.
+fn finished(r: &pb::PortChangeRequest) -> bool {
+    let terminal = !matches!(
+        r.state(),
+        pb::PortChangeRequestState::New
+            | pb::PortChangeRequestState::PendingInformation
+            | pb::PortChangeRequestState::UnderReview
+    );
+    let revert_pending = r.state() == pb::PortChangeRequestState::Approved
+        && r.revert.as_ref().is_some_and(|v| v.reverted_time.is_none());
+    terminal && !revert_pending
+}

@@ -1,0 +1,124 @@
+//! Stored requests as the API shows them.
+
+use sspm_platform::rpc::{timestamp, timestamp_opt};
+use sspm_proto::v1 as pb;
+use sspm_rules::{Amount, PortLimits, RequestState};
+
+use crate::entities::{history, request};
+use crate::workflow::{change_of, state_of};
+
+/// Limits as the API shows them.
+pub fn limits_pb(l: PortLimits) -> pb::PortLimits {
+    pb::PortLimits {
+        concurrent: l.concurrent.get().into(),
+        outbound: l.outbound.get().into(),
+        agentless: l.agentless.get().into(),
+    }
+}
+
+/// The API state of a stored state.
+pub fn state_pb(s: RequestState) -> pb::PortChangeRequestState {
+    pb::PortChangeRequestState::from_str_name(&format!("PORT_CHANGE_REQUEST_STATE_{}", s.as_str())).unwrap_or_default()
+}
+
+/// Money of a stored amount.
+pub fn money(currency: &str, micros: i64) -> pb::Money {
+    let (units, nanos) = Amount {
+        currency: currency.to_owned(),
+        micros,
+    }
+    .units_and_nanos();
+    pb::Money {
+        currency_code: currency.to_owned(),
+        units,
+        nanos,
+    }
+}
+
+/// What creating a request did, from where it stands now.
+pub fn outcome(r: &request::Model) -> pb::CreateOutcome {
+    match (state_of(r), r.approval_path.as_deref()) {
+        (RequestState::Approved, Some("AUTOMATIC")) => pb::CreateOutcome::AutoApproved,
+        (RequestState::PendingInformation, _) => pb::CreateOutcome::NeedsInformation,
+        (RequestState::UnderReview, _) => pb::CreateOutcome::SentToReview,
+        (_, Some("REVIEW")) if r.justification.is_some() => pb::CreateOutcome::SentToReview,
+        (_, Some("REVIEW")) => pb::CreateOutcome::NeedsInformation,
+        _ => pb::CreateOutcome::Accepted,
+    }
+}
+
+/// A stored request with its history.
+pub fn request_pb(r: request::Model, history: Vec<history::Model>) -> pb::PortChangeRequest {
+    let change = change_of(&r).ok();
+    let state = state_of(&r);
+    let decision = match (&r.decided_by, r.decision_approved) {
+        (Some(by), Some(approved)) => Some(pb::Decision {
+            decided_by: by.clone(),
+            decide_time: timestamp_opt(r.decide_time),
+            approved,
+            reason: r.decision_reason.clone().unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let path = match r.approval_path.as_deref() {
+        Some("AUTOMATIC") => pb::ApprovalPath::Automatic,
+        Some("REVIEW") => pb::ApprovalPath::Review,
+        _ => pb::ApprovalPath::Unspecified,
+    };
+    let revert = r.revert_at.map(|at| pb::Revert {
+        revert_at: Some(timestamp(at)),
+        reverted_time: timestamp_opt(r.reverted_time),
+        limits_after_revert: match (r.reverted_concurrent, r.reverted_outbound, r.reverted_agentless) {
+            (Some(c), Some(o), Some(a)) => Some(pb::PortLimits {
+                concurrent: c,
+                outbound: o,
+                agentless: a,
+            }),
+            _ => None,
+        },
+    });
+    pb::PortChangeRequest {
+        request_id: r.request_id,
+        business_unit_id: r.business_unit_id,
+        requester: r.requester,
+        state: state_pb(state).into(),
+        case_number: r.case_number.unwrap_or_default(),
+        limits_before: change.as_ref().map(|c| limits_pb(c.before)),
+        targets: Some(pb::PortTargets {
+            concurrent: r.target_concurrent,
+            outbound: r.target_outbound,
+            agentless: r.target_agentless,
+        }),
+        limits_after: change.as_ref().map(|c| limits_pb(c.after)),
+        estimated_monthly_cost_change: Some(money(&r.currency, r.cost_change_micros)),
+        justification: r.justification.unwrap_or_default(),
+        revert,
+        approval_path: path.into(),
+        decision,
+        failure_reason: r.failure_reason.unwrap_or_default(),
+        history: history.into_iter().map(history_pb).collect(),
+        create_time: Some(timestamp(r.create_time)),
+        update_time: Some(timestamp(r.update_time)),
+    }
+}
+
+fn history_pb(h: history::Model) -> pb::HistoryEvent {
+    let kind = match h.kind.as_str() {
+        "TRANSITION" => pb::HistoryEventKind::Transition,
+        "REVERTED" => pb::HistoryEventKind::Reverted,
+        _ => pb::HistoryEventKind::Note,
+    };
+    let state = |s: &str| RequestState::from_name(s).map_or(pb::PortChangeRequestState::Unspecified, state_pb);
+    pb::HistoryEvent {
+        kind: kind.into(),
+        time: Some(timestamp(h.time)),
+        actor: h.actor,
+        from_state: h
+            .from_state
+            .as_deref()
+            .map_or(pb::PortChangeRequestState::Unspecified, state)
+            .into(),
+        to_state: state(&h.to_state).into(),
+        reason: h.reason,
+    }
+}

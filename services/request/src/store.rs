@@ -1,0 +1,535 @@
+//! Every query of the request service. State changes are guarded by the state they start
+//! from (`UPDATE ... WHERE state = $from`), and write the history entry and the effects
+//! (the outbox) in the same transaction, so a crash never leaves half a transition.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+};
+use sspm_rules::RequestState;
+
+use crate::entities::{cursor, effect, history, limits, request};
+
+/// A history entry to write.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// `TRANSITION`, `REVERTED` or `NOTE`.
+    pub kind: &'static str,
+    /// Who.
+    pub actor: String,
+    /// State before.
+    pub from: Option<RequestState>,
+    /// State after.
+    pub to: RequestState,
+    /// Why.
+    pub reason: String,
+}
+
+/// An effect to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewEffect {
+    /// Kind (see `crate::workflow::Effect`).
+    pub kind: &'static str,
+    /// Argument.
+    pub argument: String,
+    /// On whose behalf.
+    pub actor: String,
+}
+
+/// A transition: the state change, extra columns, history and effects.
+#[derive(Debug)]
+pub struct Transition {
+    /// From.
+    pub from: RequestState,
+    /// To.
+    pub to: RequestState,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// Other columns to set.
+    pub set: Vec<(request::Column, Expr)>,
+    /// Effects to enqueue.
+    pub effects: Vec<NewEffect>,
+}
+
+/// What applying an approved change decided.
+#[derive(Debug)]
+pub enum Apply {
+    /// Write these limits and make the transition.
+    Limits(limits::Model, Transition),
+    /// The change cannot be applied: make this transition (to FAILED).
+    Fail(Transition),
+}
+
+/// The request service's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// A store on `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// A business unit's limits, if SSPM has any on record.
+    pub async fn limits(&self, bu: &str) -> Result<Option<limits::Model>, DbErr> {
+        limits::Entity::find_by_id(bu.to_owned()).one(&self.db).await
+    }
+
+    /// The open request of a business unit (R5: at most one).
+    pub async fn open_request_of(&self, bu: &str) -> Result<Option<String>, DbErr> {
+        Ok(request::Entity::find()
+            .filter(request::Column::BusinessUnitId.eq(bu))
+            .filter(request::Column::State.is_in(open_states()))
+            .one(&self.db)
+            .await?
+            .map(|r| r.request_id))
+    }
+
+    /// One request.
+    pub async fn request(&self, id: &str) -> Result<Option<request::Model>, DbErr> {
+        request::Entity::find_by_id(id.to_owned()).one(&self.db).await
+    }
+
+    /// A request's history, oldest first.
+    pub async fn history(&self, id: &str) -> Result<Vec<history::Model>, DbErr> {
+        history::Entity::find()
+            .filter(history::Column::RequestId.eq(id))
+            .order_by_asc(history::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    /// Inserts a new request with its first history entry. A unique violation means the id
+    /// exists or the business unit has an open request (R5).
+    pub async fn insert(&self, r: request::Model, entry: Entry) -> Result<(), DbErr> {
+        let tx = self.db.begin().await?;
+        let id = r.request_id.clone();
+        let time = r.create_time;
+        request::Entity::insert(request::ActiveModel::from(r))
+            .exec_without_returning(&tx)
+            .await?;
+        write_history(&tx, &id, time, entry).await?;
+        tx.commit().await
+    }
+
+    /// Records the case number of a request that has none.
+    pub async fn set_case_number(&self, id: &str, number: &str, now: i64) -> Result<(), DbErr> {
+        request::Entity::update_many()
+            .col_expr(request::Column::CaseNumber, Expr::val(number))
+            .col_expr(request::Column::UpdateTime, Expr::val(now))
+            .filter(request::Column::RequestId.eq(id))
+            .filter(request::Column::CaseNumber.is_null())
+            .exec(&self.db)
+            .await
+            .map(|_| ())
+    }
+
+    /// Records a decision on an open request in `state` that has none yet; whether it did.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_decision(
+        &self,
+        id: &str,
+        state: RequestState,
+        by: &str,
+        approved: bool,
+        reason: &str,
+        path: &str,
+        now: i64,
+    ) -> Result<bool, DbErr> {
+        let r = request::Entity::update_many()
+            .col_expr(request::Column::DecidedBy, Expr::val(by))
+            .col_expr(request::Column::DecisionApproved, Expr::val(approved))
+            .col_expr(request::Column::DecisionReason, Expr::val(reason))
+            .col_expr(request::Column::DecideTime, Expr::val(now))
+            .col_expr(request::Column::ApprovalPath, Expr::val(path))
+            .col_expr(request::Column::UpdateTime, Expr::val(now))
+            .filter(request::Column::RequestId.eq(id))
+            .filter(request::Column::State.eq(state.as_str()))
+            .filter(request::Column::DecidedBy.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected == 1)
+    }
+
+    /// Makes a transition if the request is still in `t.from`; whether it did.
+    pub async fn transition(&self, id: &str, t: Transition, now: i64) -> Result<bool, DbErr> {
+        let tx = self.db.begin().await?;
+        if !transition_in(&tx, id, t, now).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Applies an approved change: locks the business unit's limits, lets `decide` compute
+    /// the new limits (or the failure) from the request and the limits as they are now, and
+    /// writes both in one transaction. `None` when the request left `from` meanwhile.
+    pub async fn apply(
+        &self,
+        id: &str,
+        from: RequestState,
+        now: i64,
+        decide: impl FnOnce(&request::Model, Option<&limits::Model>) -> Apply,
+    ) -> Result<Option<bool>, DbErr> {
+        let tx = self.db.begin().await?;
+        let Some(r) = request::Entity::find_by_id(id.to_owned())
+            .lock_exclusive()
+            .one(&tx)
+            .await?
+            .filter(|r| r.state == from.as_str())
+        else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let current = limits::Entity::find_by_id(r.business_unit_id.clone())
+            .lock_exclusive()
+            .one(&tx)
+            .await?;
+        let applied = match decide(&r, current.as_ref()) {
+            Apply::Limits(new, t) => {
+                write_limits(&tx, current.as_ref(), new, now).await?;
+                transition_in(&tx, id, t, now).await?;
+                true
+            }
+            Apply::Fail(t) => {
+                transition_in(&tx, id, t, now).await?;
+                false
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(applied))
+    }
+
+    /// Reverts a temporary change: computes the limits with `revert` from the limits as
+    /// they are now and records the revert, once. Whether it reverted.
+    pub async fn revert(
+        &self,
+        id: &str,
+        now: i64,
+        revert: impl FnOnce(&request::Model, &limits::Model) -> (limits::Model, Entry, NewEffect),
+    ) -> Result<bool, DbErr> {
+        let tx = self.db.begin().await?;
+        let Some(r) = request::Entity::find_by_id(id.to_owned())
+            .lock_exclusive()
+            .one(&tx)
+            .await?
+            .filter(|r| r.reverted_time.is_none() && r.revert_at.is_some())
+        else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let Some(current) = limits::Entity::find_by_id(r.business_unit_id.clone())
+            .lock_exclusive()
+            .one(&tx)
+            .await?
+        else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let (new, entry, effect) = revert(&r, &current);
+        request::Entity::update_many()
+            .col_expr(request::Column::RevertedTime, Expr::val(now))
+            .col_expr(request::Column::RevertedConcurrent, Expr::val(new.concurrent))
+            .col_expr(request::Column::RevertedOutbound, Expr::val(new.outbound))
+            .col_expr(request::Column::RevertedAgentless, Expr::val(new.agentless))
+            .col_expr(request::Column::UpdateTime, Expr::val(now))
+            .filter(request::Column::RequestId.eq(id))
+            .exec(&tx)
+            .await?;
+        write_limits(&tx, Some(&current), new, now).await?;
+        write_history(&tx, id, now, entry).await?;
+        write_effects(&tx, id, vec![effect]).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A request's effects not yet carried out, in order.
+    pub async fn pending_effects(&self, id: &str) -> Result<Vec<effect::Model>, DbErr> {
+        effect::Entity::find()
+            .filter(effect::Column::RequestId.eq(id))
+            .filter(effect::Column::DoneTime.is_null())
+            .order_by_asc(effect::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    /// Marks an effect carried out.
+    pub async fn effect_done(&self, effect_id: i64, now: i64) -> Result<(), DbErr> {
+        effect::Entity::update_many()
+            .col_expr(effect::Column::DoneTime, Expr::val(now))
+            .filter(effect::Column::Id.eq(effect_id))
+            .exec(&self.db)
+            .await
+            .map(|_| ())
+    }
+
+    /// Adds a note to a request's history.
+    pub async fn note(&self, id: &str, actor: &str, state: RequestState, reason: &str, now: i64) -> Result<(), DbErr> {
+        let tx = self.db.begin().await?;
+        write_history(
+            &tx,
+            id,
+            now,
+            Entry {
+                kind: "NOTE",
+                actor: actor.to_owned(),
+                from: Some(state),
+                to: state,
+                reason: reason.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Sets when the reconciler looks at a request next, and its failed attempts.
+    pub async fn schedule(&self, id: &str, next: Option<i64>, attempts: i32) -> Result<(), DbErr> {
+        request::Entity::update_many()
+            .col_expr(request::Column::NextAttemptAt, Expr::val(next))
+            .col_expr(request::Column::Attempts, Expr::val(attempts))
+            .filter(request::Column::RequestId.eq(id))
+            .exec(&self.db)
+            .await
+            .map(|_| ())
+    }
+
+    /// Requests due for the reconciler, with their scheduled time.
+    pub async fn due(&self, now: i64, limit: u64) -> Result<Vec<(String, i64)>, DbErr> {
+        Ok(request::Entity::find()
+            .filter(request::Column::NextAttemptAt.lte(now))
+            .order_by_asc(request::Column::NextAttemptAt)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.next_attempt_at.map(|t| (r.request_id, t)))
+            .collect())
+    }
+
+    /// Claims a due request for `lease_until` if no other worker did (compare and set on the
+    /// scheduled time): safe with any number of replicas.
+    pub async fn claim(&self, id: &str, scheduled: i64, lease_until: i64) -> Result<bool, DbErr> {
+        let r = request::Entity::update_many()
+            .col_expr(request::Column::NextAttemptAt, Expr::val(lease_until))
+            .filter(request::Column::RequestId.eq(id))
+            .filter(request::Column::NextAttemptAt.eq(scheduled))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected == 1)
+    }
+
+    /// Requests under review without a decision on record.
+    pub async fn awaiting_decision(&self, limit: u64) -> Result<Vec<String>, DbErr> {
+        Ok(request::Entity::find()
+            .filter(request::Column::State.eq(RequestState::UnderReview.as_str()))
+            .filter(request::Column::DecidedBy.is_null())
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect())
+    }
+
+    /// Where the decision feed resumes.
+    pub async fn cursor(&self) -> Result<i64, DbErr> {
+        Ok(cursor::Entity::find_by_id("decisions".to_owned())
+            .one(&self.db)
+            .await?
+            .map_or(0, |c| c.cursor))
+    }
+
+    /// Stores the decision feed's position (never backwards).
+    pub async fn set_cursor(&self, value: i64) -> Result<(), DbErr> {
+        use sea_orm::sea_query::OnConflict;
+        cursor::Entity::insert(cursor::ActiveModel {
+            feed: Set("decisions".to_owned()),
+            cursor: Set(value),
+        })
+        .on_conflict(
+            OnConflict::column(cursor::Column::Feed)
+                .update_column(cursor::Column::Cursor)
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await
+        .map(|_| ())
+    }
+
+    /// Requests newest first, of the given business units (all when `None`) and states,
+    /// after `after` (create time, request id).
+    pub async fn list(
+        &self,
+        bus: Option<&[String]>,
+        states: &[&'static str],
+        after: Option<(i64, String)>,
+        limit: u64,
+    ) -> Result<Vec<request::Model>, DbErr> {
+        let mut q = request::Entity::find();
+        if let Some(bus) = bus {
+            q = q.filter(request::Column::BusinessUnitId.is_in(bus.iter().cloned()));
+        }
+        if !states.is_empty() {
+            q = q.filter(request::Column::State.is_in(states.iter().copied()));
+        }
+        if let Some((t, id)) = after {
+            q = q.filter(
+                Condition::any().add(request::Column::CreateTime.lt(t)).add(
+                    Condition::all()
+                        .add(request::Column::CreateTime.eq(t))
+                        .add(request::Column::RequestId.lt(id)),
+                ),
+            );
+        }
+        q.order_by_desc(request::Column::CreateTime)
+            .order_by_desc(request::Column::RequestId)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    /// Records a business unit's limits (demo data and onboarding).
+    pub async fn put_limits(
+        &self,
+        bu: &str,
+        concurrent: i32,
+        outbound: i32,
+        agentless: i32,
+        now: i64,
+    ) -> Result<(), DbErr> {
+        let current = self.limits(bu).await?;
+        let tx = self.db.begin().await?;
+        write_limits(
+            &tx,
+            current.as_ref(),
+            limits::Model {
+                business_unit_id: bu.to_owned(),
+                concurrent,
+                outbound,
+                agentless,
+                version: 0,
+                update_time: now,
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await
+    }
+}
+
+fn open_states() -> Vec<&'static str> {
+    RequestState::ALL
+        .into_iter()
+        .filter(|s| s.is_open())
+        .map(RequestState::as_str)
+        .collect()
+}
+
+async fn write_limits(
+    tx: &DatabaseTransaction,
+    current: Option<&limits::Model>,
+    new: limits::Model,
+    now: i64,
+) -> Result<(), DbErr> {
+    match current {
+        Some(c) => limits::Entity::update_many()
+            .col_expr(limits::Column::Concurrent, Expr::val(new.concurrent))
+            .col_expr(limits::Column::Outbound, Expr::val(new.outbound))
+            .col_expr(limits::Column::Agentless, Expr::val(new.agentless))
+            .col_expr(limits::Column::Version, Expr::val(c.version + 1))
+            .col_expr(limits::Column::UpdateTime, Expr::val(now))
+            .filter(limits::Column::BusinessUnitId.eq(c.business_unit_id.clone()))
+            .exec(tx)
+            .await
+            .map(|_| ()),
+        None => limits::Entity::insert(limits::ActiveModel {
+            business_unit_id: Set(new.business_unit_id),
+            concurrent: Set(new.concurrent),
+            outbound: Set(new.outbound),
+            agentless: Set(new.agentless),
+            version: Set(1),
+            update_time: Set(now),
+        })
+        .exec_without_returning(tx)
+        .await
+        .map(|_| ()),
+    }
+}
+
+async fn write_history(tx: &DatabaseTransaction, id: &str, time: i64, e: Entry) -> Result<(), DbErr> {
+    history::Entity::insert(history::ActiveModel {
+        id: NotSet,
+        request_id: Set(id.to_owned()),
+        kind: Set(e.kind.to_owned()),
+        time: Set(time),
+        actor: Set(e.actor),
+        from_state: Set(e.from.map(|s| s.as_str().to_owned())),
+        to_state: Set(e.to.as_str().to_owned()),
+        reason: Set(e.reason),
+    })
+    .exec_without_returning(tx)
+    .await
+    .map(|_| ())
+}
+
+async fn write_effects(tx: &DatabaseTransaction, id: &str, effects: Vec<NewEffect>) -> Result<(), DbErr> {
+    for e in effects {
+        effect::Entity::insert(effect::ActiveModel {
+            id: NotSet,
+            request_id: Set(id.to_owned()),
+            kind: Set(e.kind.to_owned()),
+            argument: Set(e.argument),
+            actor: Set(e.actor),
+            done_time: Set(None),
+        })
+        .exec_without_returning(tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn transition_in(tx: &DatabaseTransaction, id: &str, t: Transition, now: i64) -> Result<bool, DbErr> {
+    let mut update = request::Entity::update_many()
+        .col_expr(request::Column::State, Expr::val(t.to.as_str()))
+        .col_expr(request::Column::UpdateTime, Expr::val(now));
+    for (col, value) in t.set {
+        update = update.col_expr(col, value);
+    }
+    let changed = update
+        .filter(request::Column::RequestId.eq(id))
+        .filter(request::Column::State.eq(t.from.as_str()))
+        .exec(tx)
+        .await?
+        .rows_affected
+        == 1;
+    if !changed {
+        return Ok(false);
+    }
+    write_history(
+        tx,
+        id,
+        now,
+        Entry {
+            kind: "TRANSITION",
+            actor: t.actor.clone(),
+            from: Some(t.from),
+            to: t.to,
+            reason: t.reason,
+        },
+    )
+    .await?;
+    write_effects(tx, id, t.effects).await?;
+    Ok(true)
+}

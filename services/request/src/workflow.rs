@@ -1,0 +1,909 @@
+//! The reconciler (DESIGN §2): each request's next step is computed from its stored state,
+//! and every step is idempotent (the case is opened with the request id as its external
+//! reference, the ledger reservation is keyed by the request id, transitions are guarded by
+//! the state they leave, calls to other services go through an outbox written with the
+//! transition). Create runs the steps inline; a worker re-runs any request whose step failed,
+//! with backoff, so an outage or a crash never loses or duplicates anything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DbErr;
+use sea_orm::sea_query::Expr;
+use sspm_platform::client::InternalChannel;
+use sspm_platform::config::WorkflowConfig;
+use sspm_platform::rpc::{Authz, ServiceIdentity, is_transient, now_micros};
+use sspm_proto::v1 as pb;
+use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
+use sspm_proto::v1::ticketing_service_client::TicketingServiceClient;
+use sspm_rules::lifecycle::{Event, next};
+use sspm_rules::{BusinessUnitFacts, PortLimits, RequestState, Targets, ValidatedChange, reapply, revert};
+use tokio::sync::broadcast;
+use tonic::{Code, Status};
+
+use crate::entities::{effect, limits, request};
+use crate::store::{Apply, Entry, NewEffect, Store, Transition};
+
+/// The actor of SSPM's own steps.
+pub const SYSTEM: &str = "system";
+
+/// Why a step could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Another service is unavailable: retry later.
+    #[error("{0}")]
+    Retry(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// Calls to other services that transitions enqueue (the outbox), carried out in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Add a comment to the case (argument: the comment).
+    Comment,
+    /// Set the case's status (argument: the `CaseStatus` name).
+    CaseStatus,
+    /// Close the case (argument: the resolution).
+    CloseCase,
+    /// Create the approval task.
+    SubmitReview,
+    /// Withdraw the approval task (argument: the reason).
+    WithdrawReview,
+    /// Release the daily-limit reservation (argument: the reason).
+    Release,
+}
+
+impl Effect {
+    /// Stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Effect::Comment => "COMMENT",
+            Effect::CaseStatus => "CASE_STATUS",
+            Effect::CloseCase => "CLOSE_CASE",
+            Effect::SubmitReview => "SUBMIT_REVIEW",
+            Effect::WithdrawReview => "WITHDRAW_REVIEW",
+            Effect::Release => "RELEASE",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [
+            Effect::Comment,
+            Effect::CaseStatus,
+            Effect::CloseCase,
+            Effect::SubmitReview,
+            Effect::WithdrawReview,
+            Effect::Release,
+        ]
+        .into_iter()
+        .find(|e| e.name() == name)
+    }
+
+    /// This effect with its argument, on behalf of `actor`.
+    pub fn with(self, argument: impl Into<String>, actor: &str) -> NewEffect {
+        NewEffect {
+            kind: self.name(),
+            argument: argument.into(),
+            actor: actor.to_owned(),
+        }
+    }
+}
+
+/// The state of a stored request.
+pub fn state_of(r: &request::Model) -> RequestState {
+    RequestState::from_name(&r.state).unwrap_or(RequestState::Failed)
+}
+
+/// The change a stored request asks for.
+pub fn change_of(r: &request::Model) -> Result<ValidatedChange, DbErr> {
+    let bad = |e: sspm_rules::Violations| DbErr::Custom(format!("stored request {} is invalid: {e}", r.request_id));
+    let before = PortLimits::parse(
+        r.before_concurrent.into(),
+        r.before_outbound.into(),
+        r.before_agentless.into(),
+        "",
+    )
+    .map_err(bad)?;
+    let mut targets = Targets::default();
+    for (kind, v) in [
+        (sspm_rules::PortKind::Concurrent, r.target_concurrent),
+        (sspm_rules::PortKind::Outbound, r.target_outbound),
+        (sspm_rules::PortKind::Agentless, r.target_agentless),
+    ] {
+        if let Some(v) = v {
+            let p = sspm_rules::PortLimit::parse(v.into(), "").map_err(|e| bad(e.into()))?;
+            targets.set(kind, p);
+        }
+    }
+    Ok(ValidatedChange {
+        before,
+        after: targets.apply_to(before),
+        targets,
+    })
+}
+
+/// A business unit's stored limits (zero when SSPM has none on record).
+pub fn limits_of(m: Option<&limits::Model>) -> PortLimits {
+    m.and_then(|m| PortLimits::parse(m.concurrent.into(), m.outbound.into(), m.agentless.into(), "").ok())
+        .unwrap_or_default()
+}
+
+fn limits_model(bu: &str, l: PortLimits) -> limits::Model {
+    limits::Model {
+        business_unit_id: bu.to_owned(),
+        concurrent: l.concurrent.get().into(),
+        outbound: l.outbound.get().into(),
+        agentless: l.agentless.get().into(),
+        version: 0,
+        update_time: 0,
+    }
+}
+
+/// The request service's workflow: the steps, the outbox and the background loops.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    store: Store,
+    authz: Authz,
+    ticketing: TicketingServiceClient<InternalChannel>,
+    approval: ApprovalServiceClient<InternalChannel>,
+    identity: ServiceIdentity,
+    changes: broadcast::Sender<String>,
+    cfg: WorkflowConfig,
+}
+
+/// Lease of a request claimed by a worker, in microseconds: long enough for every call of
+/// one pass (each has a deadline), after which another worker may take over.
+const LEASE_MICROS: i64 = 60_000_000;
+
+impl Workflow {
+    /// A workflow with its clients.
+    pub fn new(
+        store: Store,
+        authz: Authz,
+        ticketing: TicketingServiceClient<InternalChannel>,
+        approval: ApprovalServiceClient<InternalChannel>,
+        identity: ServiceIdentity,
+        cfg: WorkflowConfig,
+    ) -> Self {
+        Self {
+            store,
+            authz,
+            ticketing,
+            approval,
+            identity,
+            changes: broadcast::Sender::new(1024),
+            cfg,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The authorization client.
+    pub fn authz(&self) -> &Authz {
+        &self.authz
+    }
+
+    /// The approval client (for dry runs).
+    pub fn approval(&self) -> ApprovalServiceClient<InternalChannel> {
+        self.approval.clone()
+    }
+
+    /// The service identity.
+    pub fn identity(&self) -> &ServiceIdentity {
+        &self.identity
+    }
+
+    /// Subscribes to changed request ids (the watch streams).
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// Tells watchers that a request changed.
+    pub fn changed(&self, id: &str) {
+        let _ = self.changes.send(id.to_owned());
+    }
+
+    /// A lease for inline processing: the worker leaves the request alone meanwhile.
+    pub fn lease_until(now: i64) -> i64 {
+        now + LEASE_MICROS
+    }
+
+    /// Runs every due step of a request, then schedules its next look (or a retry with
+    /// backoff when a step failed). Never fails: failures are retried in the background.
+    pub async fn drive(&self, id: &str) -> Option<StepError> {
+        let outcome = self.reconcile(id).await;
+        self.changed(id);
+        let now = now_micros();
+        match outcome {
+            Ok(r) => {
+                let next = r.as_ref().and_then(|r| {
+                    (state_of(r) == RequestState::Approved && r.reverted_time.is_none())
+                        .then_some(r.revert_at)
+                        .flatten()
+                });
+                if let Err(e) = self.store.schedule(id, next, 0).await {
+                    tracing::error!(request_id = id, error = %e, "cannot schedule the request");
+                }
+                None
+            }
+            Err(e) => {
+                let attempts = match self.store.request(id).await {
+                    Ok(Some(r)) => r.attempts.saturating_add(1),
+                    _ => 1,
+                };
+                // The retry state lives in the row (it must survive restarts and move
+                // between replicas), so the delay is computed here: exponential, capped.
+                let exp = u32::try_from(attempts.clamp(1, 16) - 1).unwrap_or(0);
+                let delay_ms = self
+                    .cfg
+                    .retry_initial_ms
+                    .saturating_mul(1 << exp)
+                    .min(self.cfg.retry_max_ms);
+                let delay = i64::try_from(delay_ms).unwrap_or(i64::MAX / 2).saturating_mul(1_000);
+                tracing::warn!(request_id = id, attempts, retry_in_ms = delay_ms, error = %e, "step failed; will retry");
+                if let Err(e) = self.store.schedule(id, Some(now + delay), attempts).await {
+                    tracing::error!(request_id = id, error = %e, "cannot schedule a retry");
+                }
+                Some(e)
+            }
+        }
+    }
+
+    /// Runs the due steps until none is left; the request as it ends up.
+    pub async fn reconcile(&self, id: &str) -> Result<Option<request::Model>, StepError> {
+        for _ in 0..16 {
+            let Some(r) = self.store.request(id).await? else {
+                return Ok(None);
+            };
+            if !self.step(&r).await? {
+                return Ok(Some(r));
+            }
+            self.changed(id);
+        }
+        Ok(self.store.request(id).await?)
+    }
+
+    /// One step; whether it changed anything.
+    async fn step(&self, r: &request::Model) -> Result<bool, StepError> {
+        let state = state_of(r);
+        let now = now_micros();
+        if r.case_number.is_none() {
+            self.open_case(r).await?;
+            return Ok(true);
+        }
+        if state.is_open() {
+            match r.decision_approved {
+                None if state == RequestState::New => return self.evaluate(r).await.map(|()| true),
+                Some(true) => return self.apply(r).await.map(|()| true),
+                Some(false) => {
+                    let by = r.decided_by.clone().unwrap_or_else(|| SYSTEM.to_owned());
+                    let why = r.decision_reason.clone().unwrap_or_default();
+                    let t = Transition {
+                        from: state,
+                        to: next(state, Event::Reject).map_err(|v| DbErr::Custom(v.to_string()))?,
+                        actor: by.clone(),
+                        reason: why.clone(),
+                        set: vec![],
+                        effects: vec![
+                            Effect::Release.with("rejected", &by),
+                            Effect::CloseCase.with(format!("Rejected by {by}: {why}"), &by),
+                        ],
+                    };
+                    self.store.transition(&r.request_id, t, now).await?;
+                    return Ok(true);
+                }
+                None => {}
+            }
+        }
+        let effects = self.store.pending_effects(&r.request_id).await?;
+        if !effects.is_empty() {
+            for e in effects {
+                self.carry_out(r, &e).await?;
+                self.store.effect_done(e.id, now_micros()).await?;
+            }
+            return Ok(true);
+        }
+        if state == RequestState::Approved && r.reverted_time.is_none() && r.revert_at.is_some_and(|t| t <= now) {
+            self.revert(r).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn open_case(&self, r: &request::Model) -> Result<(), StepError> {
+        let change = change_of(r)?;
+        let summary = describe(&change);
+        let req = pb::OpenCaseRequest {
+            external_reference: r.request_id.clone(),
+            subject: format!("Port change for {}: {summary}", r.business_unit_id),
+            description: format!(
+                "Self-service port change request {} by {} for business unit {} on cluster {}.\nLimits now: {}.\nRequested: {summary}.{}{}",
+                r.request_id,
+                r.requester,
+                r.business_unit_id,
+                r.cluster,
+                change.before,
+                r.justification
+                    .as_deref()
+                    .map(|j| format!("\nJustification: {j}"))
+                    .unwrap_or_default(),
+                r.revert_at
+                    .map(|t| format!("\nTemporary: reverts at {}", rfc3339(t)))
+                    .unwrap_or_default(),
+            ),
+            business_unit_id: r.business_unit_id.clone(),
+            requester: r.requester.clone(),
+        };
+        let case = self
+            .ticketing
+            .clone()
+            .open_case(self.identity.request(req, Some(&r.requester)))
+            .await
+            .map_err(|s| remote("ticketing service", &s))?
+            .into_inner()
+            .case
+            .ok_or_else(|| StepError::Retry("ticketing service answered without a case".into()))?;
+        self.store
+            .set_case_number(&r.request_id, &case.case_number, now_micros())
+            .await?;
+        Ok(())
+    }
+
+    async fn evaluate(&self, r: &request::Model) -> Result<(), StepError> {
+        let change = change_of(r)?;
+        let now = now_micros();
+        if !change.needs_daily_limit_check() {
+            self.store
+                .record_decision(
+                    &r.request_id,
+                    RequestState::New,
+                    SYSTEM,
+                    true,
+                    "approved automatically: no increase of concurrent ports, no daily-limit check needed (R8)",
+                    "AUTOMATIC",
+                    now,
+                )
+                .await?;
+            return Ok(());
+        }
+        let increase = i32::from(change.concurrent_increase());
+        let req = pb::EvaluateIncreaseRequest {
+            request_id: r.request_id.clone(),
+            business_unit_id: r.business_unit_id.clone(),
+            cluster: r.cluster.clone(),
+            increase,
+        };
+        let answer = self
+            .approval
+            .clone()
+            .evaluate_increase(self.identity.request(req, Some(&r.requester)))
+            .await
+            .map_err(|s| remote("approval service", &s))?
+            .into_inner();
+        let budget = answer
+            .usage
+            .iter()
+            .map(|u| {
+                let l = u.limit.clone().unwrap_or_default();
+                let scope = match l.scope() {
+                    pb::LimitScope::BusinessUnit => format!("business unit {}", r.business_unit_id),
+                    _ => format!("cluster {}", r.cluster),
+                };
+                format!("{scope}: {} of {} used", u.used, l.max_daily_increase)
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        if answer.outcome() == pb::EvaluationOutcome::Fits {
+            self.store
+                .record_decision(
+                    &r.request_id,
+                    RequestState::New,
+                    SYSTEM,
+                    true,
+                    &format!(
+                        "approved automatically: +{increase} concurrent ports fit the daily limit of {} ({budget})",
+                        answer.day
+                    ),
+                    "AUTOMATIC",
+                    now,
+                )
+                .await?;
+            return Ok(());
+        }
+        let why = format!(
+            "+{increase} concurrent ports exceed the daily limit for automatic approval on {} ({budget})",
+            answer.day
+        );
+        let (to, effects) = if r.justification.is_some() {
+            (
+                RequestState::UnderReview,
+                vec![
+                    Effect::Comment.with(
+                        format!("{why}. Sent to Network Operations for review with the justification given."),
+                        SYSTEM,
+                    ),
+                    Effect::CaseStatus.with("ESCALATED", SYSTEM),
+                    Effect::SubmitReview.with("", SYSTEM),
+                ],
+            )
+        } else {
+            (
+                RequestState::PendingInformation,
+                vec![
+                    Effect::Comment.with(
+                        format!("{why}. Please provide a justification (PortRequestService.ProvideInformation) to send the request for approval."),
+                        SYSTEM,
+                    ),
+                    Effect::CaseStatus.with("WAITING_ON_CUSTOMER", SYSTEM),
+                ],
+            )
+        };
+        let event = if to == RequestState::UnderReview {
+            Event::SendToReview
+        } else {
+            Event::AskForInformation
+        };
+        next(RequestState::New, event).map_err(|v| DbErr::Custom(v.to_string()))?;
+        self.store
+            .transition(
+                &r.request_id,
+                Transition {
+                    from: RequestState::New,
+                    to,
+                    actor: SYSTEM.to_owned(),
+                    reason: why,
+                    set: vec![(request::Column::ApprovalPath, Expr::val("REVIEW"))],
+                    effects,
+                },
+                now,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn facts(&self, bu: &str) -> Result<Option<BusinessUnitFacts>, StepError> {
+        let bu = self
+            .authz
+            .business_unit(bu)
+            .await
+            .map_err(|s| StepError::Retry(s.message().to_owned()))?;
+        Ok(bu.map(|b| BusinessUnitFacts {
+            monitoring_gateway: b.monitoring_gateway_enabled,
+            personal_connection: b.personal_connection_enabled,
+        }))
+    }
+
+    async fn apply(&self, r: &request::Model) -> Result<(), StepError> {
+        let state = state_of(r);
+        let facts = self.facts(&r.business_unit_id).await?;
+        let change = change_of(r)?;
+        let event = if state == RequestState::New {
+            Event::AutoApprove
+        } else {
+            Event::Approve
+        };
+        let by = r.decided_by.clone().unwrap_or_else(|| SYSTEM.to_owned());
+        let reason = r.decision_reason.clone().unwrap_or_default();
+        let automatic = r.approval_path.as_deref() == Some("AUTOMATIC");
+        let applied = self
+            .store
+            .apply(&r.request_id, state, now_micros(), |_, current| {
+                let current = limits_of(current);
+                let result = match facts {
+                    None => Err("the business unit no longer exists".to_owned()),
+                    Some(f) => reapply(&change, current, f).map_err(|v| v.to_string()),
+                };
+                match (result, next(state, event)) {
+                    (Ok(after), Ok(to)) => {
+                        let how = if automatic {
+                            "Approved automatically".to_owned()
+                        } else {
+                            format!("Approved by {by}")
+                        };
+                        let resolution = format!("{how} and applied: {current} -> {after}. {reason}");
+                        Apply::Limits(
+                            limits_model(&r.business_unit_id, after),
+                            Transition {
+                                from: state,
+                                to,
+                                actor: by.clone(),
+                                reason: format!("{reason}; applied: {current} -> {after}"),
+                                set: vec![],
+                                effects: vec![Effect::CloseCase.with(resolution, &by)],
+                            },
+                        )
+                    }
+                    (Err(why), _) | (_, Err(sspm_rules::Violation { message: why, .. })) => Apply::Fail(Transition {
+                        from: state,
+                        to: RequestState::Failed,
+                        actor: SYSTEM.to_owned(),
+                        reason: format!("approved but cannot be applied: {why}"),
+                        set: vec![(request::Column::FailureReason, Expr::val(why.clone()))],
+                        effects: vec![
+                            Effect::Release.with("the change could not be applied", SYSTEM),
+                            Effect::CloseCase.with(format!("Failed: approved but cannot be applied: {why}"), SYSTEM),
+                        ],
+                    }),
+                }
+            })
+            .await?;
+        if let Some(applied) = applied {
+            tracing::info!(request_id = r.request_id, applied, "approved change processed");
+        }
+        Ok(())
+    }
+
+    async fn revert(&self, r: &request::Model) -> Result<(), StepError> {
+        // Without facts the revert still runs, clamped as with Personal Connection: that
+        // keeps R2 whatever the business unit's flags are.
+        let facts = self.facts(&r.business_unit_id).await?.unwrap_or(BusinessUnitFacts {
+            monitoring_gateway: true,
+            personal_connection: true,
+        });
+        let change = change_of(r)?;
+        let reverted = self
+            .store
+            .revert(&r.request_id, now_micros(), |_, current| {
+                let before = limits_of(Some(current));
+                let after = revert(&change, before, facts);
+                let text = format!("temporary change reverted: {before} -> {after}");
+                (
+                    limits_model(&r.business_unit_id, after),
+                    Entry {
+                        kind: "REVERTED",
+                        actor: SYSTEM.to_owned(),
+                        from: Some(RequestState::Approved),
+                        to: RequestState::Approved,
+                        reason: text.clone(),
+                    },
+                    Effect::Comment.with(format!("The {text} (requested by {}).", r.requester), SYSTEM),
+                )
+            })
+            .await?;
+        if reverted {
+            tracing::info!(request_id = r.request_id, "temporary change reverted");
+        }
+        Ok(())
+    }
+
+    /// Carries out one effect. Answers that mean "already done" count as done; other
+    /// permanent refusals are recorded as a note and not retried.
+    async fn carry_out(&self, r: &request::Model, e: &effect::Model) -> Result<(), StepError> {
+        let Some(kind) = Effect::from_name(&e.kind) else {
+            tracing::error!(request_id = r.request_id, kind = e.kind, "unknown effect; skipped");
+            return Ok(());
+        };
+        let case = r.case_number.clone().unwrap_or_default();
+        let actor = Some(e.actor.as_str());
+        let result = match kind {
+            Effect::Comment => self
+                .ticketing
+                .clone()
+                .add_case_comment(self.identity.request(
+                    pb::AddCaseCommentRequest {
+                        case_number: case,
+                        body: e.argument.clone(),
+                    },
+                    actor,
+                ))
+                .await
+                .map(|_| ()),
+            Effect::CaseStatus => {
+                let status = pb::CaseStatus::from_str_name(&format!("CASE_STATUS_{}", e.argument)).unwrap_or_default();
+                self.ticketing
+                    .clone()
+                    .update_case_status(self.identity.request(
+                        pb::UpdateCaseStatusRequest {
+                            case_number: case,
+                            status: status.into(),
+                        },
+                        actor,
+                    ))
+                    .await
+                    .map(|_| ())
+            }
+            Effect::CloseCase => self
+                .ticketing
+                .clone()
+                .close_case(self.identity.request(
+                    pb::CloseCaseRequest {
+                        case_number: case,
+                        resolution: e.argument.clone(),
+                    },
+                    actor,
+                ))
+                .await
+                .map(|_| ()),
+            Effect::SubmitReview => {
+                let change = change_of(r)?;
+                let (units, nanos) = sspm_rules::Amount {
+                    currency: r.currency.clone(),
+                    micros: r.cost_change_micros,
+                }
+                .units_and_nanos();
+                self.approval
+                    .clone()
+                    .submit_for_review(self.identity.request(
+                        pb::SubmitForReviewRequest {
+                            request_id: r.request_id.clone(),
+                            business_unit_id: r.business_unit_id.clone(),
+                            cluster: r.cluster.clone(),
+                            requester: r.requester.clone(),
+                            case_number: case,
+                            limits_before: Some(crate::convert::limits_pb(change.before)),
+                            targets: Some(pb::PortTargets {
+                                concurrent: r.target_concurrent,
+                                outbound: r.target_outbound,
+                                agentless: r.target_agentless,
+                            }),
+                            justification: r.justification.clone().unwrap_or_default(),
+                            estimated_monthly_cost_change: Some(pb::Money {
+                                currency_code: r.currency.clone(),
+                                units,
+                                nanos,
+                            }),
+                        },
+                        actor,
+                    ))
+                    .await
+                    .map(|_| ())
+            }
+            Effect::WithdrawReview => self
+                .approval
+                .clone()
+                .withdraw_review(self.identity.request(
+                    pb::WithdrawReviewRequest {
+                        request_id: r.request_id.clone(),
+                        reason: e.argument.clone(),
+                    },
+                    actor,
+                ))
+                .await
+                .map(|_| ()),
+            Effect::Release => self
+                .approval
+                .clone()
+                .release_reservation(self.identity.request(
+                    pb::ReleaseReservationRequest {
+                        request_id: r.request_id.clone(),
+                        reason: e.argument.clone(),
+                    },
+                    actor,
+                ))
+                .await
+                .map(|_| ()),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(s) if is_transient(&s) => Err(remote("a dependency", &s)),
+            // A closed case cannot change status; anything else permanent is recorded.
+            Err(s) if s.code() == Code::FailedPrecondition && kind == Effect::CaseStatus => Ok(()),
+            Err(s) => {
+                tracing::error!(request_id = r.request_id, effect = e.kind, code = ?s.code(), message = s.message(), "effect refused");
+                self.store
+                    .note(
+                        &r.request_id,
+                        SYSTEM,
+                        state_of(r),
+                        &format!("{} could not be carried out: {}", e.kind, s.message()),
+                        now_micros(),
+                    )
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A decision from the approval service (the feed or the poll): recorded on the request
+    /// under review, then applied.
+    pub async fn on_decision(&self, task: &pb::ApprovalTask) -> Result<(), StepError> {
+        let approved = match task.state() {
+            pb::ApprovalTaskState::Approved => true,
+            pb::ApprovalTaskState::Rejected => false,
+            _ => return Ok(()),
+        };
+        let time = task
+            .decide_time
+            .as_ref()
+            .and_then(|t| sspm_platform::rpc::micros_of(t, "decide_time").ok())
+            .unwrap_or_else(now_micros);
+        let recorded = self
+            .store
+            .record_decision(
+                &task.request_id,
+                RequestState::UnderReview,
+                &task.decided_by,
+                approved,
+                &task.decision_reason,
+                "REVIEW",
+                time,
+            )
+            .await?;
+        if recorded {
+            tracing::info!(
+                request_id = task.request_id,
+                approved,
+                by = task.decided_by,
+                "decision received"
+            );
+            self.drive(&task.request_id).await;
+        }
+        Ok(())
+    }
+
+    /// The background loops: due work (retries, reverts), the decision feed and the review
+    /// poll. They run until the returned handles are aborted.
+    pub fn spawn_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let worker = Arc::clone(self);
+        let feed = Arc::clone(self);
+        let poll = Arc::clone(self);
+        vec![
+            tokio::spawn(async move { worker.work_loop().await }),
+            tokio::spawn(async move { feed.decision_feed().await }),
+            tokio::spawn(async move { poll.review_poll().await }),
+        ]
+    }
+
+    async fn work_loop(&self) {
+        let interval = Duration::from_millis(self.cfg.poll_interval_ms);
+        loop {
+            tokio::time::sleep(interval).await;
+            let now = now_micros();
+            let due = match self.store.due(now, 32).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for due requests");
+                    continue;
+                }
+            };
+            for (id, scheduled) in due {
+                match self.store.claim(&id, scheduled, Self::lease_until(now)).await {
+                    Ok(true) => {
+                        self.drive(&id).await;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(request_id = id, error = %e, "cannot claim a request"),
+                }
+            }
+        }
+    }
+
+    async fn decision_feed(&self) {
+        let mut failures: u32 = 0;
+        loop {
+            if failures > 0 {
+                let ms = self
+                    .cfg
+                    .retry_initial_ms
+                    .saturating_mul(1 << failures.min(6))
+                    .min(self.cfg.retry_max_ms);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let after = match self.store.cursor().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the decision cursor");
+                    failures += 1;
+                    continue;
+                }
+            };
+            let req = pb::WatchDecisionsRequest {
+                after_cursor: u64::try_from(after).unwrap_or_default(),
+            };
+            let mut stream = match self
+                .approval
+                .clone()
+                .watch_decisions(self.identity.request(req, None))
+                .await
+            {
+                Ok(s) => s.into_inner(),
+                Err(s) => {
+                    tracing::debug!(code = ?s.code(), message = s.message(), "decision feed unavailable");
+                    failures += 1;
+                    continue;
+                }
+            };
+            failures = 0;
+            loop {
+                match stream.message().await {
+                    Ok(Some(ev)) => {
+                        let Some(task) = ev.task else { continue };
+                        if let Err(e) = self.on_decision(&task).await {
+                            tracing::warn!(error = %e, "cannot record a decision; the feed resumes from the last one stored");
+                            failures += 1;
+                            break;
+                        }
+                        let cursor = i64::try_from(ev.cursor).unwrap_or(i64::MAX);
+                        if let Err(e) = self.store.set_cursor(cursor).await {
+                            tracing::warn!(error = %e, "cannot store the decision cursor");
+                        }
+                    }
+                    Ok(None) => {
+                        failures += 1;
+                        break;
+                    }
+                    Err(s) => {
+                        tracing::debug!(code = ?s.code(), message = s.message(), "decision feed interrupted");
+                        failures += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn review_poll(&self) {
+        let interval = Duration::from_secs(self.cfg.review_poll_seconds);
+        loop {
+            tokio::time::sleep(interval).await;
+            let ids = match self.store.awaiting_decision(100).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list requests under review");
+                    continue;
+                }
+            };
+            for id in ids {
+                let req = pb::GetApprovalTaskRequest {
+                    key: Some(pb::get_approval_task_request::Key::RequestId(id.clone())),
+                };
+                match self
+                    .approval
+                    .clone()
+                    .get_approval_task(self.identity.request(req, None))
+                    .await
+                {
+                    Ok(r) => {
+                        if let Some(task) = r.into_inner().task
+                            && let Err(e) = self.on_decision(&task).await
+                        {
+                            tracing::warn!(request_id = id, error = %e, "cannot record a polled decision");
+                        }
+                    }
+                    // No task yet: its submission is still in the outbox.
+                    Err(s) if s.code() == Code::NotFound => {}
+                    Err(s) => {
+                        tracing::debug!(code = ?s.code(), "review poll: approval service unavailable");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn remote(dependency: &str, s: &Status) -> StepError {
+    StepError::Retry(format!("{dependency}: {:?}: {}", s.code(), s.message()))
+}
+
+/// "concurrent 100 -> 120, outbound 20 -> 40".
+pub fn describe(change: &ValidatedChange) -> String {
+    let parts: Vec<String> = change
+        .changed_kinds()
+        .map(|k| format!("{k} {} -> {}", change.before.get(k), change.after.get(k)))
+        .collect();
+    if parts.is_empty() {
+        "no change".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A stored time in RFC 3339 (UTC, seconds).
+pub fn rfc3339(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        sspm_rules::daily::format_day(days),
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
