@@ -11,6 +11,10 @@ use std::time::Duration;
 use sspm_platform::client::{InternalChannel, connect_lazy};
 use sspm_platform::testing::{self, TestDatabase};
 use sspm_platform::{PrincipalKind, ServiceKind, SspmConfig, TokenMinter};
+use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
+use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
+use sspm_proto::v1::port_request_service_client::PortRequestServiceClient;
+use sspm_proto::v1::ticketing_service_client::TicketingServiceClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic_health::pb::HealthCheckRequest;
@@ -76,8 +80,14 @@ impl TestSystem {
             listeners.insert(kind, listener);
             addrs.insert(kind, addr);
         }
+        // Fast background loops, so retries and polls show within a test's patience.
+        config.workflow.poll_interval_ms = 50;
+        config.workflow.retry_initial_ms = 100;
+        config.workflow.retry_max_ms = 1_000;
+        config.workflow.review_poll_seconds = 1;
         config.validate().expect("test configuration is valid");
         let apps = sspm_cli::build_all(&config, listeners).await.expect("services start");
+        sspm_cli::seed_demo(&apps, &config).await.expect("demo tenancy seeded");
         let (stop, stopped) = oneshot::channel::<()>();
         let running = tokio::spawn(sspm_cli::run_all(apps, async {
             let _ = stopped.await;
@@ -107,8 +117,43 @@ impl TestSystem {
 
     /// A bearer token for `principal`, signed with the system's key.
     pub fn token(&self, principal: &str) -> String {
+        self.token_of(principal, PrincipalKind::User)
+    }
+
+    /// A bearer token for `principal` of `kind`.
+    pub fn token_of(&self, principal: &str, kind: PrincipalKind) -> String {
         let id = sspm_platform::auth::parse_principal(principal).expect("valid principal id");
-        TokenMinter::new(&self.config.auth).mint(&id, PrincipalKind::User, 600)
+        TokenMinter::new(&self.config.auth).mint(&id, kind, 600)
+    }
+
+    /// A request carrying an SSPM service's token (for internal RPCs such as GetCase).
+    pub fn as_service<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        let value = format!("Bearer {}", self.token_of("svc-tests", PrincipalKind::Service))
+            .parse()
+            .expect("header value");
+        req.metadata_mut().insert("authorization", value);
+        req
+    }
+
+    /// A client of the request service.
+    pub fn requests(&self) -> PortRequestServiceClient<InternalChannel> {
+        PortRequestServiceClient::new(self.channel(ServiceKind::Request))
+    }
+
+    /// A client of the authorization service.
+    pub fn authorization(&self) -> AuthorizationServiceClient<InternalChannel> {
+        AuthorizationServiceClient::new(self.channel(ServiceKind::Authorization))
+    }
+
+    /// A client of the approval service.
+    pub fn approval(&self) -> ApprovalServiceClient<InternalChannel> {
+        ApprovalServiceClient::new(self.channel(ServiceKind::Approval))
+    }
+
+    /// A client of the ticketing service.
+    pub fn ticketing(&self) -> TicketingServiceClient<InternalChannel> {
+        TicketingServiceClient::new(self.channel(ServiceKind::Ticketing))
     }
 
     /// A request carrying `principal`'s bearer token.

@@ -1,0 +1,914 @@
+//! The whole request lifecycle across the four real services, through gRPC only (issue 3 §7).
+//! Every scenario runs on SQLite, and on PostgreSQL with `--ignored` and
+//! `SSPM_TEST_POSTGRES_URL` (each test its own databases).
+
+// Scenario bodies are plain async fns called by the tests: an unwrap there is an assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sspm_e2e::{Backend, TestSystem};
+use sspm_proto::v1 as pb;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const PERCY: &str = "percy@classics.example";
+const MARGUERITE: &str = "marguerite@league.example";
+const REP: &str = "rep@sspm.example";
+const NETOPS: &str = "netops@sspm.example";
+const CLASSICS: &str = "bu-classics";
+const LEAGUE: &str = "bu-league";
+const MUSKETEERS: &str = "bu-musketeers";
+const BASKERVILLE: &str = "bu-baskerville";
+const NAUTILUS: &str = "bu-nautilus";
+
+use pb::PortChangeRequestState as S;
+
+macro_rules! scenario {
+    ($body:ident, $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            let system = TestSystem::start(Backend::Sqlite).await;
+            $body(&system).await;
+            system.shutdown().await.expect("clean shutdown");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
+        async fn $postgres() {
+            let system = TestSystem::start(Backend::Postgres).await;
+            $body(&system).await;
+            system.shutdown().await.expect("clean shutdown");
+        }
+    };
+}
+
+fn targets(concurrent: Option<i32>, outbound: Option<i32>, agentless: Option<i32>) -> pb::PortTargets {
+    pb::PortTargets {
+        concurrent,
+        outbound,
+        agentless,
+    }
+}
+
+fn create_req(id: &str, bu: &str, t: pb::PortTargets) -> pb::CreatePortChangeRequestRequest {
+    pb::CreatePortChangeRequestRequest {
+        request_id: id.into(),
+        business_unit_id: bu.into(),
+        targets: Some(t),
+        ..Default::default()
+    }
+}
+
+async fn create(
+    s: &TestSystem,
+    who: &str,
+    req: pb::CreatePortChangeRequestRequest,
+) -> Result<pb::CreatePortChangeRequestResponse, tonic::Status> {
+    s.requests()
+        .create_port_change_request(s.authed(who, req))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn limits(s: &TestSystem, bu: &str) -> pb::PortLimits {
+    s.requests()
+        .get_port_limits(s.authed(
+            PERCY,
+            pb::GetPortLimitsRequest {
+                business_unit_id: bu.into(),
+            },
+        ))
+        .await
+        .expect("limits")
+        .into_inner()
+        .limits
+        .expect("limits set")
+}
+
+async fn get(s: &TestSystem, id: &str) -> pb::PortChangeRequest {
+    s.requests()
+        .get_port_change_request(s.authed(PERCY, pb::GetPortChangeRequestRequest { request_id: id.into() }))
+        .await
+        .expect("get request")
+        .into_inner()
+        .request
+        .expect("request")
+}
+
+/// Polls until the request reaches `state` (background steps), or panics after 15 s.
+async fn wait_for(s: &TestSystem, id: &str, state: S) -> pb::PortChangeRequest {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = get(s, id).await;
+        if r.state() == state {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} still {:?}, expected {state:?}: {r:#?}",
+            r.state()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn case(s: &TestSystem, number: &str) -> pb::Case {
+    s.ticketing()
+        .get_case(s.as_service(pb::GetCaseRequest {
+            key: Some(pb::get_case_request::Key::CaseNumber(number.into())),
+        }))
+        .await
+        .expect("case")
+        .into_inner()
+        .case
+        .expect("case set")
+}
+
+/// Polls until the case is closed (the outbox closes it right after the transition).
+async fn closed_case(s: &TestSystem, number: &str) -> pb::Case {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = case(s, number).await;
+        if c.status() == pb::CaseStatus::Closed {
+            return c;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "case {number} not closed: {c:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn usage(s: &TestSystem, cluster: &str) -> i32 {
+    s.approval()
+        .get_daily_usage(s.authed(
+            NETOPS,
+            pb::GetDailyUsageRequest {
+                cluster: cluster.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("usage")
+        .into_inner()
+        .usage[0]
+        .used
+}
+
+async fn set_cluster_limit(s: &TestSystem, cluster: &str, max: i32) {
+    s.approval()
+        .set_daily_limit(s.authed(
+            NETOPS,
+            pb::SetDailyLimitRequest {
+                limit: Some(pb::DailyLimit {
+                    scope: pb::LimitScope::Cluster.into(),
+                    target: cluster.into(),
+                    max_daily_increase: max,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("set daily limit");
+}
+
+async fn decide(s: &TestSystem, request_id: &str, approve: bool, reason: &str) -> pb::ApprovalTask {
+    let task = wait_for_task(s, request_id).await;
+    s.approval()
+        .decide_approval_task(s.authed(
+            NETOPS,
+            pb::DecideApprovalTaskRequest {
+                task_id: task.task_id,
+                approve,
+                reason: reason.into(),
+            },
+        ))
+        .await
+        .expect("decide")
+        .into_inner()
+        .task
+        .expect("task")
+}
+
+async fn wait_for_task(s: &TestSystem, request_id: &str) -> pb::ApprovalTask {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = s
+            .approval()
+            .get_approval_task(s.authed(
+                NETOPS,
+                pb::GetApprovalTaskRequest {
+                    key: Some(pb::get_approval_task_request::Key::RequestId(request_id.into())),
+                },
+            ))
+            .await;
+        match r {
+            Ok(t) => return t.into_inner().task.expect("task"),
+            Err(e) if e.code() == Code::NotFound && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no approval task for {request_id}: {e:?}"),
+        }
+    }
+}
+
+/// The rule named by a status's ErrorInfo, and its field.
+fn rule(status: &tonic::Status) -> (String, String) {
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    (
+        info.metadata.get("rule").cloned().unwrap_or_default(),
+        info.metadata.get("field").cloned().unwrap_or_default(),
+    )
+}
+
+async fn auto_approved_path(s: &TestSystem) {
+    let before = limits(s, LEAGUE).await;
+    assert_eq!((before.concurrent, before.outbound, before.agentless), (100, 40, 20));
+    let resp = create(s, PERCY, create_req("auto-1", LEAGUE, targets(Some(150), None, None)))
+        .await
+        .expect("create");
+    assert_eq!(resp.outcome(), pb::CreateOutcome::AutoApproved);
+    let r = resp.request.expect("request");
+    assert_eq!(r.state(), S::Approved);
+    assert_eq!(r.approval_path(), pb::ApprovalPath::Automatic);
+    assert_eq!(r.decision.as_ref().map(|d| d.decided_by.as_str()), Some("system"));
+    // 50 ports at the default 12.50 a month.
+    let cost = r.estimated_monthly_cost_change.clone().expect("cost");
+    assert_eq!((cost.currency_code.as_str(), cost.units, cost.nanos), ("USD", 625, 0));
+    assert_eq!(limits(s, LEAGUE).await.concurrent, 150);
+    assert!(!r.case_number.is_empty());
+    let c = closed_case(s, &r.case_number).await;
+    assert!(c.resolution.starts_with("Approved automatically"), "{}", c.resolution);
+    assert_eq!(c.external_reference, "auto-1");
+    let states: Vec<S> = r.history.iter().map(|h| h.to_state()).collect();
+    assert_eq!(states, [S::New, S::Approved]);
+
+    // The requester's notification: the watch stream shows the outcome and ends.
+    let mut watch = s
+        .requests()
+        .watch_port_change_request(s.authed(
+            PERCY,
+            pb::WatchPortChangeRequestRequest {
+                request_id: "auto-1".into(),
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.next().await.expect("an item").expect("ok");
+    assert_eq!(first.request.expect("request").state(), S::Approved);
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("stream ends");
+    assert!(end.is_none(), "the stream ends once the request is terminal");
+    assert_eq!(usage(s, "C14").await, 50);
+}
+scenario!(auto_approved_path, auto_approved_on_sqlite, auto_approved_on_postgres);
+
+async fn review_then_approve(s: &TestSystem) {
+    let resp = create(
+        s,
+        PERCY,
+        create_req("big-1", LEAGUE, targets(Some(400), Some(100), None)),
+    )
+    .await
+    .expect("create");
+    assert_eq!(resp.outcome(), pb::CreateOutcome::NeedsInformation);
+    let r = resp.request.expect("request");
+    assert_eq!(r.state(), S::PendingInformation);
+    let c = case(s, &r.case_number).await;
+    assert_eq!(c.status(), pb::CaseStatus::WaitingOnCustomer);
+    assert!(
+        c.comments.iter().any(|m| m.body.contains("exceed the daily limit")),
+        "{c:#?}"
+    );
+
+    let mut watch = s
+        .requests()
+        .watch_port_change_request(s.authed(
+            MARGUERITE,
+            pb::WatchPortChangeRequestRequest {
+                request_id: "big-1".into(),
+            },
+        ))
+        .await
+        .expect("a customer user with View may watch")
+        .into_inner();
+
+    let r = s
+        .requests()
+        .provide_information(s.authed(
+            PERCY,
+            pb::ProvideInformationRequest {
+                request_id: "big-1".into(),
+                justification: "Holiday campaign".into(),
+            },
+        ))
+        .await
+        .expect("provide information")
+        .into_inner()
+        .request
+        .expect("request");
+    assert_eq!(r.state(), S::UnderReview);
+    let task = decide(s, "big-1", true, "fine for the holidays").await;
+    assert_eq!(task.state(), pb::ApprovalTaskState::Approved);
+    assert_eq!(task.justification, "Holiday campaign");
+
+    let mut seen = Vec::new();
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(15), watch.next())
+        .await
+        .expect("watch keeps up")
+    {
+        seen.push(item.expect("ok").request.expect("request").state());
+    }
+    assert_eq!(seen.first(), Some(&S::PendingInformation));
+    assert_eq!(seen.last(), Some(&S::Approved), "{seen:?}");
+    assert!(seen.contains(&S::UnderReview), "{seen:?}");
+
+    let r = get(s, "big-1").await;
+    assert_eq!(r.approval_path(), pb::ApprovalPath::Review);
+    let d = r.decision.expect("decision");
+    assert_eq!((d.decided_by.as_str(), d.approved), (NETOPS, true));
+    let l = limits(s, LEAGUE).await;
+    assert_eq!((l.concurrent, l.outbound, l.agentless), (400, 100, 20));
+    let c = closed_case(s, &r.case_number).await;
+    assert!(
+        c.resolution.contains("Approved by netops@sspm.example"),
+        "{}",
+        c.resolution
+    );
+    assert!(c.comments.iter().any(|m| m.body.contains("Holiday campaign")));
+    // Reviewed increases do not use the daily budget.
+    assert_eq!(usage(s, "C14").await, 0);
+}
+scenario!(
+    review_then_approve,
+    review_approve_on_sqlite,
+    review_approve_on_postgres
+);
+
+async fn review_then_reject(s: &TestSystem) {
+    let mut req = create_req("big-2", LEAGUE, targets(Some(900), None, None));
+    req.justification = "New site".into();
+    let resp = create(s, PERCY, req).await.expect("create");
+    assert_eq!(resp.outcome(), pb::CreateOutcome::SentToReview);
+    assert_eq!(resp.request.expect("request").state(), S::UnderReview);
+    let task = decide(s, "big-2", false, "not this quarter").await;
+    assert_eq!(task.state(), pb::ApprovalTaskState::Rejected);
+    let r = wait_for(s, "big-2", S::Rejected).await;
+    assert_eq!(r.decision.expect("decision").reason, "not this quarter");
+    assert_eq!(
+        limits(s, LEAGUE).await.concurrent,
+        100,
+        "a rejected change changes nothing"
+    );
+    let c = closed_case(s, &r.case_number).await;
+    assert!(
+        c.resolution.starts_with("Rejected by netops@sspm.example"),
+        "{}",
+        c.resolution
+    );
+    // Deciding twice is refused; the requester cannot approve its own request.
+    let again = s
+        .approval()
+        .decide_approval_task(s.authed(
+            NETOPS,
+            pb::DecideApprovalTaskRequest {
+                task_id: task.task_id.clone(),
+                approve: true,
+                reason: "changed my mind".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    let denied = s
+        .approval()
+        .decide_approval_task(s.authed(
+            PERCY,
+            pb::DecideApprovalTaskRequest {
+                task_id: task.task_id,
+                approve: true,
+                reason: "please".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+}
+scenario!(review_then_reject, review_reject_on_sqlite, review_reject_on_postgres);
+
+async fn every_rule(s: &TestSystem) {
+    let try_create = |who: &'static str, id: &'static str, bu: &'static str, t: pb::PortTargets| async move {
+        create(s, who, create_req(id, bu, t)).await
+    };
+    // R1: 9,999 is the most; 10,000 is refused with the field.
+    let e = try_create(PERCY, "r1", LEAGUE, targets(Some(10_000), None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(rule(&e), ("R1".into(), "targets.concurrent".into()));
+    let mut max = create_req("r1-max", LEAGUE, targets(Some(9_999), None, None));
+    max.validate_only = true;
+    let ok = create(s, PERCY, max).await.expect("9999 is allowed");
+    assert!(ok.validate_only);
+    let e = try_create(PERCY, "r1-neg", LEAGUE, targets(None, Some(-1), None))
+        .await
+        .unwrap_err();
+    assert_eq!(rule(&e), ("R1".into(), "targets.outbound".into()));
+    // R2: with Personal Connection, outbound and agentless never exceed concurrent...
+    let e = try_create(PERCY, "r2-a", LEAGUE, targets(None, Some(101), None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(rule(&e), ("R2".into(), "targets.outbound".into()));
+    // ... which blocks a decrease of concurrent below outbound (40).
+    let e = try_create(PERCY, "r2-b", LEAGUE, targets(Some(30), None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(rule(&e), ("R2".into(), "targets.concurrent".into()));
+    // Without Personal Connection only concurrent can change.
+    let e = try_create(PERCY, "r2-c", MUSKETEERS, targets(None, Some(5), None))
+        .await
+        .unwrap_err();
+    assert_eq!(rule(&e), ("R2".into(), "targets.outbound".into()));
+    // R9: an empty change, or one equal to the current limits.
+    let e = try_create(PERCY, "r9-a", LEAGUE, targets(None, None, None))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), rule(&e).0.as_str()), (Code::InvalidArgument, "R9"));
+    let e = try_create(PERCY, "r9-b", LEAGUE, targets(Some(100), None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(rule(&e).0, "R9");
+    // R6: no Monitoring Gateway, nothing of SSPM.
+    let e = try_create(PERCY, "r6", BASKERVILLE, targets(Some(90), None, None))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), rule(&e).0.as_str()), (Code::FailedPrecondition, "R6"));
+    // R7: View without Create.
+    let e = try_create(MARGUERITE, "r7", LEAGUE, targets(Some(90), None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("PORT_MANAGEMENT_CREATE"), "{}", e.message());
+    // Another partner's business unit, and a customer user's sibling: NOT_FOUND, not DENIED.
+    let e = try_create(PERCY, "other", NAUTILUS, targets(Some(400), None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = s
+        .requests()
+        .get_port_limits(s.authed(
+            MARGUERITE,
+            pb::GetPortLimitsRequest {
+                business_unit_id: MUSKETEERS.into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = try_create(PERCY, "ghost", "bu-does-not-exist", targets(Some(1), None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // No token, a bad token.
+    let e = s
+        .requests()
+        .create_port_change_request(create_req("anon", LEAGUE, targets(Some(120), None, None)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut bad = tonic::Request::new(create_req("bad", LEAGUE, targets(Some(120), None, None)));
+    bad.metadata_mut()
+        .insert("authorization", "Bearer not.a.token".parse().expect("header"));
+    let e = s.requests().create_port_change_request(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    // R5: a second open request for the same business unit.
+    let first = try_create(PERCY, "open-1", LEAGUE, targets(Some(500), None, None))
+        .await
+        .expect("first");
+    assert_eq!(first.request.expect("request").state(), S::PendingInformation);
+    let e = try_create(PERCY, "open-2", LEAGUE, targets(Some(110), None, None))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), rule(&e).0.as_str()), (Code::FailedPrecondition, "R5"));
+    assert!(e.message().contains("open-1"), "{}", e.message());
+    // None of the refused requests exists.
+    for id in ["r1", "r2-a", "r6", "r7", "other", "open-2"] {
+        let e = s
+            .requests()
+            .get_port_change_request(s.authed(PERCY, pb::GetPortChangeRequestRequest { request_id: id.into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{id}");
+    }
+}
+scenario!(every_rule, every_rule_on_sqlite, every_rule_on_postgres);
+
+async fn atomic_requests(s: &TestSystem) {
+    // Two changes; the second breaks R2 (agentless above the new concurrent): nothing changes.
+    let e = create(
+        s,
+        PERCY,
+        create_req("atomic", LEAGUE, targets(Some(120), None, Some(130))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(rule(&e), ("R2".into(), "targets.agentless".into()));
+    let l = limits(s, LEAGUE).await;
+    assert_eq!((l.concurrent, l.outbound, l.agentless), (100, 40, 20));
+    assert_eq!(usage(s, "C14").await, 0);
+    // Both changes together are applied together.
+    let ok = create(
+        s,
+        PERCY,
+        create_req("atomic-2", LEAGUE, targets(Some(120), None, Some(110))),
+    )
+    .await
+    .expect("valid");
+    assert_eq!(ok.outcome(), pb::CreateOutcome::AutoApproved);
+    let l = limits(s, LEAGUE).await;
+    assert_eq!((l.concurrent, l.outbound, l.agentless), (120, 40, 110));
+}
+scenario!(atomic_requests, atomic_on_sqlite, atomic_on_postgres);
+
+async fn daily_limit_accounting(s: &TestSystem) {
+    set_cluster_limit(s, "C14", 30).await;
+    let a = create(s, PERCY, create_req("d-1", LEAGUE, targets(Some(110), None, None)))
+        .await
+        .expect("d-1");
+    assert_eq!(a.outcome(), pb::CreateOutcome::AutoApproved);
+    let b = create(s, PERCY, create_req("d-2", CLASSICS, targets(Some(220), None, None)))
+        .await
+        .expect("d-2");
+    assert_eq!(
+        b.outcome(),
+        pb::CreateOutcome::AutoApproved,
+        "exactly exhausts the budget"
+    );
+    assert_eq!(usage(s, "C14").await, 30);
+    let c = create(s, PERCY, create_req("d-3", MUSKETEERS, targets(Some(51), None, None)))
+        .await
+        .expect("d-3");
+    assert_eq!(
+        c.outcome(),
+        pb::CreateOutcome::NeedsInformation,
+        "one port more goes to review"
+    );
+    // Cancel and reject consume nothing: the budget is unchanged.
+    let cancelled = s
+        .requests()
+        .cancel_port_change_request(s.authed(
+            PERCY,
+            pb::CancelPortChangeRequestRequest {
+                request_id: "d-3".into(),
+                reason: "wrong unit".into(),
+            },
+        ))
+        .await
+        .expect("cancel")
+        .into_inner()
+        .request
+        .expect("request");
+    assert_eq!(cancelled.state(), S::Cancelled);
+    let mut big = create_req("d-4", LEAGUE, targets(Some(200), None, None));
+    big.justification = "launch".into();
+    create(s, PERCY, big).await.expect("d-4");
+    decide(s, "d-4", false, "no").await;
+    wait_for(s, "d-4", S::Rejected).await;
+    assert_eq!(usage(s, "C14").await, 30);
+    // A per-business-unit limit applies in addition to the cluster's.
+    set_cluster_limit(s, "C14", 100).await;
+    s.approval()
+        .set_daily_limit(s.authed(
+            NETOPS,
+            pb::SetDailyLimitRequest {
+                limit: Some(pb::DailyLimit {
+                    scope: pb::LimitScope::BusinessUnit.into(),
+                    target: MUSKETEERS.into(),
+                    max_daily_increase: 5,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("business unit limit");
+    let e = create(s, PERCY, create_req("d-5", MUSKETEERS, targets(Some(56), None, None)))
+        .await
+        .expect("d-5");
+    assert_eq!(e.outcome(), pb::CreateOutcome::NeedsInformation);
+    // Only Network Operations sets limits.
+    let denied = s
+        .approval()
+        .set_daily_limit(s.authed(
+            PERCY,
+            pb::SetDailyLimitRequest {
+                limit: Some(pb::DailyLimit {
+                    scope: pb::LimitScope::Default.into(),
+                    max_daily_increase: 9999,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+}
+scenario!(daily_limit_accounting, daily_limits_on_sqlite, daily_limits_on_postgres);
+
+async fn idempotency_dry_runs_cancel_and_pages(s: &TestSystem) {
+    // validate_only writes nothing.
+    let mut dry = create_req("dry", LEAGUE, targets(Some(180), None, None));
+    dry.validate_only = true;
+    let d = create(s, PERCY, dry).await.expect("dry run");
+    assert!(d.validate_only);
+    assert_eq!(d.outcome(), pb::CreateOutcome::AutoApproved);
+    assert_eq!(
+        d.request
+            .expect("request")
+            .estimated_monthly_cost_change
+            .expect("cost")
+            .units,
+        1000
+    );
+    assert_eq!(limits(s, LEAGUE).await.concurrent, 100);
+    assert_eq!(usage(s, "C14").await, 0);
+    let e = s
+        .requests()
+        .get_port_change_request(s.authed(
+            PERCY,
+            pb::GetPortChangeRequestRequest {
+                request_id: "dry".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let mut dry_big = create_req("dry-big", LEAGUE, targets(Some(900), None, None));
+    dry_big.validate_only = true;
+    assert_eq!(
+        create(s, PERCY, dry_big).await.expect("dry").outcome(),
+        pb::CreateOutcome::NeedsInformation
+    );
+
+    // The same id and payload returns the same request; another payload is refused.
+    let req = create_req("idem", LEAGUE, targets(Some(700), None, None));
+    let first = create(s, PERCY, req.clone()).await.expect("first");
+    let again = create(s, PERCY, req).await.expect("replay");
+    assert_eq!(again.outcome(), pb::CreateOutcome::NeedsInformation);
+    let (f, a) = (first.request.expect("r"), again.request.expect("r"));
+    assert_eq!(
+        (f.request_id.as_str(), f.case_number.as_str()),
+        (a.request_id.as_str(), a.case_number.as_str())
+    );
+    let e = create(s, PERCY, create_req("idem", LEAGUE, targets(Some(701), None, None)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+
+    // Cancel an open request; a second cancel is a lifecycle error.
+    let c = s
+        .requests()
+        .cancel_port_change_request(s.authed(
+            PERCY,
+            pb::CancelPortChangeRequestRequest {
+                request_id: "idem".into(),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .expect("cancel")
+        .into_inner()
+        .request
+        .expect("r");
+    assert_eq!(c.state(), S::Cancelled);
+    assert!(
+        closed_case(s, &c.case_number)
+            .await
+            .resolution
+            .starts_with("Cancelled by percy")
+    );
+    let e = s
+        .requests()
+        .cancel_port_change_request(s.authed(
+            PERCY,
+            pb::CancelPortChangeRequestRequest {
+                request_id: "idem".into(),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), rule(&e).0.as_str()), (Code::FailedPrecondition, "LIFECYCLE"));
+
+    // Pagination: newest first, no duplicates, every request once.
+    for (i, c) in [101, 102, 103, 104].into_iter().enumerate() {
+        let r = create(
+            s,
+            PERCY,
+            create_req(&format!("page-{i}"), LEAGUE, targets(Some(c), None, None)),
+        )
+        .await
+        .expect("create");
+        assert_eq!(r.outcome(), pb::CreateOutcome::AutoApproved);
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = s
+            .requests()
+            .list_port_change_requests(s.authed(
+                PERCY,
+                pb::ListPortChangeRequestsRequest {
+                    business_unit_id: LEAGUE.into(),
+                    page_size: 2,
+                    page_token: token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.requests.len() <= 2);
+        seen.extend(page.requests.into_iter().map(|r| (r.request_id, r.case_number)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let ids: Vec<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["page-3", "page-2", "page-1", "page-0", "idem"]);
+    assert!(seen.iter().all(|(_, case)| !case.is_empty()));
+    // Filtered by state, and across every business unit the caller may view.
+    let approved = s
+        .requests()
+        .list_port_change_requests(s.authed(
+            PERCY,
+            pb::ListPortChangeRequestsRequest {
+                states: vec![S::Cancelled.into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(approved.requests.len(), 1);
+    let none = s
+        .requests()
+        .list_port_change_requests(s.authed(
+            MARGUERITE,
+            pb::ListPortChangeRequestsRequest {
+                business_unit_id: MUSKETEERS.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::NotFound);
+}
+scenario!(
+    idempotency_dry_runs_cancel_and_pages,
+    idempotency_and_pages_on_sqlite,
+    idempotency_and_pages_on_postgres
+);
+
+async fn temporary_change_reverts(s: &TestSystem) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut req = create_req("temp", LEAGUE, targets(Some(130), Some(60), None));
+    req.revert_at = Some(prost_types_timestamp(now + 2));
+    let r = create(s, PERCY, req).await.expect("create");
+    assert_eq!(r.outcome(), pb::CreateOutcome::AutoApproved);
+    assert_eq!(limits(s, LEAGUE).await.concurrent, 130);
+    let mut watch = s
+        .requests()
+        .watch_port_change_request(s.authed(
+            PERCY,
+            pb::WatchPortChangeRequestRequest {
+                request_id: "temp".into(),
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last = None;
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(15), watch.next())
+        .await
+        .expect("the revert arrives")
+    {
+        last = item.expect("ok").request;
+    }
+    let last = last.expect("at least one item");
+    let revert = last.revert.expect("revert");
+    assert!(revert.reverted_time.is_some());
+    let l = limits(s, LEAGUE).await;
+    assert_eq!((l.concurrent, l.outbound, l.agentless), (100, 40, 20));
+    assert!(
+        last.history.iter().any(|h| h.kind() == pb::HistoryEventKind::Reverted),
+        "{:#?}",
+        last.history
+    );
+    assert_eq!(last.state(), S::Approved, "a revert does not change the state");
+    // The requester is told on the case too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = case(s, &last.case_number).await;
+        if c.comments.iter().any(|m| m.body.contains("reverted")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no revert comment: {c:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only increases can be temporary, and never in the past.
+    let mut down = create_req("temp-down", LEAGUE, targets(Some(90), None, None));
+    down.revert_at = Some(prost_types_timestamp(now + 3600));
+    let e = create(s, PERCY, down).await.unwrap_err();
+    assert_eq!(rule(&e), ("R11".into(), "revert_at".into()));
+    let mut past = create_req("temp-past", LEAGUE, targets(Some(110), None, None));
+    past.revert_at = Some(prost_types_timestamp(now - 10));
+    assert_eq!(rule(&create(s, PERCY, past).await.unwrap_err()).0, "R11");
+}
+scenario!(temporary_change_reverts, temporary_on_sqlite, temporary_on_postgres);
+
+fn prost_types_timestamp(secs: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(secs).expect("seconds"),
+        nanos: 0,
+    }
+}
+
+async fn concurrency(s: &TestSystem) {
+    // 32 simultaneous creates for one business unit: exactly one opens (R5 in the database).
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let req = create_req(&format!("race-{i}"), LEAGUE, targets(Some(500 + i), None, None));
+        let client = s.requests();
+        let call = s.authed(PERCY, req);
+        tasks.spawn(async move { client.clone().create_port_change_request(call).await });
+    }
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!((e.code(), rule(&e).0.as_str()), (Code::FailedPrecondition, "R5")),
+        }
+    }
+    assert_eq!(ok, 1);
+
+    // 32 simultaneous increases on one cluster never overrun the daily limit: 32 new
+    // customers of Classics, Inc. each add 7 ports under a limit of 100: exactly 14 fit.
+    set_cluster_limit(s, "C14", 100).await;
+    for i in 0..32 {
+        s.authorization()
+            .create_business_unit(s.authed(
+                REP,
+                pb::CreateBusinessUnitRequest {
+                    business_unit: Some(pb::BusinessUnit {
+                        business_unit_id: format!("bu-crowd-{i}"),
+                        display_name: format!("Crowd {i}"),
+                        cluster: "C14".into(),
+                        partner_id: CLASSICS.into(),
+                        monitoring_gateway_enabled: true,
+                        personal_connection_enabled: true,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect("account representative creates a business unit");
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let req = create_req(
+            &format!("crowd-{i}"),
+            &format!("bu-crowd-{i}"),
+            targets(Some(7), None, None),
+        );
+        let client = s.requests();
+        let call = s.authed(PERCY, req);
+        tasks.spawn(async move { client.clone().create_port_change_request(call).await });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        outcomes.push(r.expect("task").expect("valid request").into_inner().outcome());
+    }
+    let auto = outcomes
+        .iter()
+        .filter(|o| **o == pb::CreateOutcome::AutoApproved)
+        .count();
+    assert_eq!(auto, 14, "{outcomes:?}");
+    assert_eq!(usage(s, "C14").await, 98);
+    let distinct: HashSet<_> = outcomes.iter().collect();
+    assert!(distinct.len() <= 2, "{outcomes:?}");
+}
+scenario!(concurrency, concurrency_on_sqlite, concurrency_on_postgres);
