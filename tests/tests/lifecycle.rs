@@ -912,3 +912,259 @@ async fn concurrency(s: &TestSystem) {
     assert!(distinct.len() <= 2, "{outcomes:?}");
 }
 scenario!(concurrency, concurrency_on_sqlite, concurrency_on_postgres);
+
+async fn administration_and_staff_rpcs(s: &TestSystem) {
+    let mut authz = s.authorization();
+    // Only account representatives administer.
+    let e = authz
+        .create_principal(s.authed(
+            PERCY,
+            pb::CreatePrincipalRequest {
+                principal: Some(pb::Principal {
+                    principal_id: "andrew@league.example".into(),
+                    kind: pb::PrincipalKind::User.into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let p = authz
+        .create_principal(s.authed(
+            REP,
+            pb::CreatePrincipalRequest {
+                principal: Some(pb::Principal {
+                    principal_id: "andrew@league.example".into(),
+                    display_name: "Andrew Ffoulkes".into(),
+                    home_business_unit_id: LEAGUE.into(),
+                    kind: pb::PrincipalKind::User.into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("create principal")
+        .into_inner()
+        .principal
+        .expect("principal");
+    assert_eq!(p.home_business_unit_id, LEAGUE);
+    for perm in [
+        pb::Permission::MonitoringGatewayView,
+        pb::Permission::PortManagementView,
+        pb::Permission::PortManagementCreate,
+    ] {
+        authz
+            .grant_permission(s.authed(
+                REP,
+                pb::GrantPermissionRequest {
+                    principal_id: "andrew@league.example".into(),
+                    business_unit_id: LEAGUE.into(),
+                    permission: perm.into(),
+                },
+            ))
+            .await
+            .expect("grant");
+    }
+    // A global permission cannot be granted on a business unit.
+    let e = authz
+        .grant_permission(s.authed(
+            REP,
+            pb::GrantPermissionRequest {
+                principal_id: "andrew@league.example".into(),
+                business_unit_id: LEAGUE.into(),
+                permission: pb::Permission::AccountRepresentative.into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let created = create(
+        s,
+        "andrew@league.example",
+        create_req("andrew-1", LEAGUE, targets(Some(105), None, None)),
+    )
+    .await
+    .expect("granted user creates");
+    assert_eq!(created.outcome(), pb::CreateOutcome::AutoApproved);
+    let revoked = authz
+        .revoke_permission(s.authed(
+            REP,
+            pb::RevokePermissionRequest {
+                principal_id: "andrew@league.example".into(),
+                business_unit_id: LEAGUE.into(),
+                permission: pb::Permission::PortManagementCreate.into(),
+            },
+        ))
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert!(revoked.revoked);
+    let e = create(
+        s,
+        "andrew@league.example",
+        create_req("andrew-2", LEAGUE, targets(Some(106), None, None)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let grants = authz
+        .list_permissions(s.authed("andrew@league.example", pb::ListPermissionsRequest::default()))
+        .await
+        .expect("own grants")
+        .into_inner()
+        .grants;
+    assert_eq!(grants.len(), 2);
+    // Visibility: the partner administrator sees the partner and its customers only.
+    let visible: Vec<String> = authz
+        .list_visible_business_units(s.authed(PERCY, pb::ListVisibleBusinessUnitsRequest::default()))
+        .await
+        .expect("visible")
+        .into_inner()
+        .business_units
+        .into_iter()
+        .map(|b| b.business_unit_id)
+        .collect();
+    assert_eq!(visible, [BASKERVILLE, CLASSICS, LEAGUE, MUSKETEERS]);
+    let e = authz
+        .get_business_unit(s.authed(
+            MARGUERITE,
+            pb::GetBusinessUnitRequest {
+                business_unit_id: CLASSICS.into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // Turning Personal Connection off makes outbound changes a rule violation.
+    authz
+        .update_business_unit(s.authed(
+            REP,
+            pb::UpdateBusinessUnitRequest {
+                business_unit_id: LEAGUE.into(),
+                personal_connection_enabled: Some(false),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("update");
+    let e = create(s, PERCY, create_req("pc-off", LEAGUE, targets(None, Some(10), None)))
+        .await
+        .unwrap_err();
+    assert_eq!(rule(&e).0, "R2");
+
+    // Network Operations: limits listed (default first), cleared; tasks listed by page.
+    set_cluster_limit(s, "E39", 10).await;
+    let limits = s
+        .approval()
+        .list_daily_limits(s.authed(NETOPS, pb::ListDailyLimitsRequest {}))
+        .await
+        .expect("limits")
+        .into_inner()
+        .limits;
+    assert_eq!(limits[0].scope(), pb::LimitScope::Default);
+    assert!(limits.iter().any(|l| l.target == "E39" && l.max_daily_increase == 10));
+    let cleared = s
+        .approval()
+        .clear_daily_limit(s.authed(
+            NETOPS,
+            pb::ClearDailyLimitRequest {
+                scope: pb::LimitScope::Cluster.into(),
+                target: "E39".into(),
+            },
+        ))
+        .await
+        .expect("clear")
+        .into_inner();
+    assert!(cleared.cleared);
+    for (i, bu) in [CLASSICS, MUSKETEERS].into_iter().enumerate() {
+        let mut req = create_req(&format!("review-{i}"), bu, targets(Some(900), None, None));
+        req.justification = "growth".into();
+        create(s, PERCY, req).await.expect("create");
+        wait_for_task(s, &format!("review-{i}")).await;
+    }
+    let first = s
+        .approval()
+        .list_approval_tasks(s.authed(
+            NETOPS,
+            pb::ListApprovalTasksRequest {
+                page_size: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("tasks")
+        .into_inner();
+    assert_eq!(first.tasks.len(), 1);
+    assert_eq!(first.tasks[0].request_id, "review-0");
+    let second = s
+        .approval()
+        .list_approval_tasks(s.authed(
+            NETOPS,
+            pb::ListApprovalTasksRequest {
+                page_size: 1,
+                page_token: first.next_page_token,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("tasks")
+        .into_inner();
+    assert_eq!(second.tasks[0].request_id, "review-1");
+    let e = s
+        .approval()
+        .list_approval_tasks(s.authed(PERCY, pb::ListApprovalTasksRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // Cancelling a request under review withdraws its task.
+    s.requests()
+        .cancel_port_change_request(s.authed(
+            PERCY,
+            pb::CancelPortChangeRequestRequest {
+                request_id: "review-1".into(),
+                reason: "not needed".into(),
+            },
+        ))
+        .await
+        .expect("cancel");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while wait_for_task(s, "review-1").await.state() != pb::ApprovalTaskState::Withdrawn {
+        assert!(tokio::time::Instant::now() < deadline, "task not withdrawn");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Ticketing: a user lists the cases of a business unit it may view; writes are internal.
+    let cases = s
+        .ticketing()
+        .list_cases(s.authed(
+            PERCY,
+            pb::ListCasesRequest {
+                business_unit_id: CLASSICS.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("cases")
+        .into_inner()
+        .cases;
+    assert_eq!(cases.len(), 1);
+    assert_eq!(cases[0].external_reference, "review-0");
+    let e = s
+        .ticketing()
+        .close_case(s.authed(
+            PERCY,
+            pb::CloseCaseRequest {
+                case_number: cases[0].case_number.clone(),
+                resolution: "closing it myself".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+}
+scenario!(
+    administration_and_staff_rpcs,
+    administration_on_sqlite,
+    administration_on_postgres
+);
