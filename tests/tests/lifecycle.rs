@@ -949,6 +949,42 @@ async fn administration_and_staff_rpcs(s: &TestSystem) {
         .principal
         .expect("principal");
     assert_eq!(p.home_business_unit_id, LEAGUE);
+    let renamed = authz
+        .update_principal(s.authed(
+            REP,
+            pb::UpdatePrincipalRequest {
+                principal_id: "andrew@league.example".into(),
+                display_name: Some("Sir Andrew Ffoulkes".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("update principal")
+        .into_inner()
+        .principal
+        .expect("principal");
+    assert_eq!(
+        (renamed.display_name.as_str(), renamed.home_business_unit_id.as_str()),
+        ("Sir Andrew Ffoulkes", LEAGUE)
+    );
+    let me = authz
+        .get_principal(s.authed("andrew@league.example", pb::GetPrincipalRequest::default()))
+        .await
+        .expect("own principal")
+        .into_inner()
+        .principal
+        .expect("principal");
+    assert_eq!(me.display_name, "Sir Andrew Ffoulkes");
+    let e = authz
+        .get_principal(s.authed(
+            MARGUERITE,
+            pb::GetPrincipalRequest {
+                principal_id: PERCY.into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
     for perm in [
         pb::Permission::MonitoringGatewayView,
         pb::Permission::PortManagementView,
