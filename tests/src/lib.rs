@@ -38,6 +38,7 @@ pub struct TestSystem {
     addrs: HashMap<ServiceKind, SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     running: Option<JoinHandle<anyhow::Result<()>>>,
+    late: Vec<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
     _databases: Vec<TestDatabase>,
 }
 
@@ -58,6 +59,12 @@ pub fn init_test_logging() {
 impl TestSystem {
     /// Starts the four services and waits until each reports SERVING.
     pub async fn start(backend: Backend) -> Self {
+        Self::start_without(backend, &[]).await
+    }
+
+    /// Starts every service but `held` (their addresses refuse connections, as during an
+    /// outage); [`TestSystem::start_held`] starts one later.
+    pub async fn start_without(backend: Backend, held: &[ServiceKind]) -> Self {
         init_test_logging();
         let mut config = SspmConfig::default();
         let mut listeners = HashMap::new();
@@ -77,7 +84,11 @@ impl TestSystem {
             svc.endpoint = Some(format!("http://{addr}"));
             svc.database_url = Some(db.url.clone());
             databases.push(db);
-            listeners.insert(kind, listener);
+            if held.contains(&kind) {
+                drop(listener);
+            } else {
+                listeners.insert(kind, listener);
+            }
             addrs.insert(kind, addr);
         }
         // Fast background loops, so retries and polls show within a test's patience.
@@ -86,7 +97,10 @@ impl TestSystem {
         config.workflow.retry_max_ms = 1_000;
         config.workflow.review_poll_seconds = 1;
         config.validate().expect("test configuration is valid");
-        let apps = sspm_cli::build_all(&config, listeners).await.expect("services start");
+        let running: Vec<ServiceKind> = ServiceKind::ALL.into_iter().filter(|k| !held.contains(k)).collect();
+        let apps = sspm_cli::build_some(&config, listeners, &running)
+            .await
+            .expect("services start");
         sspm_cli::seed_demo(&apps, &config).await.expect("demo tenancy seeded");
         let (stop, stopped) = oneshot::channel::<()>();
         let running = tokio::spawn(sspm_cli::run_all(apps, async {
@@ -97,12 +111,31 @@ impl TestSystem {
             addrs,
             stop: Some(stop),
             running: Some(running),
+            late: Vec::new(),
             _databases: databases,
         };
-        for kind in ServiceKind::ALL {
+        for kind in ServiceKind::ALL.into_iter().filter(|k| !held.contains(k)) {
             system.wait_until_serving(kind).await;
         }
         system
+    }
+
+    /// Starts a service held back by [`TestSystem::start_without`], on its address.
+    pub async fn start_held(&mut self, kind: ServiceKind) {
+        let listener = sspm_platform::server::bind(self.addr(kind))
+            .await
+            .expect("rebind the held service's address");
+        let mut apps = sspm_cli::build_some(&self.config, HashMap::from([(kind, listener)]), &[kind])
+            .await
+            .expect("held service starts");
+        sspm_cli::seed_demo(&apps, &self.config).await.expect("demo data");
+        let app = apps.pop().expect("one service");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        self.late.push((stop, running));
+        self.wait_until_serving(kind).await;
     }
 
     /// The address of one service.
@@ -183,6 +216,12 @@ impl TestSystem {
 
     /// Stops every service (graceful: in-flight calls finish) and returns how they ended.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        for (stop, running) in std::mem::take(&mut self.late) {
+            let _ = stop.send(());
+            tokio::time::timeout(Duration::from_secs(10), running)
+                .await
+                .map_err(|_| anyhow::anyhow!("a late service did not stop within 10 s"))???;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

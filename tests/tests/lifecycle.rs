@@ -1204,3 +1204,57 @@ scenario!(
     administration_on_sqlite,
     administration_on_postgres
 );
+
+/// An outage: the ticketing service is down when a request is created. The request is
+/// accepted, nothing is lost, and once ticketing is back the reconciler opens exactly one
+/// case, applies the change and closes the case.
+async fn outage_recovery(backend: Backend) {
+    let mut s = TestSystem::start_without(backend, &[sspm_platform::ServiceKind::Ticketing]).await;
+    let resp = create(
+        &s,
+        PERCY,
+        create_req("outage-1", LEAGUE, targets(Some(120), None, None)),
+    )
+    .await
+    .expect("accepted despite the outage");
+    assert_eq!(resp.outcome(), pb::CreateOutcome::Accepted);
+    let r = resp.request.expect("request");
+    assert_eq!((r.state(), r.case_number.as_str()), (S::New, ""));
+    // R5 holds while the request waits.
+    let e = create(
+        &s,
+        PERCY,
+        create_req("outage-2", LEAGUE, targets(Some(130), None, None)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(rule(&e).0, "R5");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.start_held(sspm_platform::ServiceKind::Ticketing).await;
+    let r = wait_for(&s, "outage-1", S::Approved).await;
+    assert_eq!(limits(&s, LEAGUE).await.concurrent, 120);
+    closed_case(&s, &r.case_number).await;
+    let cases = s
+        .ticketing()
+        .list_cases(s.as_service(pb::ListCasesRequest {
+            business_unit_id: LEAGUE.into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("cases")
+        .into_inner()
+        .cases;
+    assert_eq!(cases.len(), 1, "retries never open a second case: {cases:#?}");
+    s.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_recovery_on_sqlite() {
+    outage_recovery(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
+async fn outage_recovery_on_postgres() {
+    outage_recovery(Backend::Postgres).await;
+}

@@ -13,15 +13,37 @@ use tokio::sync::watch;
 /// listener, or its configured address when none is given.
 pub async fn build_all(
     config: &SspmConfig,
-    mut listeners: HashMap<ServiceKind, TcpListener>,
+    listeners: HashMap<ServiceKind, TcpListener>,
 ) -> anyhow::Result<Vec<ServiceApp>> {
-    let mut take = |k| listeners.remove(&k);
-    Ok(vec![
-        sspm_authorization::build(config.clone(), take(ServiceKind::Authorization)).await?,
-        sspm_ticketing::build(config.clone(), take(ServiceKind::Ticketing)).await?,
-        sspm_approval::build(config.clone(), take(ServiceKind::Approval)).await?,
-        sspm_request::build(config.clone(), take(ServiceKind::Request)).await?,
-    ])
+    build_some(config, listeners, &ServiceKind::ALL).await
+}
+
+/// Builds the services of `kinds` (dependencies first: authorization, ticketing, approval,
+/// request), like [`build_all`].
+pub async fn build_some(
+    config: &SspmConfig,
+    mut listeners: HashMap<ServiceKind, TcpListener>,
+    kinds: &[ServiceKind],
+) -> anyhow::Result<Vec<ServiceApp>> {
+    let mut apps = Vec::new();
+    for kind in [
+        ServiceKind::Authorization,
+        ServiceKind::Ticketing,
+        ServiceKind::Approval,
+        ServiceKind::Request,
+    ] {
+        if !kinds.contains(&kind) {
+            continue;
+        }
+        let listener = listeners.remove(&kind);
+        apps.push(match kind {
+            ServiceKind::Authorization => sspm_authorization::build(config.clone(), listener).await?,
+            ServiceKind::Ticketing => sspm_ticketing::build(config.clone(), listener).await?,
+            ServiceKind::Approval => sspm_approval::build(config.clone(), listener).await?,
+            ServiceKind::Request => sspm_request::build(config.clone(), listener).await?,
+        });
+    }
+    Ok(apps)
 }
 
 /// Serves `apps` until `shutdown` completes, then stops them all and waits for in-flight
