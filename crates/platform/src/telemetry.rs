@@ -42,12 +42,14 @@ pub fn install_propagator() {
 
 /// Initialises logging and tracing for a process named `service_name` (the OTLP
 /// `service.name` unless `OTEL_SERVICE_NAME` says otherwise). Logs go to stderr, filtered
-/// by `RUST_LOG` (default `info`).
+/// by `RUST_LOG` (default `info`, migrations at `warn`).
 pub fn init(service_name: &str) -> anyhow::Result<TelemetryGuard> {
     install_propagator();
+    // Without RUST_LOG: info, but not a line per applied migration at every start.
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sea_orm_migration=warn".to_owned());
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
-        .from_env_lossy();
+        .parse_lossy(directives);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
