@@ -1,0 +1,111 @@
+//! One `CreatePortChangeRequest` is one trace across the four real services: the request
+//! service's server span is the root, and the authorization, ticketing and approval server
+//! spans are its children (DESIGN §2.4).
+//!
+//! One test in this binary: it installs a global subscriber, since the services run on the
+//! runtime's worker threads.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use opentelemetry::trace::{SpanId, TracerProvider as _};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use sspm_e2e::{Backend, TestSystem};
+use sspm_proto::v1 as pb;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_is_one_trace_across_the_four_services() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    sspm_platform::telemetry::install_propagator();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("sspm-test"))
+            .with_filter(sspm_platform::telemetry::otel_filter()),
+    );
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let system = TestSystem::start(Backend::Sqlite).await;
+    let created = system
+        .requests()
+        .create_port_change_request(system.authed(
+            "percy@classics.example",
+            pb::CreatePortChangeRequestRequest {
+                request_id: "traced-1".into(),
+                business_unit_id: "bu-league".into(),
+                targets: Some(pb::PortTargets {
+                    concurrent: Some(120),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.outcome(), pb::CreateOutcome::AutoApproved);
+    system.shutdown().await.unwrap();
+    provider.force_flush().unwrap();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let root = spans
+        .iter()
+        .find(|s| s.name == "sspm.v1.PortRequestService/CreatePortChangeRequest")
+        .unwrap_or_else(|| {
+            panic!(
+                "no create span in {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(
+        root.parent_span_id,
+        SpanId::INVALID,
+        "the create is the root of its trace"
+    );
+    let trace = root.span_context.trace_id();
+    let in_trace: Vec<_> = spans.iter().filter(|s| s.span_context.trace_id() == trace).collect();
+    let names: Vec<&str> = in_trace.iter().map(|s| s.name.as_ref()).collect();
+    for expected in [
+        "sspm.v1.AuthorizationService/Check",
+        "sspm.v1.TicketingService/OpenCase",
+        "sspm.v1.ApprovalService/EvaluateIncrease",
+        "sspm.v1.TicketingService/CloseCase",
+        "sspm.v1.AuthorizationService/GetBusinessUnit",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from the trace: {names:?}"
+        );
+    }
+    // A proper tree: every span but the root has its parent in the trace.
+    let ids: HashMap<SpanId, &str> = in_trace
+        .iter()
+        .map(|s| (s.span_context.span_id(), s.name.as_ref()))
+        .collect();
+    for s in &in_trace {
+        if s.span_context.span_id() != root.span_context.span_id() {
+            assert!(
+                ids.contains_key(&s.parent_span_id),
+                "{} has a parent outside the trace",
+                s.name
+            );
+        }
+    }
+    // The calls to the other services are children of the create.
+    for s in in_trace
+        .iter()
+        .filter(|s| s.name.starts_with("sspm.v1.") && s.name != root.name)
+    {
+        assert_eq!(
+            s.parent_span_id,
+            root.span_context.span_id(),
+            "{} is not a child of the create",
+            s.name
+        );
+    }
+}
