@@ -49,6 +49,17 @@ async fn a_create_is_one_trace_across_the_four_services() {
         .unwrap()
         .into_inner();
     assert_eq!(created.outcome(), pb::CreateOutcome::AutoApproved);
+    let missing = system
+        .requests()
+        .get_port_change_request(system.authed(
+            "percy@classics.example",
+            pb::GetPortChangeRequestRequest {
+                request_id: "no-such-request".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
     system.shutdown().await.unwrap();
     provider.force_flush().unwrap();
 
@@ -82,6 +93,17 @@ async fn a_create_is_one_trace_across_the_four_services() {
             "{expected} missing from the trace: {names:?}"
         );
     }
+    // Failed calls carry their gRPC code.
+    let get = spans
+        .iter()
+        .find(|s| s.name == "sspm.v1.PortRequestService/GetPortChangeRequest")
+        .unwrap();
+    let code = get
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "rpc.grpc.status_code")
+        .map(|kv| kv.value.to_string());
+    assert_eq!(code.as_deref(), Some("5"), "{:?}", get.attributes);
     // A proper tree: every span but the root has its parent in the trace.
     let ids: HashMap<SpanId, &str> = in_trace
         .iter()

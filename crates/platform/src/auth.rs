@@ -274,19 +274,36 @@ where
         // The clone is ready only after poll_ready; call the instance that was polled.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if !is_public_path(req.uri().path()) {
-            match self.verifier.verify_headers(req.headers()) {
-                Ok(principal) => {
-                    tracing::Span::current().record("enduser.id", principal.id.as_str());
-                    req.extensions_mut().insert(principal);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, path = req.uri().path(), "unauthenticated call refused");
-                    return Box::pin(std::future::ready(Ok(Status::from(e).into_http())));
+        let verifier = self.verifier.clone();
+        // tonic calls layers before it enters the RPC's span and polls their futures inside
+        // it: verify in the future, so the span is the current one.
+        Box::pin(async move {
+            let span = tracing::Span::current();
+            if !is_public_path(req.uri().path()) {
+                match verifier.verify_headers(req.headers()) {
+                    Ok(principal) => {
+                        span.record("enduser.id", principal.id.as_str());
+                        req.extensions_mut().insert(principal);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, path = req.uri().path(), "unauthenticated call refused");
+                        span.record("rpc.grpc.status_code", tonic::Code::Unauthenticated as i32);
+                        return Ok(Status::from(e).into_http());
+                    }
                 }
             }
-        }
-        Box::pin(inner.call(req))
+            let response = inner.call(req).await?;
+            // Errors answered at once carry grpc-status in the headers; otherwise it comes
+            // in the trailers of a successful call.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(0);
+            span.record("rpc.grpc.status_code", code);
+            Ok(response)
+        })
     }
 }
 

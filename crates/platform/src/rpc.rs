@@ -49,6 +49,22 @@ pub fn micros_of(ts: &prost_types::Timestamp, field: &str) -> Result<i64, Status
     Ok(ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1_000)
 }
 
+/// Records what an RPC is about on its server span (empty values are left unset).
+pub fn annotate(request_id: &str, business_unit_id: &str) {
+    let span = tracing::Span::current();
+    if !request_id.is_empty() {
+        span.record("sspm.request_id", request_id);
+    }
+    if !business_unit_id.is_empty() {
+        span.record("sspm.business_unit_id", business_unit_id);
+    }
+}
+
+/// Records the state a request ends the RPC in on its server span.
+pub fn annotate_state(state: &str) {
+    tracing::Span::current().record("sspm.state", state);
+}
+
 /// INVALID_ARGUMENT for malformed input in `field`.
 pub fn invalid(field: &str, message: impl Into<String>) -> Status {
     error::violation(Violation::new(Rule::Input, field, message))

@@ -150,6 +150,10 @@ fn rpc_span(req: &http::Request<()>) -> tracing::Span {
             rpc.service = %service,
             rpc.method = %method,
             enduser.id = tracing::field::Empty,
+            rpc.grpc.status_code = tracing::field::Empty,
+            sspm.request_id = tracing::field::Empty,
+            sspm.business_unit_id = tracing::field::Empty,
+            sspm.state = tracing::field::Empty,
         )
     };
     let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));

@@ -75,7 +75,9 @@ impl RequestApi {
 
     /// Loads a request the caller may act on with `action`; one it may not see is NOT_FOUND.
     async fn load_for(&self, caller: &PrincipalId, id: &str, action: pb::Action) -> Result<request::Model, Status> {
+        sspm_platform::rpc::annotate(id, "");
         let r = self.load(id).await?;
+        sspm_platform::rpc::annotate("", &r.business_unit_id);
         match self.wf.authz().require(caller, action, &r.business_unit_id).await {
             Ok(_) => Ok(r),
             Err(s) if s.code() == Code::NotFound => Err(not_found("port change request", id)),
@@ -137,6 +139,7 @@ impl PortRequestService for RequestApi {
     ) -> Result<Response<pb::GetPortLimitsResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
+        sspm_platform::rpc::annotate("", &req.business_unit_id);
         let bu = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
         let facts = self
             .wf
@@ -165,6 +168,7 @@ impl PortRequestService for RequestApi {
     ) -> Result<Response<pb::CreatePortChangeRequestResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
+        sspm_platform::rpc::annotate(&req.request_id, &req.business_unit_id);
         let id = parse_at("request_id", RequestId::parse(&req.request_id))?;
         let bu_id = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
         let t = req.targets.unwrap_or_default();
@@ -315,6 +319,7 @@ impl PortRequestService for RequestApi {
         tracing::info!(request_id = %id, business_unit = %bu_id, requester = %caller.id, change = %crate::workflow::describe(&change), "request created");
         self.wf.drive(id.as_str()).await;
         let r = self.load(id.as_str()).await?;
+        sspm_platform::rpc::annotate_state(&r.state);
         let outcome = outcome(&r);
         Ok(Response::new(pb::CreatePortChangeRequestResponse {
             request: Some(self.show(id.as_str()).await?),
