@@ -104,6 +104,16 @@ async fn a_create_is_one_trace_across_the_four_services() {
         .find(|kv| kv.key.as_str() == "rpc.grpc.status_code")
         .map(|kv| kv.value.to_string());
     assert_eq!(code.as_deref(), Some("5"), "{:?}", get.attributes);
+    // The database work shows as client spans inside the RPCs.
+    let db: Vec<_> = in_trace.iter().filter(|s| s.name.starts_with("sea_orm.")).collect();
+    assert!(!db.is_empty(), "no database spans in {names:?}");
+    assert!(db.iter().all(|s| s.parent_span_id != SpanId::INVALID));
+    // The background loops' polling queries are not exported as traces of their own.
+    let orphans = spans
+        .iter()
+        .filter(|s| s.name.starts_with("sea_orm.") && s.parent_span_id == SpanId::INVALID)
+        .count();
+    assert_eq!(orphans, 0, "database spans outside any RPC were exported");
     // A proper tree: every span but the root has its parent in the trace.
     let ids: HashMap<SpanId, &str> = in_trace
         .iter()

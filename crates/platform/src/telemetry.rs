@@ -78,15 +78,27 @@ pub fn init(service_name: &str) -> anyhow::Result<TelemetryGuard> {
 }
 
 /// What reaches OpenTelemetry: our spans at INFO and above, none of the transport's
-/// internals (h2/hyper/tower would otherwise export dozens of one-span traces).
-pub fn otel_filter() -> Targets {
-    Targets::new()
+/// internals (h2/hyper/tower would otherwise export dozens of one-span traces), and database
+/// spans only inside another span (an RPC): the background loops' polling queries would
+/// otherwise be a trace each, several times a second.
+pub fn otel_filter<S>() -> impl tracing_subscriber::layer::Filter<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::{DynFilterFn, FilterExt};
+    let targets = Targets::new()
         .with_default(LevelFilter::INFO)
         .with_target("h2", LevelFilter::OFF)
         .with_target("hyper", LevelFilter::OFF)
         .with_target("hyper_util", LevelFilter::OFF)
         .with_target("tower", LevelFilter::OFF)
-        .with_target("sqlx", LevelFilter::WARN)
+        .with_target("sqlx", LevelFilter::WARN);
+    let db_in_context = DynFilterFn::new(
+        |meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>| {
+            !(meta.is_span() && meta.target().starts_with("sea_orm")) || cx.lookup_current().is_some()
+        },
+    );
+    targets.and(db_in_context)
 }
 
 /// Reads trace context from HTTP headers.

@@ -20,6 +20,7 @@ use sspm_rules::lifecycle::{Event, next};
 use sspm_rules::{BusinessUnitFacts, PortLimits, RequestState, Targets, ValidatedChange, reapply, revert};
 use tokio::sync::broadcast;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use crate::entities::{effect, limits, request};
 use crate::store::{Apply, Entry, NewEffect, Store, Transition};
@@ -764,7 +765,10 @@ impl Workflow {
             for (id, scheduled) in due {
                 match self.store.claim(&id, scheduled, Self::lease_until(now)).await {
                     Ok(true) => {
-                        self.drive(&id).await;
+                        // A retry or revert is a trace of its own, rooted here.
+                        let span =
+                            tracing::info_span!("reconcile", otel.name = "sspm.reconcile", sspm.request_id = %id);
+                        self.drive(&id).instrument(span).await;
                     }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(request_id = id, error = %e, "cannot claim a request"),
@@ -813,7 +817,13 @@ impl Workflow {
                 match stream.message().await {
                     Ok(Some(ev)) => {
                         let Some(task) = ev.task else { continue };
-                        if let Err(e) = self.on_decision(&task).await {
+                        let span = tracing::info_span!(
+                            "decision",
+                            otel.name = "sspm.decision",
+                            sspm.request_id = %task.request_id,
+                            sspm.cursor = ev.cursor
+                        );
+                        if let Err(e) = self.on_decision(&task).instrument(span).await {
                             tracing::warn!(error = %e, "cannot record a decision; the feed resumes from the last one stored");
                             failures += 1;
                             break;
