@@ -110,6 +110,11 @@ pub fn database(context: &str, err: &DbErr) -> Status {
     }
 }
 
+/// [`database`] as a closure for `map_err`.
+pub fn db(context: &'static str) -> impl Fn(DbErr) -> Status {
+    move |e| database(context, &e)
+}
+
 #[cfg(test)]
 mod tests {
     use sspm_rules::{Rule, Violation};

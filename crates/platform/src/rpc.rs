@@ -119,17 +119,52 @@ pub fn page_key(token: &str) -> Result<Option<String>, Status> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || invalid("page_token", "not a page token issued by this RPC");
-    let hex = token.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
+    let hex = token.strip_prefix(TOKEN_PREFIX).ok_or_else(foreign_token)?;
     if hex.len() % 2 != 0 {
-        return Err(bad());
+        return Err(foreign_token());
     }
     let bytes = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
         .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| bad())?;
-    String::from_utf8(bytes).map(Some).map_err(|_| bad())
+        .map_err(|_| foreign_token())?;
+    String::from_utf8(bytes).map(Some).map_err(|_| foreign_token())
+}
+
+/// Truncates a page fetched with one row more than `size` and returns the token of the
+/// next page (the key of the page's last row), empty on the last page.
+pub fn next_page_token<T>(rows: &mut Vec<T>, size: u64, key: impl Fn(&T) -> String) -> String {
+    if rows.len() as u64 <= size {
+        return String::new();
+    }
+    rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+    rows.last().map(|r| page_token(&key(r))).unwrap_or_default()
+}
+
+/// The key of a page token holding a number (an offset or a row id).
+pub fn page_number<N: std::str::FromStr>(token: &str) -> Result<Option<N>, Status> {
+    page_key(token)?
+        .map(|k| k.parse::<N>().map_err(|_| foreign_token()))
+        .transpose()
+}
+
+/// The key of a page token holding a (time, id) pair, see [`time_id_key`].
+pub fn page_time_id(token: &str) -> Result<Option<(i64, String)>, Status> {
+    page_key(token)?
+        .map(|k| {
+            let (t, id) = k.split_once('|').ok_or_else(foreign_token)?;
+            Ok((t.parse::<i64>().map_err(|_| foreign_token())?, id.to_owned()))
+        })
+        .transpose()
+}
+
+/// The page key of a row ordered by (time, id).
+pub fn time_id_key(time: i64, id: &str) -> String {
+    format!("{time}|{id}")
+}
+
+fn foreign_token() -> Status {
+    invalid("page_token", "not a page token issued by this RPC")
 }
 
 /// PERMISSION_DENIED unless the caller is an SSPM service (internal RPCs).
@@ -272,10 +307,7 @@ impl Authz {
                 error::permission_denied(format!("principal {principal} is not registered with SSPM"), &[])
             }
             DenyReason::MissingPermission | DenyReason::Unspecified => {
-                let names: Vec<&str> = answer
-                    .missing_permissions()
-                    .map(|p| p.as_str_name().trim_start_matches("PERMISSION_"))
-                    .collect();
+                let names: Vec<&str> = answer.missing_permissions().map(permission_name).collect();
                 error::permission_denied(answer.message.clone(), &names)
             }
         })
@@ -341,6 +373,10 @@ mod tests {
         let t = page_token("1700000000|req-1");
         assert_eq!(page_key(&t).unwrap().as_deref(), Some("1700000000|req-1"));
         assert_eq!(page_key("").unwrap(), None);
+        let t = page_token(&time_id_key(17, "req|1"));
+        assert_eq!(page_time_id(&t).unwrap(), Some((17, "req|1".to_owned())));
+        assert_eq!(page_number::<u64>(&page_token("40")).unwrap(), Some(40));
+        assert!(page_number::<u64>(&page_token("x")).is_err());
         for bad in ["abc", "p1.zz", "p1.a", "p1.ff"] {
             assert_eq!(page_key(bad).unwrap_err().code(), Code::InvalidArgument, "{bad}");
         }

@@ -5,13 +5,12 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use sea_orm::DbErr;
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
 use sspm_platform::caller;
-use sspm_platform::error::{self, not_found, permission_denied};
+use sspm_platform::error::{self, db, not_found, permission_denied};
 use sspm_platform::rpc::{
-    Authz, invalid, now_micros, page_key, page_size, page_token, parse_at, require_service, required_enum, timestamp,
-    timestamp_opt,
+    Authz, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at, require_service, required_enum,
+    time_id_key, timestamp, timestamp_opt,
 };
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::approval_service_server::ApprovalService;
@@ -76,10 +75,6 @@ impl ApprovalApi {
             })
             .collect()
     }
-}
-
-fn db(context: &'static str) -> impl Fn(DbErr) -> Status {
-    move |e| error::database(context, &e)
 }
 
 fn scope_pb(scope: &str) -> pb::LimitScope {
@@ -316,14 +311,7 @@ impl ApprovalService for ApprovalApi {
         self.require_staff(&caller, &[pb::Action::DecideApprovals]).await?;
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
-        let after = match page_key(&req.page_token)? {
-            None => None,
-            Some(k) => {
-                let bad = || invalid("page_token", "not a page token issued by this RPC");
-                let (t, id) = k.split_once('|').ok_or_else(bad)?;
-                Some((t.parse::<i64>().map_err(|_| bad())?, id.to_owned()))
-            }
-        };
+        let after = page_time_id(&req.page_token)?;
         let mut states = Vec::new();
         for (i, raw) in req.states.iter().enumerate() {
             let s: pb::ApprovalTaskState = required_enum(&format!("states[{i}]"), *raw)?;
@@ -339,14 +327,7 @@ impl ApprovalService for ApprovalApi {
             .tasks(&states, cluster.as_deref(), after, size + 1)
             .await
             .map_err(db("listing tasks"))?;
-        let next = if rows.len() as u64 > size {
-            rows.truncate(size as usize);
-            rows.last()
-                .map(|t| page_token(&format!("{}|{}", t.create_time, t.task_id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next = next_page_token(&mut rows, size, |t| time_id_key(t.create_time, &t.task_id));
         Ok(Response::new(pb::ListApprovalTasksResponse {
             tasks: rows.into_iter().map(task_pb).collect(),
             next_page_token: next,

@@ -5,8 +5,10 @@ use sea_orm::DbErr;
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
 use sspm_platform::caller;
 use sspm_platform::db::{DbErrorKind, classify};
-use sspm_platform::error::{self, not_found, permission_denied};
-use sspm_platform::rpc::{self, invalid, now_micros, page_key, page_size, page_token, parse_at, timestamp};
+use sspm_platform::error::{self, db, not_found, permission_denied};
+use sspm_platform::rpc::{
+    self, invalid, next_page_token, now_micros, page_key, page_number, page_size, parse_at, timestamp,
+};
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::authorization_service_server::AuthorizationService;
 use sspm_rules::{BusinessUnitId, ClusterName, PrincipalId, Text};
@@ -87,6 +89,18 @@ impl AuthorizationApi {
             .ok_or_else(|| not_found("business unit", id.as_str()))
     }
 
+    /// A principal's home business unit: none when empty, else one that exists.
+    async fn home_business_unit(&self, field: &str, raw: &str) -> Result<Option<String>, Status> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let bu = self
+            .existing_business_unit(field, raw)
+            .await
+            .map_err(|_| invalid(field, "no such business unit"))?;
+        Ok(Some(bu.business_unit_id))
+    }
+
     /// Checks a partner assignment: the partner exists, is not the business unit itself and
     /// has no partner of its own (one level of management).
     async fn check_partner(&self, field: &str, bu_id: &str, partner: &str) -> Result<(), Status> {
@@ -110,8 +124,15 @@ impl AuthorizationApi {
     }
 }
 
-fn db(context: &'static str) -> impl Fn(DbErr) -> Status {
-    move |e| error::database(context, &e)
+/// An insert's result: a unique violation means `what` exists (ALREADY_EXISTS).
+fn created(result: Result<(), DbErr>, context: &'static str, what: &str) -> Result<(), Status> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+            Err(Status::already_exists(format!("{what} already exists")))
+        }
+        Err(e) => Err(error::database(context, &e)),
+    }
 }
 
 fn to_pb_bu(m: business_unit::Model) -> pb::BusinessUnit {
@@ -281,7 +302,7 @@ impl AuthorizationService for AuthorizationApi {
             .business_units(scope.as_deref(), after.as_deref(), size + 1)
             .await
             .map_err(db("listing business units"))?;
-        let next = next_token(&mut rows, size, |b| b.business_unit_id.clone());
+        let next = next_page_token(&mut rows, size, |b| b.business_unit_id.clone());
         Ok(Response::new(pb::ListVisibleBusinessUnitsResponse {
             business_units: rows.into_iter().map(to_pb_bu).collect(),
             next_page_token: next,
@@ -317,13 +338,11 @@ impl AuthorizationService for AuthorizationApi {
             create_time: now,
             update_time: now,
         };
-        match self.store.insert_business_unit(model.clone()).await {
-            Ok(()) => {}
-            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
-                return Err(Status::already_exists(format!("business unit {id} already exists")));
-            }
-            Err(e) => return Err(error::database("creating a business unit", &e)),
-        }
+        created(
+            self.store.insert_business_unit(model.clone()).await,
+            "creating a business unit",
+            &format!("business unit {id}"),
+        )?;
         tracing::info!(business_unit = %id, by = %caller.id, "business unit created");
         Ok(Response::new(pb::CreateBusinessUnitResponse {
             business_unit: Some(to_pb_bu(model)),
@@ -422,16 +441,9 @@ impl AuthorizationService for AuthorizationApi {
         } else {
             display_name("principal.display_name", &p.display_name)?
         };
-        let home = if p.home_business_unit_id.is_empty() {
-            None
-        } else {
-            Some(
-                self.existing_business_unit("principal.home_business_unit_id", &p.home_business_unit_id)
-                    .await
-                    .map_err(|_| invalid("principal.home_business_unit_id", "no such business unit"))?
-                    .business_unit_id,
-            )
-        };
+        let home = self
+            .home_business_unit("principal.home_business_unit_id", &p.home_business_unit_id)
+            .await?;
         let model = principal::Model {
             principal_id: id.to_string(),
             display_name: name,
@@ -439,13 +451,11 @@ impl AuthorizationService for AuthorizationApi {
             kind: kind.to_owned(),
             create_time: now_micros(),
         };
-        match self.store.insert_principal(model.clone()).await {
-            Ok(()) => {}
-            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
-                return Err(Status::already_exists(format!("principal {id} already exists")));
-            }
-            Err(e) => return Err(error::database("creating a principal", &e)),
-        }
+        created(
+            self.store.insert_principal(model.clone()).await,
+            "creating a principal",
+            &format!("principal {id}"),
+        )?;
         tracing::info!(principal = %id, by = %caller.id, "principal created");
         Ok(Response::new(pb::CreatePrincipalResponse {
             principal: Some(to_pb_principal(model)),
@@ -470,16 +480,7 @@ impl AuthorizationService for AuthorizationApi {
             p.display_name = display_name("display_name", name)?;
         }
         if let Some(home) = &req.home_business_unit_id {
-            p.home_business_unit_id = if home.is_empty() {
-                None
-            } else {
-                Some(
-                    self.existing_business_unit("home_business_unit_id", home)
-                        .await
-                        .map_err(|_| invalid("home_business_unit_id", "no such business unit"))?
-                        .business_unit_id,
-                )
-            };
+            p.home_business_unit_id = self.home_business_unit("home_business_unit_id", home).await?;
         }
         self.store
             .update_principal(&p)
@@ -563,12 +564,7 @@ impl AuthorizationService for AuthorizationApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
-        let offset = match page_key(&req.page_token)? {
-            None => 0,
-            Some(k) => k
-                .parse::<u64>()
-                .map_err(|_| invalid("page_token", "not a page token issued by this RPC"))?,
-        };
+        let offset = page_number::<u64>(&req.page_token)?.unwrap_or(0);
         let principal_filter = if req.principal_id.is_empty() {
             None
         } else {
@@ -593,13 +589,7 @@ impl AuthorizationService for AuthorizationApi {
             .grants(principal_filter.as_deref(), bu_filter, offset, size + 1)
             .await
             .map_err(db("listing permissions"))?;
-        let more = rows.len() as u64 > size;
-        rows.truncate(size as usize);
-        let next = if more {
-            page_token(&(offset + size).to_string())
-        } else {
-            String::new()
-        };
+        let next = next_page_token(&mut rows, size, |_| (offset + size).to_string());
         Ok(Response::new(pb::ListPermissionsResponse {
             grants: rows.into_iter().map(to_pb_grant).collect(),
             next_page_token: next,
@@ -656,14 +646,4 @@ fn names(perms: &[pb::Permission]) -> String {
         .map(|p| rpc::permission_name(*p))
         .collect::<Vec<_>>()
         .join(" and ")
-}
-
-/// Truncates a page fetched with one extra row and returns the next page token.
-pub(crate) fn next_token<T>(rows: &mut Vec<T>, size: u64, key: impl Fn(&T) -> String) -> String {
-    if rows.len() as u64 > size {
-        rows.truncate(size as usize);
-        rows.last().map(key).map(|k| page_token(&k)).unwrap_or_default()
-    } else {
-        String::new()
-    }
 }

@@ -4,12 +4,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::DbErr;
 use sea_orm::sea_query::Expr;
 use sspm_platform::caller;
 use sspm_platform::db::{DbErrorKind, classify};
-use sspm_platform::error::{self, not_found};
-use sspm_platform::rpc::{invalid, micros_of, now_micros, page_key, page_size, page_token, parse_at, required_enum};
+use sspm_platform::error::{self, db, not_found};
+use sspm_platform::rpc::{
+    invalid, micros_of, next_page_token, now_micros, page_size, page_time_id, parse_at, required_enum, time_id_key,
+};
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::port_request_service_server::PortRequestService;
 use sspm_rules::lifecycle::{Event, next};
@@ -32,10 +33,6 @@ use crate::workflow::{Effect, SYSTEM, Workflow, limits_of, state_of};
 pub struct RequestApi {
     wf: Arc<Workflow>,
     price: Price,
-}
-
-fn db(context: &'static str) -> impl Fn(DbErr) -> Status {
-    move |e| error::database(context, &e)
 }
 
 /// The payload of a create call, validated for shape.
@@ -85,10 +82,21 @@ impl RequestApi {
         }
     }
 
-    async fn show(&self, id: &str) -> Result<pb::PortChangeRequest, Status> {
-        let r = self.load(id).await?;
-        let history = self.wf.store().history(id).await.map_err(db("loading history"))?;
+    /// A stored request with its history, as the API shows it.
+    async fn show(&self, r: request::Model) -> Result<pb::PortChangeRequest, Status> {
+        let history = self
+            .wf
+            .store()
+            .history(&r.request_id)
+            .await
+            .map_err(db("loading history"))?;
         Ok(request_pb(r, history))
+    }
+
+    /// A request as it is now.
+    async fn current(&self, id: &str) -> Result<pb::PortChangeRequest, Status> {
+        let r = self.load(id).await?;
+        self.show(r).await
     }
 
     /// Would an increase of `increase` ports fit today's daily limits? (a dry run: nothing
@@ -191,22 +199,21 @@ impl PortRequestService for RequestApi {
         let store = self.wf.store();
 
         // Idempotency: the same id and payload answers with the stored request.
-        let replay = |existing: request::Model| -> Result<Response<pb::CreatePortChangeRequestResponse>, Status> {
+        let replay = async |existing: request::Model| {
             if !payload.matches(&existing, &caller.id) {
                 return Err(Status::already_exists(format!(
                     "request id {id} is already used for another request; choose a new id"
                 )));
             }
+            let outcome = outcome(&existing);
             Ok(Response::new(pb::CreatePortChangeRequestResponse {
-                outcome: outcome(&existing).into(),
-                request: None,
+                outcome: outcome.into(),
+                request: Some(self.show(existing).await?),
                 validate_only: false,
             }))
         };
         if let Some(existing) = store.request(id.as_str()).await.map_err(db("loading a request"))? {
-            let mut resp = replay(existing)?;
-            resp.get_mut().request = Some(self.show(id.as_str()).await?);
-            return Ok(resp);
+            return replay(existing).await;
         }
 
         let facts = BusinessUnitFacts {
@@ -303,9 +310,7 @@ impl PortRequestService for RequestApi {
                 // Either the same id was created concurrently (idempotent replay), or
                 // another request for the business unit opened first (R5, in the database).
                 if let Some(existing) = store.request(id.as_str()).await.map_err(db("loading a request"))? {
-                    let mut resp = replay(existing)?;
-                    resp.get_mut().request = Some(self.show(id.as_str()).await?);
-                    return Ok(resp);
+                    return replay(existing).await;
                 }
                 let open = store
                     .open_request_of(bu_id.as_str())
@@ -322,7 +327,7 @@ impl PortRequestService for RequestApi {
         sspm_platform::rpc::annotate_state(&r.state);
         let outcome = outcome(&r);
         Ok(Response::new(pb::CreatePortChangeRequestResponse {
-            request: Some(self.show(id.as_str()).await?),
+            request: Some(self.show(r).await?),
             outcome: outcome.into(),
             validate_only: false,
         }))
@@ -334,10 +339,11 @@ impl PortRequestService for RequestApi {
     ) -> Result<Response<pb::GetPortChangeRequestResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        self.load_for(&caller.id, &req.request_id, pb::Action::ViewPorts)
+        let r = self
+            .load_for(&caller.id, &req.request_id, pb::Action::ViewPorts)
             .await?;
         Ok(Response::new(pb::GetPortChangeRequestResponse {
-            request: Some(self.show(&req.request_id).await?),
+            request: Some(self.show(r).await?),
         }))
     }
 
@@ -348,14 +354,7 @@ impl PortRequestService for RequestApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
-        let after = match page_key(&req.page_token)? {
-            None => None,
-            Some(k) => {
-                let bad = || invalid("page_token", "not a page token issued by this RPC");
-                let (t, id) = k.split_once('|').ok_or_else(bad)?;
-                Some((t.parse::<i64>().map_err(|_| bad())?, id.to_owned()))
-            }
-        };
+        let after = page_time_id(&req.page_token)?;
         let mut states = Vec::new();
         for (i, raw) in req.states.iter().enumerate() {
             let s: pb::PortChangeRequestState = required_enum(&format!("states[{i}]"), *raw)?;
@@ -391,19 +390,16 @@ impl PortRequestService for RequestApi {
             .list(Some(&bus), &states, after, size + 1)
             .await
             .map_err(db("listing requests"))?;
-        let next = if rows.len() as u64 > size {
-            rows.truncate(size as usize);
-            rows.last()
-                .map(|r| page_token(&format!("{}|{}", r.create_time, r.request_id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let mut requests = Vec::with_capacity(rows.len());
-        for r in rows {
-            let history = store.history(&r.request_id).await.map_err(db("loading history"))?;
-            requests.push(request_pb(r, history));
-        }
+        let next = next_page_token(&mut rows, size, |r| time_id_key(r.create_time, &r.request_id));
+        let ids: Vec<String> = rows.iter().map(|r| r.request_id.clone()).collect();
+        let mut histories = store.histories(&ids).await.map_err(db("loading history"))?;
+        let requests = rows
+            .into_iter()
+            .map(|r| {
+                let history = histories.remove(&r.request_id).unwrap_or_default();
+                request_pb(r, history)
+            })
+            .collect();
         Ok(Response::new(pb::ListPortChangeRequestsResponse {
             requests,
             next_page_token: next,
@@ -453,7 +449,7 @@ impl PortRequestService for RequestApi {
         }
         self.wf.drive(&r.request_id).await;
         Ok(Response::new(pb::ProvideInformationResponse {
-            request: Some(self.show(&r.request_id).await?),
+            request: Some(self.current(&r.request_id).await?),
         }))
     }
 
@@ -501,7 +497,7 @@ impl PortRequestService for RequestApi {
         tracing::info!(request_id = r.request_id, by = who, "request cancelled");
         self.wf.drive(&r.request_id).await;
         Ok(Response::new(pb::CancelPortChangeRequestResponse {
-            request: Some(self.show(&r.request_id).await?),
+            request: Some(self.current(&r.request_id).await?),
         }))
     }
 
@@ -523,7 +519,7 @@ impl PortRequestService for RequestApi {
         tokio::spawn(async move {
             let mut last: Option<pb::PortChangeRequest> = None;
             loop {
-                match api.show(&id).await {
+                match api.current(&id).await {
                     Ok(now) => {
                         if last.as_ref() != Some(&now) {
                             let done = finished(&now);

@@ -110,6 +110,26 @@ impl Store {
             .await
     }
 
+    /// The histories of several requests (one page of a list), each oldest first.
+    pub async fn histories(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<history::Model>>, DbErr> {
+        let mut out: std::collections::HashMap<String, Vec<history::Model>> = std::collections::HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let rows = history::Entity::find()
+            .filter(history::Column::RequestId.is_in(ids.iter().cloned()))
+            .order_by_asc(history::Column::Id)
+            .all(&self.db)
+            .await?;
+        for h in rows {
+            out.entry(h.request_id.clone()).or_default().push(h);
+        }
+        Ok(out)
+    }
+
     /// Inserts a new request with its first history entry. A unique violation means the id
     /// exists or the business unit has an open request (R5).
     pub async fn insert(&self, r: request::Model, entry: Entry) -> Result<(), DbErr> {
@@ -409,8 +429,11 @@ impl Store {
         agentless: i32,
         now: i64,
     ) -> Result<(), DbErr> {
-        let current = self.limits(bu).await?;
         let tx = self.db.begin().await?;
+        let current = limits::Entity::find_by_id(bu.to_owned())
+            .lock_exclusive()
+            .one(&tx)
+            .await?;
         write_limits(
             &tx,
             current.as_ref(),

@@ -214,6 +214,16 @@ impl Workflow {
         now + LEASE_MICROS
     }
 
+    /// The delay before retry number `attempt` (1 for the first): exponential from
+    /// `retry_initial_ms`, capped at `retry_max_ms`.
+    fn backoff_ms(&self, attempt: u32) -> u64 {
+        let exp = attempt.clamp(1, 16) - 1;
+        self.cfg
+            .retry_initial_ms
+            .saturating_mul(1 << exp)
+            .min(self.cfg.retry_max_ms)
+    }
+
     /// Runs every due step of a request, then schedules its next look (or a retry with
     /// backoff when a step failed). Never fails: failures are retried in the background.
     pub async fn drive(&self, id: &str) -> Option<StepError> {
@@ -238,13 +248,8 @@ impl Workflow {
                     _ => 1,
                 };
                 // The retry state lives in the row (it must survive restarts and move
-                // between replicas), so the delay is computed here: exponential, capped.
-                let exp = u32::try_from(attempts.clamp(1, 16) - 1).unwrap_or(0);
-                let delay_ms = self
-                    .cfg
-                    .retry_initial_ms
-                    .saturating_mul(1 << exp)
-                    .min(self.cfg.retry_max_ms);
+                // between replicas), so the delay is computed here.
+                let delay_ms = self.backoff_ms(u32::try_from(attempts).unwrap_or(1));
                 let delay = i64::try_from(delay_ms).unwrap_or(i64::MAX / 2).saturating_mul(1_000);
                 tracing::warn!(request_id = id, attempts, retry_in_ms = delay_ms, error = %e, "step failed; will retry");
                 if let Err(e) = self.store.schedule(id, Some(now + delay), attempts).await {
@@ -781,12 +786,7 @@ impl Workflow {
         let mut failures: u32 = 0;
         loop {
             if failures > 0 {
-                let ms = self
-                    .cfg
-                    .retry_initial_ms
-                    .saturating_mul(1 << failures.min(6))
-                    .min(self.cfg.retry_max_ms);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tokio::time::sleep(Duration::from_millis(self.backoff_ms(failures))).await;
             }
             let after = match self.store.cursor().await {
                 Ok(c) => c,

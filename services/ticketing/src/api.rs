@@ -1,13 +1,12 @@
 //! `sspm.v1.TicketingService`. Opening, commenting and closing cases is internal (SSPM
 //! services); users read the cases of business units whose requests they may view.
 
-use sea_orm::DbErr;
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
 use sspm_platform::caller;
-use sspm_platform::error::{self, not_found};
+use sspm_platform::error::{db, not_found};
 use sspm_platform::rpc::{
-    Authz, ON_BEHALF_OF, invalid, now_micros, page_key, page_size, page_token, parse_at, require_service, timestamp,
-    timestamp_opt,
+    Authz, ON_BEHALF_OF, invalid, next_page_token, now_micros, page_number, page_size, parse_at, require_service,
+    timestamp, timestamp_opt,
 };
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::ticketing_service_server::TicketingService;
@@ -48,10 +47,6 @@ impl TicketingApi {
             .map_err(db("loading a case"))?
             .ok_or_else(|| not_found("case", raw))
     }
-}
-
-fn db(context: &'static str) -> impl Fn(DbErr) -> Status {
-    move |e| error::database(context, &e)
 }
 
 /// Who wrote something: the end user the calling service acts for, or the caller.
@@ -236,13 +231,7 @@ impl TicketingService for TicketingApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
-        let before = match page_key(&req.page_token)? {
-            None => None,
-            Some(k) => Some(
-                k.parse::<i64>()
-                    .map_err(|_| invalid("page_token", "not a page token issued by this RPC"))?,
-            ),
-        };
+        let before = page_number::<i64>(&req.page_token)?;
         let bu = if req.business_unit_id.is_empty() {
             if caller.kind != CallerKind::Service {
                 return Err(invalid(
@@ -266,14 +255,7 @@ impl TicketingService for TicketingApi {
             .list(bu.as_deref(), &statuses, before, size + 1)
             .await
             .map_err(db("listing cases"))?;
-        let next = if rows.len() as u64 > size {
-            rows.truncate(size as usize);
-            rows.last()
-                .map(|r| page_token(&r.case.id.to_string()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next = next_page_token(&mut rows, size, |r| r.case.id.to_string());
         Ok(Response::new(pb::ListCasesResponse {
             cases: rows.into_iter().map(to_pb).collect(),
             next_page_token: next,
