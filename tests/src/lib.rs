@@ -36,6 +36,7 @@ pub struct TestSystem {
     /// The configuration the services run with.
     pub config: SspmConfig,
     addrs: HashMap<ServiceKind, SocketAddr>,
+    admin_addrs: HashMap<ServiceKind, SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     running: Option<JoinHandle<anyhow::Result<()>>>,
     late: Vec<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
@@ -81,6 +82,7 @@ impl TestSystem {
             };
             let svc = config.services.get_mut(kind);
             svc.listen = addr;
+            svc.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
             svc.endpoint = Some(format!("http://{addr}"));
             svc.database_url = Some(db.url.clone());
             databases.push(db);
@@ -102,6 +104,10 @@ impl TestSystem {
             .await
             .expect("services start");
         sspm_cli::seed_demo(&apps, &config).await.expect("demo tenancy seeded");
+        let admin_addrs = apps
+            .iter()
+            .map(|a| (a.kind, a.admin_addr().expect("admin address")))
+            .collect();
         let (stop, stopped) = oneshot::channel::<()>();
         let running = tokio::spawn(sspm_cli::run_all(apps, async {
             let _ = stopped.await;
@@ -109,6 +115,7 @@ impl TestSystem {
         let system = Self {
             config,
             addrs,
+            admin_addrs,
             stop: Some(stop),
             running: Some(running),
             late: Vec::new(),
@@ -130,12 +137,44 @@ impl TestSystem {
             .expect("held service starts");
         sspm_cli::seed_demo(&apps, &self.config).await.expect("demo data");
         let app = apps.pop().expect("one service");
+        self.admin_addrs.insert(kind, app.admin_addr().expect("admin address"));
         let (stop, stopped) = oneshot::channel::<()>();
         let running = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
         self.late.push((stop, running));
         self.wait_until_serving(kind).await;
+    }
+
+    /// The admin (metrics) address of one running service.
+    pub fn admin_addr(&self, kind: ServiceKind) -> SocketAddr {
+        self.admin_addrs[&kind]
+    }
+
+    /// `GET /metrics` of one service: the Prometheus text.
+    pub async fn scrape(&self, kind: ServiceKind) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // HTTP/1.0: the server closes the connection after the one response.
+        let mut stream = tokio::net::TcpStream::connect(self.admin_addr(kind))
+            .await
+            .expect("connect to the admin port");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: sspm\r\n\r\n")
+            .await
+            .expect("send the scrape");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read the scrape");
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        body.to_owned()
     }
 
     /// The address of one service.

@@ -117,12 +117,14 @@ pub async fn up(
     if demo && seed_demo(&apps, &config).await? {
         tracing::info!(data_dir = %config.data_dir.display(), "demo tenancy seeded");
     }
-    let mut banner = String::from("SSPM is up:\n");
+    let mut banner = String::from("SSPM is up (gRPC, and metrics at http://<admin>/metrics):\n");
     for app in &apps {
+        let show = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
         banner.push_str(&format!(
-            "  {:<14} {}\n",
+            "  {:<14} {:<18} admin {}\n",
             app.kind.name(),
-            app.local_addr().map(|a| a.to_string()).unwrap_or_default()
+            show(app.local_addr()),
+            show(app.admin_addr())
         ));
     }
     if demo {

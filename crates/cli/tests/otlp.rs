@@ -1,6 +1,7 @@
 //! OTLP export with the standard `OTEL_*` variables, end to end: the real `sspm up` binary,
 //! started with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at a stand-in collector, exports the
-//! spans of a call (across two services, one trace) and flushes them on SIGTERM.
+//! spans of a call (across two services, one trace) and each service's metrics, and
+//! flushes them on SIGTERM.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,6 +10,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use sspm_platform::{PrincipalKind, SspmConfig, TokenMinter};
@@ -28,6 +33,20 @@ impl Drop for Running {
 
 #[derive(Clone, Default)]
 struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[derive(Clone, Default)]
+struct MetricsCollector(Arc<Mutex<Vec<ExportMetricsServiceRequest>>>);
+
+#[tonic::async_trait]
+impl MetricsService for MetricsCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Collector {
@@ -51,11 +70,13 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sspm_up_exports_traces_over_otlp_when_the_standard_variable_is_set() {
     let collector = Collector::default();
+    let metrics = MetricsCollector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector_addr: SocketAddr = listener.local_addr().unwrap();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(collector.clone()))
+            .add_service(MetricsServiceServer::new(metrics.clone()))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
 
@@ -72,6 +93,10 @@ async fn sspm_up_exports_traces_over_otlp_when_the_standard_variable_is_set() {
         )
         .env("SSPM__SERVICES__APPROVAL__LISTEN", format!("127.0.0.1:{}", ports[2]))
         .env("SSPM__SERVICES__TICKETING__LISTEN", format!("127.0.0.1:{}", ports[3]))
+        .env("SSPM__SERVICES__REQUEST__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("SSPM__SERVICES__AUTHORIZATION__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("SSPM__SERVICES__APPROVAL__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("SSPM__SERVICES__TICKETING__ADMIN_LISTEN", "127.0.0.1:0")
         .env_remove("SSPM_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -154,5 +179,37 @@ async fn sspm_up_exports_traces_over_otlp_when_the_standard_variable_is_set() {
             .any(|(_, name, trace)| name == "sspm.v1.AuthorizationService/Check" && *trace == get.2),
         "the authorization check is in the same trace: {spans:?}"
     );
+
+    // Metrics: each service exports its own, flushed at shutdown.
+    let exported = metrics.0.lock().unwrap().clone();
+    let mut names = Vec::new();
+    for req in &exported {
+        for rm in &req.resource_metrics {
+            let service = rm
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .and_then(|kv| kv.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for sm in &rm.scope_metrics {
+                for m in &sm.metrics {
+                    names.push((service.clone(), m.name.clone()));
+                }
+            }
+        }
+    }
+    for (service, metric) in [
+        ("sspm-request", "rpc.server.requests"),
+        ("sspm-request", "rpc.server.duration"),
+        ("sspm-request", "sspm.requests"),
+        ("sspm-authorization", "rpc.server.requests"),
+        ("sspm-approval", "sspm.approval_tasks"),
+    ] {
+        assert!(
+            names.iter().any(|(s, n)| s.contains(service) && n == metric),
+            "{metric} of {service} not exported: {names:?}"
+        );
+    }
     server.abort();
 }

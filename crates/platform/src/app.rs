@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::TokenVerifier;
 use crate::config::{ServiceKind, SspmConfig};
+use crate::metrics::Metrics;
 use crate::server::{ServiceServer, bind, shutdown_signal};
 
 /// A service that is connected, migrated and bound, ready to serve.
@@ -21,6 +22,8 @@ pub struct ServiceApp {
     pub kind: ServiceKind,
     /// Its database.
     pub db: DatabaseConnection,
+    metrics: Metrics,
+    admin: TcpListener,
     server: ServiceServer,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -47,10 +50,22 @@ impl ServiceApp {
                     .map_err(|e| anyhow::anyhow!("{} service: cannot listen on {addr}: {e}", kind.name()))?
             }
         };
-        let server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(&config.auth)).advertise(api);
+        let admin_addr = config.services.get(kind).admin_listen;
+        let admin = bind(admin_addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "{} service: cannot listen on {admin_addr} (admin_listen): {e}",
+                kind.name()
+            )
+        })?;
+        let metrics = Metrics::new(&format!("sspm-{}", kind.name()))?;
+        let server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(&config.auth))
+            .advertise(api)
+            .with_metrics(metrics.rpc());
         Ok(Self {
             kind,
             db,
+            metrics,
+            admin,
             server,
             background: Vec::new(),
         })
@@ -59,6 +74,16 @@ impl ServiceApp {
     /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.server.local_addr()
+    }
+
+    /// The address of the admin HTTP server (`GET /metrics`).
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// The service's metrics, to register its business figures in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Adds handlers to the server (see [`ServiceServer::add_service`]).
@@ -77,8 +102,35 @@ impl ServiceApp {
 
     /// Serves until `shutdown` completes, then drains in-flight calls, stops the background
     /// tasks and closes the database.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_addr = self.admin.local_addr()?;
+        let admin = tokio::spawn(crate::metrics::serve_admin(
+            self.admin,
+            self.metrics.clone(),
+            async move {
+                let _ = admin_stopped.await;
+            },
+        ));
+        tracing::info!(service = self.kind.name(), addr = %admin_addr, "admin (GET /metrics) serving");
+        if crate::metrics::otlp_metrics_configured() {
+            // OTLP export reads the business figures on its own schedule: keep them fresh.
+            let metrics = self.metrics.clone();
+            self.background.push(tokio::spawn(async move {
+                loop {
+                    metrics.refresh().await;
+                    tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+                }
+            }));
+        }
         let result = self.server.serve(shutdown).await;
+        let _ = admin_stop.send(());
+        match admin.await {
+            Ok(Err(e)) => tracing::warn!(service = self.kind.name(), error = %e, "admin server failed"),
+            Err(e) => tracing::warn!(service = self.kind.name(), error = %e, "admin server panicked"),
+            Ok(Ok(())) => {}
+        }
+        self.metrics.shutdown();
         for task in &self.background {
             task.abort();
         }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,7 @@ use sspm_rules::PrincipalId;
 use tonic::Status;
 
 use crate::config::AuthConfig;
+use crate::metrics::RpcMetrics;
 
 /// Kind of caller a token stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,12 +225,13 @@ pub fn is_public_path(path: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: TokenVerifier,
+    metrics: Option<RpcMetrics>,
 }
 
 impl AuthLayer {
-    /// A layer verifying with `verifier`.
-    pub fn new(verifier: TokenVerifier) -> Self {
-        Self { verifier }
+    /// A layer verifying with `verifier` and recording every RPC in `metrics`, if given.
+    pub fn new(verifier: TokenVerifier, metrics: Option<RpcMetrics>) -> Self {
+        Self { verifier, metrics }
     }
 }
 
@@ -240,6 +242,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             verifier: self.verifier.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -249,6 +252,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     verifier: TokenVerifier,
+    metrics: Option<RpcMetrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -275,10 +279,18 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.verifier.clone();
+        let metrics = self.metrics.clone();
         // tonic calls layers before it enters the RPC's span and polls their futures inside
         // it: verify in the future, so the span is the current one.
         Box::pin(async move {
+            let started = Instant::now();
             let span = tracing::Span::current();
+            let record = |path: &str, code: i32| {
+                span.record("rpc.grpc.status_code", code);
+                if let Some(m) = &metrics {
+                    m.record(path, code, started.elapsed());
+                }
+            };
             if !is_public_path(req.uri().path()) {
                 match verifier.verify_headers(req.headers()) {
                     Ok(principal) => {
@@ -287,11 +299,13 @@ where
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, path = req.uri().path(), "unauthenticated call refused");
-                        span.record("rpc.grpc.status_code", tonic::Code::Unauthenticated as i32);
+                        record(req.uri().path(), tonic::Code::Unauthenticated as i32);
                         return Ok(Status::from(e).into_http());
                     }
                 }
             }
+            // A Uri clone shares its bytes: no copy of the path per call.
+            let uri = req.uri().clone();
             let response = inner.call(req).await?;
             // Errors answered at once carry grpc-status in the headers; otherwise it comes
             // in the trailers of a successful call.
@@ -301,7 +315,7 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .unwrap_or(0);
-            span.record("rpc.grpc.status_code", code);
+            record(uri.path(), code);
             Ok(response)
         })
     }

@@ -123,6 +123,8 @@ impl Default for AuthConfig {
 pub struct ServiceConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of the admin HTTP server (`GET /metrics`, Prometheus text).
+    pub admin_listen: SocketAddr,
     /// URL other services use to reach this one; default `http://<listen>` (with
     /// 127.0.0.1 for an unspecified listen address).
     #[serde(default)]
@@ -134,9 +136,10 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
-    fn on_port(port: u16) -> Self {
+    fn on_ports(port: u16, admin_port: u16) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             endpoint: None,
             database_url: None,
         }
@@ -161,23 +164,23 @@ impl ServiceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Services {
-    /// The request service (port 50051 by default).
+    /// The request service (port 50051 by default, admin 9461).
     pub request: ServiceConfig,
-    /// The authorization service (50052).
+    /// The authorization service (50052, admin 9462).
     pub authorization: ServiceConfig,
-    /// The approval service (50053).
+    /// The approval service (50053, admin 9463).
     pub approval: ServiceConfig,
-    /// The ticketing service (50054).
+    /// The ticketing service (50054, admin 9464).
     pub ticketing: ServiceConfig,
 }
 
 impl Default for Services {
     fn default() -> Self {
         Self {
-            request: ServiceConfig::on_port(50051),
-            authorization: ServiceConfig::on_port(50052),
-            approval: ServiceConfig::on_port(50053),
-            ticketing: ServiceConfig::on_port(50054),
+            request: ServiceConfig::on_ports(50051, 9461),
+            authorization: ServiceConfig::on_ports(50052, 9462),
+            approval: ServiceConfig::on_ports(50053, 9463),
+            ticketing: ServiceConfig::on_ports(50054, 9464),
         }
     }
 }
@@ -354,6 +357,10 @@ impl SspmConfig {
                 format!("services.{}.listen", kind.name()),
                 defaults.get(kind).listen.to_string(),
             )?;
+            builder = builder.set_default(
+                format!("services.{}.admin_listen", kind.name()),
+                defaults.get(kind).admin_listen.to_string(),
+            )?;
         }
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
@@ -450,14 +457,21 @@ impl SspmConfig {
                     "must start with http:// or https://",
                 ));
             }
-            for other in ServiceKind::ALL {
-                let o = self.services.get(other);
-                if other != kind && svc.listen.port() != 0 && o.listen == svc.listen {
-                    return Err(invalid(
-                        &format!("{key}.listen"),
-                        format!("same address as services.{}", other.name()),
-                    ));
-                }
+        }
+        // No two of the eight addresses may be the same (port 0 picks a free port each time).
+        let addresses: Vec<(String, SocketAddr)> = ServiceKind::ALL
+            .iter()
+            .flat_map(|&kind| {
+                let svc = self.services.get(kind);
+                [
+                    (format!("services.{}.listen", kind.name()), svc.listen),
+                    (format!("services.{}.admin_listen", kind.name()), svc.admin_listen),
+                ]
+            })
+            .collect();
+        for (i, (key, addr)) in addresses.iter().enumerate() {
+            if let Some((other, _)) = addresses[..i].iter().find(|(_, a)| a.port() != 0 && a == addr) {
+                return Err(invalid(key, format!("same address as {other}")));
             }
         }
         Ok(())
@@ -553,6 +567,15 @@ default_max_daily_increase = 40
         let err =
             SspmConfig::load_from(None, env(&[("SSPM__SERVICES__TICKETING__LISTEN", "127.0.0.1:50051")])).unwrap_err();
         assert!(err.to_string().contains("same address"), "{err}");
+        let err = SspmConfig::load_from(
+            None,
+            env(&[("SSPM__SERVICES__APPROVAL__ADMIN_LISTEN", "127.0.0.1:9461")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: services.approval.admin_listen: same address as services.request.admin_listen"
+        );
         let err =
             SspmConfig::load_from(None, env(&[("SSPM__SERVICES__REQUEST__LISTEN", "not-an-address")])).unwrap_err();
         assert!(matches!(err, ConfigError::Load(_)), "{err}");

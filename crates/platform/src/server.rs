@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::{AuthLayer, TokenVerifier};
+use crate::metrics::RpcMetrics;
 use crate::telemetry::HeaderExtractor;
 
 /// Builds and runs one service's gRPC server.
@@ -21,6 +22,7 @@ pub struct ServiceServer {
     name: &'static str,
     listener: TcpListener,
     verifier: TokenVerifier,
+    metrics: Option<RpcMetrics>,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
     listed: Vec<&'static str>,
@@ -47,10 +49,17 @@ impl ServiceServer {
             name,
             listener,
             verifier,
+            metrics: None,
             routes: RoutesBuilder::default(),
             services: Vec::new(),
             listed: Vec::new(),
         }
+    }
+
+    /// Records every RPC (count, errors by code, latency) in `metrics`.
+    pub fn with_metrics(mut self, metrics: RpcMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Lists the API `name` in reflection (`grpcurl list`), so callers can discover and
@@ -125,7 +134,7 @@ impl ServiceServer {
         };
         tonic::transport::Server::builder()
             .trace_fn(rpc_span)
-            .layer(AuthLayer::new(self.verifier))
+            .layer(AuthLayer::new(self.verifier, self.metrics))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;

@@ -25,8 +25,46 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     .await?;
     let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Approval, &config))?;
     let store = store::Store::new(app.db.clone(), config.daily_limits.default_max_daily_increase);
+    register_figures(&app, store.clone(), config.daily_limits.day_utc_offset_minutes * 60);
     let api = api::ApprovalApi::new(store, authz, config.daily_limits.day_utc_offset_minutes);
     Ok(app.map_server(|s| s.add_service(ApprovalServiceServer::new(api))))
+}
+
+/// Today's daily budget per cluster (`sspm_daily_budget_limit`, `_used`, `_left`) and the
+/// approval tasks by state (`sspm_approval_tasks`).
+fn register_figures(app: &ServiceApp, store: store::Store, day_offset_seconds: i32) {
+    let m = app.metrics();
+    let limit = m.gauge(
+        "sspm.daily_budget.limit",
+        "Today's daily limit of port increases, per cluster",
+    );
+    let used = m.gauge(
+        "sspm.daily_budget.used",
+        "Ports approved automatically today, per cluster",
+    );
+    let left = m.gauge(
+        "sspm.daily_budget.left",
+        "Ports that can still be approved automatically today, per cluster",
+    );
+    let tasks = m.gauge("sspm.approval_tasks", "Approval tasks (human reviews) by state");
+    m.on_refresh(move || {
+        let (store, limit, used, left, tasks) =
+            (store.clone(), limit.clone(), used.clone(), left.clone(), tasks.clone());
+        async move {
+            let day = sspm_rules::daily::ledger_day(now_micros() / 1_000_000, day_offset_seconds);
+            let (clusters, by_state) = store.figures(day).await?;
+            let label = |c: &str| vec![("cluster", c.to_owned())];
+            limit.set_all(clusters.iter().map(|(c, l, _)| (label(c), i64::from(*l))));
+            used.set_all(clusters.iter().map(|(c, _, u)| (label(c), i64::from(*u))));
+            left.set_all(clusters.iter().map(|(c, l, u)| (label(c), i64::from((l - u).max(0)))));
+            // Every state appears, at zero if no task is in it, so alerts see it.
+            tasks.set_all(store::TASK_STATES.iter().map(|state| {
+                let n = by_state.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+                (vec![("state", (*state).to_owned())], n)
+            }));
+            Ok(())
+        }
+    });
 }
 
 /// Demo data of `sspm up`: records the default daily limit as set by Network Operations,

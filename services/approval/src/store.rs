@@ -23,6 +23,8 @@ pub const CLUSTER: &str = "CLUSTER";
 pub const BUSINESS_UNIT: &str = "BUSINESS_UNIT";
 /// Scope of the default limit.
 pub const DEFAULT: &str = "DEFAULT";
+/// Every state of an approval task, as stored.
+pub const TASK_STATES: [&str; 4] = ["PENDING", "APPROVED", "REJECTED", "WITHDRAWN"];
 
 /// One limit that applies to an increase, with the ledger total it is counted against.
 #[derive(Debug, Clone)]
@@ -429,5 +431,44 @@ impl Store {
         };
         rows.sort_by(|a, b| (rank(&a.scope), &a.target).cmp(&(rank(&b.scope), &b.target)));
         Ok(rows)
+    }
+
+    /// Business figures: for each cluster with a limit of its own or usage on `day`, its
+    /// daily limit and the ports used; and the number of approval tasks by state.
+    pub async fn figures(&self, day: i64) -> Result<(Vec<(String, i32, i32)>, Vec<(String, i64)>), DbErr> {
+        let limits = self.limits().await?;
+        let default = limits
+            .iter()
+            .find(|l| l.scope == DEFAULT)
+            .map_or(self.default_max, |l| l.max_daily_increase);
+        let used: Vec<(String, i32)> = total::Entity::find()
+            .select_only()
+            .column(total::Column::Target)
+            .column(total::Column::Used)
+            .filter(total::Column::Day.eq(day))
+            .filter(total::Column::Scope.eq(CLUSTER))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let mut clusters: Vec<(String, i32, i32)> = limits
+            .iter()
+            .filter(|l| l.scope == CLUSTER)
+            .map(|l| (l.target.clone(), l.max_daily_increase, 0))
+            .collect();
+        for (cluster, n) in used {
+            match clusters.iter_mut().find(|(c, _, _)| *c == cluster) {
+                Some(entry) => entry.2 = n,
+                None => clusters.push((cluster, default, n)),
+            }
+        }
+        let tasks = task::Entity::find()
+            .select_only()
+            .column(task::Column::State)
+            .column_as(task::Column::TaskId.count(), "n")
+            .group_by(task::Column::State)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok((clusters, tasks))
     }
 }

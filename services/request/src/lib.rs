@@ -43,9 +43,51 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     ));
     let api = api::RequestApi::new(Arc::clone(&workflow), config.price()?);
     let background = workflow.spawn_background();
+    register_figures(&app, store::Store::new(app.db.clone()));
     Ok(app
         .map_server(|s| s.add_service(PortRequestServiceServer::new(api)))
         .with_background(background))
+}
+
+/// `sspm_requests{state, approval_path}`: requests by state, and approved ones by path
+/// (automatic or reviewed); `sspm_outbox_pending`: calls to other services not yet made.
+fn register_figures(app: &ServiceApp, store: store::Store) {
+    let requests = app
+        .metrics()
+        .gauge("sspm.requests", "Port change requests by state and approval path");
+    let pending = app.metrics().gauge(
+        "sspm.outbox.pending",
+        "Calls to other services decided but not yet carried out (retried with backoff)",
+    );
+    app.metrics().on_refresh(move || {
+        let (store, requests, pending) = (store.clone(), requests.clone(), pending.clone());
+        async move {
+            let (rows, waiting) = store.figures().await?;
+            // Every state appears, at zero if no request is in it, so alerts see it.
+            let mut values: Vec<_> = sspm_rules::RequestState::ALL
+                .iter()
+                .filter(|s| !rows.iter().any(|(state, _, _)| state == s.as_str()))
+                .map(|s| {
+                    (
+                        vec![("state", s.as_str().to_owned()), ("approval_path", "NONE".to_owned())],
+                        0,
+                    )
+                })
+                .collect();
+            values.extend(rows.into_iter().map(|(state, path, n)| {
+                (
+                    vec![
+                        ("state", state),
+                        ("approval_path", path.unwrap_or_else(|| "NONE".to_owned())),
+                    ],
+                    n,
+                )
+            }));
+            requests.set_all(values);
+            pending.set_all([(vec![], i64::try_from(waiting).unwrap_or(i64::MAX))]);
+            Ok(())
+        }
+    });
 }
 
 /// Demo data of `sspm up`: the port limits of the demo business units, unless SSPM has

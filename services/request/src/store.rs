@@ -275,6 +275,27 @@ impl Store {
         Ok(true)
     }
 
+    /// Business figures: the number of requests by state and approval path, and of effects
+    /// (calls to other services) not yet carried out.
+    pub async fn figures(&self) -> Result<(Vec<(String, Option<String>, i64)>, u64), DbErr> {
+        use sea_orm::PaginatorTrait;
+        let by_state = request::Entity::find()
+            .select_only()
+            .column(request::Column::State)
+            .column(request::Column::ApprovalPath)
+            .column_as(request::Column::RequestId.count(), "n")
+            .group_by(request::Column::State)
+            .group_by(request::Column::ApprovalPath)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let pending = effect::Entity::find()
+            .filter(effect::Column::DoneTime.is_null())
+            .count(&self.db)
+            .await?;
+        Ok((by_state, pending))
+    }
+
     /// A request's effects not yet carried out, in order.
     pub async fn pending_effects(&self, id: &str) -> Result<Vec<effect::Model>, DbErr> {
         effect::Entity::find()

@@ -5,6 +5,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_requests;
+mod m20261122_000002_index_state;
 
 /// Applies the request service's migrations.
 #[derive(Debug)]
@@ -13,6 +14,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_create_requests::Migration)]
+        vec![
+            Box::new(m20261122_000001_create_requests::Migration),
+            Box::new(m20261122_000002_index_state::Migration),
+        ]
     }
 }
