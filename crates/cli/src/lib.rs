@@ -1,6 +1,8 @@
 //! `sspm up`: the four services in one process. Also used by the end-to-end test harness,
 //! so tests run the system exactly as operators do.
 
+pub mod certs;
+
 use std::collections::HashMap;
 use std::future::Future;
 
@@ -137,6 +139,14 @@ pub async fn up(
     run_all(apps, shutdown).await
 }
 
+/// How grpcurl reaches the request service: `-plaintext`, or `-cacert <CA>` over TLS.
+pub fn grpcurl_transport(config: &SspmConfig) -> String {
+    match (&config.clients.ca_path, config.services.request.tls()) {
+        (Some(ca), true) => format!("-cacert {}", ca.display()),
+        _ => "-plaintext".to_owned(),
+    }
+}
+
 /// Ready-to-paste grpcurl commands for the demo tenancy, with development tokens.
 fn demo_help(config: &SspmConfig, apps: &[ServiceApp]) -> String {
     let addr = |kind: ServiceKind| {
@@ -158,17 +168,18 @@ fn demo_help(config: &SspmConfig, apps: &[ServiceApp]) -> String {
 \"The League of the Scarlet Pimpernel\" ({customer}); tokens below are valid for {ttl} s.\n\n\
 export PERCY=\"{percy}\"      # Percy Blakeney, partner administrator (View + Create)\n\
 export NETOPS=\"{netops}\"     # Network Operations (daily limits, approvals)\n\n\
-grpcurl -plaintext -H \"authorization: Bearer $PERCY\" -d '{{\"business_unit_id\":\"{customer}\"}}' \\\n  \
+grpcurl {tls} -H \"authorization: Bearer $PERCY\" -d '{{\"business_unit_id\":\"{customer}\"}}' \\\n  \
 {request} sspm.v1.PortRequestService/GetPortLimits\n\
-grpcurl -plaintext -H \"authorization: Bearer $PERCY\" -d '{{\"request_id\":\"demo-1\",\"business_unit_id\":\"{customer}\",\"targets\":{{\"concurrent\":150}}}}' \\\n  \
+grpcurl {tls} -H \"authorization: Bearer $PERCY\" -d '{{\"request_id\":\"demo-1\",\"business_unit_id\":\"{customer}\",\"targets\":{{\"concurrent\":150}}}}' \\\n  \
 {request} sspm.v1.PortRequestService/CreatePortChangeRequest\n\
-grpcurl -plaintext -H \"authorization: Bearer $NETOPS\" -d '{{\"states\":[\"APPROVAL_TASK_STATE_PENDING\"]}}' \\\n  \
+grpcurl {tls} -H \"authorization: Bearer $NETOPS\" -d '{{\"states\":[\"APPROVAL_TASK_STATE_PENDING\"]}}' \\\n  \
 {approval} sspm.v1.ApprovalService/ListApprovalTasks\n\n\
 More: the README's walkthrough; `sspm token <principal>` mints other tokens.\n",
         partner = demo::PARTNER,
         customer = demo::CUSTOMER,
         cluster = demo::CLUSTER,
         ttl = config.auth.token_ttl_seconds,
+        tls = grpcurl_transport(config),
         percy = token(demo::PARTNER_ADMIN),
         netops = token(demo::NETOPS),
     )

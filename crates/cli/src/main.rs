@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sspm_platform::{PrincipalKind, SspmConfig, TokenMinter};
+use sspm_platform::{PrincipalKind, ServiceKind, SspmConfig, TokenMinter};
 
 #[derive(Debug, Parser)]
 #[command(name = "sspm", version, about = "SSPM — Self-Service Port Management")]
@@ -26,6 +26,25 @@ enum Command {
         /// Do not seed the demo tenancy into empty databases.
         #[arg(long)]
         no_demo: bool,
+        /// Serve TLS: with the certificates configured for each service, or else with a
+        /// development CA and certificate generated into --tls-dir (kept across restarts).
+        #[arg(long)]
+        tls: bool,
+        /// Where `--tls` keeps the development CA and certificate [default: <data dir>/tls].
+        #[arg(long, requires = "tls")]
+        tls_dir: Option<PathBuf>,
+    },
+    /// Write a development CA (ca.pem) and a certificate for the four services
+    /// (services.pem, services-key.pem) into a directory, as `sspm up --tls` does; for
+    /// docker-compose and local experiments, never for production.
+    Certs {
+        /// The directory to write into (existing files are kept).
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Further DNS names or IP addresses the certificate is valid for (repeatable);
+        /// localhost, 127.0.0.1, ::1, and each service's name are always in.
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
     /// Mint a bearer token signed with the configured key (development and tests).
     Token {
@@ -51,12 +70,40 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = SspmConfig::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Up { data_dir, no_demo } => {
+        Command::Up {
+            data_dir,
+            no_demo,
+            tls,
+            tls_dir,
+        } => {
             if let Some(dir) = data_dir {
                 config.data_dir = dir;
             }
+            if tls && !ServiceKind::ALL.iter().all(|k| config.services.get(*k).tls()) {
+                let dir = tls_dir.unwrap_or_else(|| config.data_dir.join("tls"));
+                let (pki, created) = sspm_cli::certs::ensure_dev_pki(&dir, &[])?;
+                pki.apply(&mut config);
+                config.validate()?;
+                eprintln!(
+                    "{} development CA and certificate in {} (trust {} in clients)",
+                    if created { "generated a" } else { "using the" },
+                    dir.display(),
+                    pki.ca_cert.display()
+                );
+            }
             let _telemetry = sspm_platform::telemetry::init("sspm")?;
             sspm_cli::up(config, !no_demo, sspm_platform::server::shutdown_signal()).await
+        }
+        Command::Certs { out, names } => {
+            let (pki, created) = sspm_cli::certs::ensure_dev_pki(&out, &names)?;
+            eprintln!(
+                "{} {}, {} and {}",
+                if created { "wrote" } else { "kept the existing" },
+                pki.ca_cert.display(),
+                pki.cert.display(),
+                pki.key.display()
+            );
+            Ok(())
         }
         Command::Token { principal, kind, ttl } => {
             let id = sspm_platform::auth::parse_principal(&principal)?;

@@ -5,10 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -16,20 +16,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use sspm_platform::{PrincipalKind, SspmConfig, TokenMinter};
+use sspm_platform::SspmConfig;
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::port_request_service_client::PortRequestServiceClient;
 use tokio_stream::wrappers::TcpListenerStream;
-
-/// Kills the child if the test fails before it exits.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[derive(Clone, Default)]
 struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
@@ -59,14 +49,6 @@ impl TraceService for Collector {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sspm_up_exports_traces_over_otlp_when_the_standard_variable_is_set() {
     let collector = Collector::default();
@@ -81,71 +63,28 @@ async fn sspm_up_exports_traces_over_otlp_when_the_standard_variable_is_set() {
     );
 
     let data = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sspm"))
-        .args(["up", "--data-dir"])
-        .arg(data.path())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))
-        .env("SSPM__SERVICES__REQUEST__LISTEN", format!("127.0.0.1:{}", ports[0]))
-        .env(
-            "SSPM__SERVICES__AUTHORIZATION__LISTEN",
-            format!("127.0.0.1:{}", ports[1]),
-        )
-        .env("SSPM__SERVICES__APPROVAL__LISTEN", format!("127.0.0.1:{}", ports[2]))
-        .env("SSPM__SERVICES__TICKETING__LISTEN", format!("127.0.0.1:{}", ports[3]))
-        .env("SSPM__SERVICES__REQUEST__ADMIN_LISTEN", "127.0.0.1:0")
-        .env("SSPM__SERVICES__AUTHORIZATION__ADMIN_LISTEN", "127.0.0.1:0")
-        .env("SSPM__SERVICES__APPROVAL__ADMIN_LISTEN", "127.0.0.1:0")
-        .env("SSPM__SERVICES__TICKETING__ADMIN_LISTEN", "127.0.0.1:0")
-        .env_remove("SSPM_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = Running(child);
-
-    let endpoint = format!("http://127.0.0.1:{}", ports[0]);
-    let token = TokenMinter::new(&SspmConfig::default().auth).mint(
-        &sspm_platform::auth::parse_principal("percy@classics.example").unwrap(),
-        PrincipalKind::User,
-        600,
+    let mut up = common::sspm_up(
+        data.path(),
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))],
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let answer = loop {
-        let attempt = async {
-            let channel = sspm_platform::client::connect_lazy(&endpoint, &SspmConfig::default().clients).ok()?;
-            let mut client = PortRequestServiceClient::new(channel);
-            let mut req = tonic::Request::new(pb::GetPortLimitsRequest {
+    let endpoint = format!("http://127.0.0.1:{}", up.ports[0]);
+    let answer = common::eventually("sspm up", || async {
+        let channel = sspm_platform::client::connect_lazy(&endpoint, &SspmConfig::default().clients).ok()?;
+        let req = common::authed(
+            "percy@classics.example",
+            pb::GetPortLimitsRequest {
                 business_unit_id: "bu-league".into(),
-            });
-            req.metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-            client.get_port_limits(req).await.ok()
-        };
-        if let Some(a) = attempt.await {
-            break a.into_inner();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "sspm up did not answer");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+            },
+        );
+        PortRequestServiceClient::new(channel).get_port_limits(req).await.ok()
+    })
+    .await
+    .into_inner();
     assert_eq!(answer.limits.unwrap().concurrent, 100);
 
-    // SIGTERM: graceful shutdown flushes the exporter.
-    let pid = child.0.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "sspm up did not exit on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status:?}");
+    // SIGTERM: graceful shutdown flushes the exporters.
+    common::terminate(&mut up).await;
 
     let exported = collector.0.lock().unwrap().clone();
     let mut spans = Vec::new();

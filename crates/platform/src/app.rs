@@ -58,9 +58,15 @@ impl ServiceApp {
             )
         })?;
         let metrics = Metrics::new(&format!("sspm-{}", kind.name()))?;
-        let server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(&config.auth))
+        let mut server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(&config.auth))
             .advertise(api)
             .with_metrics(metrics.rpc());
+        let svc = config.services.get(kind);
+        if let (Some(cert), Some(key)) = (&svc.tls_cert_path, &svc.tls_key_path) {
+            let tls = crate::tls::server_config(cert, key)
+                .map_err(|e| anyhow::anyhow!("{} service: TLS: {e:#}", kind.name()))?;
+            server = server.with_tls(tls);
+        }
         Ok(Self {
             kind,
             db,

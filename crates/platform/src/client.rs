@@ -44,10 +44,18 @@ pub fn on_behalf_of<T>(message: T, principal: &Principal) -> tonic::Request<T> {
     req
 }
 
-/// A lazily connecting channel to `endpoint` (`http://host:port`) with the configured
-/// deadlines; connection failures surface as UNAVAILABLE on the calls.
+/// A lazily connecting channel to `endpoint` (`http://host:port`, or `https://` trusting
+/// `clients.ca_path`) with the configured deadlines; connection failures surface as UNAVAILABLE on the calls.
 pub fn connect_lazy(endpoint: &str, cfg: &ClientConfig) -> anyhow::Result<InternalChannel> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())?
+    let mut builder = Endpoint::from_shared(endpoint.to_owned())?;
+    if endpoint.starts_with("https://") {
+        let ca = cfg
+            .ca_path
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("{endpoint} is https: clients.ca_path must name the CA to trust"))?;
+        builder = builder.tls_config(crate::tls::client_config(ca)?)?;
+    }
+    let channel = builder
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
         .tcp_nodelay(true)

@@ -133,6 +133,13 @@ pub struct ServiceConfig {
     /// `<data_dir>/<service>.db`.
     #[serde(default)]
     pub database_url: Option<String>,
+    /// Certificate chain (PEM) to serve TLS with; with `tls_key_path`, the service speaks
+    /// TLS only and its default endpoint is `https://`.
+    #[serde(default)]
+    pub tls_cert_path: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert_path`.
+    #[serde(default)]
+    pub tls_key_path: Option<PathBuf>,
 }
 
 impl ServiceConfig {
@@ -142,7 +149,14 @@ impl ServiceConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             endpoint: None,
             database_url: None,
+            tls_cert_path: None,
+            tls_key_path: None,
         }
+    }
+
+    /// Whether the service serves TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert_path.is_some() && self.tls_key_path.is_some()
     }
 
     /// The URL other services reach this one at.
@@ -154,7 +168,8 @@ impl ServiceConfig {
                 if addr.ip().is_unspecified() {
                     addr.set_ip([127, 0, 0, 1].into());
                 }
-                format!("http://{addr}")
+                let scheme = if self.tls() { "https" } else { "http" };
+                format!("{scheme}://{addr}")
             }
         }
     }
@@ -248,6 +263,8 @@ pub struct ClientConfig {
     pub timeout_ms: u64,
     /// Deadline of establishing a connection, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// CA certificate (PEM) that internal calls to `https://` endpoints trust.
+    pub ca_path: Option<PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -255,6 +272,7 @@ impl Default for ClientConfig {
         Self {
             timeout_ms: 5_000,
             connect_timeout_ms: 1_000,
+            ca_path: None,
         }
     }
 }
@@ -457,6 +475,24 @@ impl SspmConfig {
                     "must start with http:// or https://",
                 ));
             }
+            if svc.tls_cert_path.is_some() != svc.tls_key_path.is_some() {
+                return Err(invalid(
+                    &format!("{key}.tls_cert_path"),
+                    "tls_cert_path and tls_key_path go together",
+                ));
+            }
+            if svc.endpoint().starts_with("https://") && self.clients.ca_path.is_none() {
+                return Err(invalid(
+                    "clients.ca_path",
+                    format!("{key} is reached over https: set the CA certificate the other services trust"),
+                ));
+            }
+            if self.profile == Profile::Production && !svc.tls() {
+                return Err(invalid(
+                    &format!("{key}.tls_cert_path"),
+                    "the production profile requires TLS: set tls_cert_path and tls_key_path",
+                ));
+            }
         }
         // No two of the eight addresses may be the same (port 0 picks a free port each time).
         let addresses: Vec<(String, SocketAddr)> = ServiceKind::ALL
@@ -597,14 +633,43 @@ default_max_daily_increase = 40
     fn production_refuses_the_development_key() {
         let err = SspmConfig::load_from(None, env(&[("SSPM__PROFILE", "production")])).unwrap_err();
         assert!(err.to_string().contains("development key"), "{err}");
-        let ok = SspmConfig::load_from(
+        let key = ("SSPM__AUTH__SIGNING_KEY", "a-real-secret-of-at-least-32-bytes!!");
+        let err = SspmConfig::load_from(None, env(&[("SSPM__PROFILE", "production"), key])).unwrap_err();
+        assert!(err.to_string().contains("requires TLS"), "{err}");
+        let mut vars = vec![
+            ("SSPM__PROFILE".to_owned(), "production".to_owned()),
+            (key.0.to_owned(), key.1.to_owned()),
+            ("SSPM__CLIENTS__CA_PATH".to_owned(), "/certs/ca.pem".to_owned()),
+        ];
+        for kind in ServiceKind::ALL {
+            let name = kind.name().to_uppercase();
+            vars.push((
+                format!("SSPM__SERVICES__{name}__TLS_CERT_PATH"),
+                format!("/certs/{}.pem", kind.name()),
+            ));
+            vars.push((
+                format!("SSPM__SERVICES__{name}__TLS_KEY_PATH"),
+                format!("/certs/{}-key.pem", kind.name()),
+            ));
+        }
+        let ok = SspmConfig::load_from(None, Some(vars.into_iter().collect())).unwrap();
+        assert_eq!(ok.services.approval.endpoint(), "https://127.0.0.1:50053");
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let err =
+            SspmConfig::load_from(None, env(&[("SSPM__SERVICES__REQUEST__TLS_CERT_PATH", "/c.pem")])).unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+        let err = SspmConfig::load_from(
             None,
             env(&[
-                ("SSPM__PROFILE", "production"),
-                ("SSPM__AUTH__SIGNING_KEY", "a-real-secret-of-at-least-32-bytes!!"),
+                ("SSPM__SERVICES__REQUEST__TLS_CERT_PATH", "/c.pem"),
+                ("SSPM__SERVICES__REQUEST__TLS_KEY_PATH", "/k.pem"),
             ]),
-        );
-        assert!(ok.is_ok());
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("clients.ca_path"), "{err}");
     }
 
     #[test]

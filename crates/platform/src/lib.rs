@@ -13,6 +13,7 @@ pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use app::ServiceApp;
 pub use auth::{Principal, PrincipalKind, TokenMinter, TokenVerifier, caller};

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use opentelemetry::global;
 use tokio::net::TcpListener;
@@ -23,6 +24,7 @@ pub struct ServiceServer {
     listener: TcpListener,
     verifier: TokenVerifier,
     metrics: Option<RpcMetrics>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
     listed: Vec<&'static str>,
@@ -50,6 +52,7 @@ impl ServiceServer {
             listener,
             verifier,
             metrics: None,
+            tls: None,
             routes: RoutesBuilder::default(),
             services: Vec::new(),
             listed: Vec::new(),
@@ -59,6 +62,12 @@ impl ServiceServer {
     /// Records every RPC (count, errors by code, latency) in `metrics`.
     pub fn with_metrics(mut self, metrics: RpcMetrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Serves TLS only, with `config` (see [`crate::tls::server_config`]).
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
         self
     }
 
@@ -121,7 +130,7 @@ impl ServiceServer {
             .add_service(reflection_alpha.build_v1alpha()?);
 
         let addr = self.listener.local_addr()?;
-        tracing::info!(service = self.name, %addr, apis = ?self.listed, "serving");
+        tracing::info!(service = self.name, %addr, tls = self.tls.is_some(), apis = ?self.listed, "serving");
         let name = self.name;
         let shutdown_reporter = reporter.clone();
         let services = self.services.clone();
@@ -132,12 +141,22 @@ impl ServiceServer {
             }
             tracing::info!(service = name, "shutting down: no new calls, finishing in-flight ones");
         };
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .trace_fn(rpc_span)
             .layer(AuthLayer::new(self.verifier, self.metrics))
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await?;
+            .add_routes(routes.routes());
+        match self.tls {
+            Some(config) => {
+                router
+                    .serve_with_incoming_shutdown(crate::tls::incoming(self.listener, config), shutdown)
+                    .await?
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+                    .await?
+            }
+        }
         tracing::info!(service = name, "stopped");
         Ok(())
     }

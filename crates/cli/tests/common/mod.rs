@@ -1,0 +1,109 @@
+//! Running the real `sspm` binary in tests: on free ports, killed if the test fails.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sspm_platform::{PrincipalKind, ServiceKind, SspmConfig, TokenMinter};
+
+/// A running `sspm up`; killed when dropped (a failed test leaves nothing behind).
+pub struct Up {
+    pub child: Child,
+    /// gRPC ports: request, authorization, approval, ticketing.
+    pub ports: [u16; 4],
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `sspm up --data-dir <data> <args>` with `env`, on free gRPC ports and ephemeral
+/// admin ports.
+pub fn sspm_up(data: &Path, args: &[&str], env: &[(&str, String)]) -> Up {
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sspm"));
+    cmd.args(["up", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .env_remove("SSPM_CONFIG");
+    let kinds = [
+        ServiceKind::Request,
+        ServiceKind::Authorization,
+        ServiceKind::Approval,
+        ServiceKind::Ticketing,
+    ];
+    for (kind, port) in kinds.iter().zip(ports) {
+        let name = kind.name().to_uppercase();
+        cmd.env(format!("SSPM__SERVICES__{name}__LISTEN"), format!("127.0.0.1:{port}"));
+        cmd.env(format!("SSPM__SERVICES__{name}__ADMIN_LISTEN"), "127.0.0.1:0");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    Up { child, ports }
+}
+
+/// A development token of the demo tenancy's `principal`.
+pub fn token(principal: &str) -> String {
+    TokenMinter::new(&SspmConfig::default().auth).mint(
+        &sspm_platform::auth::parse_principal(principal).unwrap(),
+        PrincipalKind::User,
+        600,
+    )
+}
+
+/// `message` with a bearer token.
+pub fn authed<T>(principal: &str, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {}", token(principal)).parse().unwrap());
+    req
+}
+
+/// Retries `attempt` until it answers, for at most 60 s (the binary may still be building
+/// its databases).
+pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = attempt().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: no answer within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends SIGTERM and waits (at most 20 s) for a successful exit.
+pub async fn terminate(up: &mut Up) {
+    let pid = up.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "sspm up did not exit on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
