@@ -1,5 +1,8 @@
 //! Compiles `proto/sspm/v1/*.proto` with protox (pure Rust, no system `protoc`) and writes
-//! the encoded descriptor set next to the generated code for server reflection.
+//! the encoded descriptor set next to the generated code for server reflection. The set
+//! served by reflection also holds `google/rpc/error_details.proto` (vendored from
+//! googleapis), so grpcurl and other reflection clients can decode the error details
+//! (`ErrorInfo`, `BadRequest`, `PreconditionFailure`) our statuses carry.
 
 use std::path::PathBuf;
 
@@ -12,8 +15,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let fds = protox::compile(&files, [&root])?;
 
+    let error_details = root.join("google/rpc/error_details.proto");
+    let mut served = files.to_vec();
+    served.push(error_details.clone());
+    let reflection = protox::compile(&served, [&root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("sspm_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(out_dir.join("sspm_descriptor.bin"), reflection.encode_to_vec())?;
 
     tonic_prost_build::configure()
         .build_client(true)
@@ -22,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Name every file: a directory is only checked for its own modification time.
     println!("cargo:rerun-if-changed={}", root.join("sspm/v1").display());
-    for f in &files {
+    for f in &served {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     Ok(())

@@ -6,7 +6,8 @@ pub mod v1 {
     tonic::include_proto!("sspm.v1");
 }
 
-/// Encoded `FileDescriptorSet` of every SSPM proto, for server reflection.
+/// Encoded `FileDescriptorSet` of every SSPM proto and of the google.rpc error details, for
+/// server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sspm_descriptor.bin"));
 
 /// Fully qualified gRPC service names, as reflection and health report them.
@@ -45,6 +46,19 @@ mod tests {
             service_names::TICKETING,
         ] {
             assert!(services.iter().any(|s| s == name), "{name} missing from {services:?}");
+        }
+    }
+
+    #[test]
+    fn reflection_can_describe_the_error_details_statuses_carry() {
+        let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let rpc = fds
+            .file
+            .iter()
+            .find(|f| f.package() == "google.rpc")
+            .expect("google/rpc/error_details.proto is served");
+        for name in ["ErrorInfo", "BadRequest", "PreconditionFailure", "RetryInfo"] {
+            assert!(rpc.message_type.iter().any(|m| m.name() == name), "{name}");
         }
     }
 
