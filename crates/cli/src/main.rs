@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sspm_platform::{PrincipalKind, ServiceKind, SspmConfig, TokenMinter};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 #[derive(Debug, Parser)]
 #[command(name = "sspm", version, about = "SSPM — Self-Service Port Management")]
@@ -45,6 +48,22 @@ enum Command {
         /// localhost, 127.0.0.1, ::1, and each service's name are always in.
         #[arg(long = "name")]
         names: Vec<String>,
+    },
+    /// Check a service's health (grpc.health.v1) for container health checks and probes:
+    /// prints the status, exits 0 only when SERVING.
+    Health {
+        /// The service's endpoint, e.g. http://127.0.0.1:50051 or https://request:50051.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        endpoint: String,
+        /// The API to check, e.g. sspm.v1.ApprovalService (default: the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+        /// CA certificate (PEM) trusted for https:// endpoints (default: clients.ca_path).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2_000)]
+        timeout_ms: u64,
     },
     /// Mint a bearer token signed with the configured key (development and tests).
     Token {
@@ -93,6 +112,33 @@ async fn main() -> anyhow::Result<()> {
             }
             let _telemetry = sspm_platform::telemetry::init("sspm")?;
             sspm_cli::up(config, !no_demo, sspm_platform::server::shutdown_signal()).await
+        }
+        Command::Health {
+            endpoint,
+            service,
+            cacert,
+            timeout_ms,
+        } => {
+            let clients = sspm_platform::config::ClientConfig {
+                ca_path: cacert.or(config.clients.ca_path),
+                timeout_ms,
+                connect_timeout_ms: timeout_ms,
+            };
+            let channel = sspm_platform::client::connect_lazy(&endpoint, &clients)?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: service.clone(),
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{endpoint}: {}: {}", e.code(), e.message()))?
+                .into_inner()
+                .status();
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", status.as_str_name());
+            }
+            anyhow::ensure!(status == ServingStatus::Serving, "{endpoint} {service} is not serving");
+            Ok(())
         }
         Command::Certs { out, names } => {
             let (pki, created) = sspm_cli::certs::ensure_dev_pki(&out, &names)?;

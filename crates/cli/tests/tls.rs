@@ -154,5 +154,31 @@ async fn sspm_up_tls_accepts_only_modern_tls() {
         assert!(out.contains("Cipher is (NONE)"), "{what}: no session: {out}");
     }
 
+    // `sspm health`, the probe of docker-compose and Kubernetes: SERVING over https when it
+    // trusts the CA, a clear failure (non-zero exit) when it does not.
+    let health = |extra: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_sspm"))
+            .env_remove("SSPM_CONFIG")
+            .args([
+                "health",
+                "--endpoint",
+                &endpoint,
+                "--service",
+                "sspm.v1.PortRequestService",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let ok = health(&["--cacert".as_ref(), ca.as_os_str()]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "SERVING");
+    let untrusted = health(&[]);
+    assert!(!untrusted.status.success(), "no CA, no trust: {untrusted:?}");
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains(&endpoint),
+        "the failure names the endpoint: {untrusted:?}"
+    );
+
     common::terminate(&mut up).await;
 }

@@ -37,6 +37,13 @@ impl ServiceApp {
         config: &SspmConfig,
         listener: Option<TcpListener>,
     ) -> anyhow::Result<Self> {
+        if config.profile == crate::config::Profile::Production && !config.services.get(kind).tls() {
+            anyhow::bail!(
+                "{} service: the production profile requires TLS: set services.{}.tls_cert_path and tls_key_path",
+                kind.name(),
+                kind.name()
+            );
+        }
         let url = config.database_url(kind);
         let db = crate::db::connect_and_migrate::<M>(&url)
             .await

@@ -487,10 +487,12 @@ impl SspmConfig {
                     format!("{key} is reached over https: set the CA certificate the other services trust"),
                 ));
             }
-            if self.profile == Profile::Production && !svc.tls() {
+            // Every call between services is encrypted in production; each service also
+            // refuses to start there without its own certificate (ServiceApp::prepare).
+            if self.profile == Profile::Production && !svc.endpoint().starts_with("https://") {
                 return Err(invalid(
-                    &format!("{key}.tls_cert_path"),
-                    "the production profile requires TLS: set tls_cert_path and tls_key_path",
+                    &format!("{key}.endpoint"),
+                    "the production profile requires TLS: set tls_cert_path and tls_key_path, or an https:// endpoint",
                 ));
             }
         }
