@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr, SqlErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr, SqlErr,
+    TransactionTrait,
+};
 use sea_orm_migration::MigratorTrait;
 
 /// Connects to `url`: `sqlite://path/file.db?mode=rwc` (the directory is created, WAL and a
@@ -34,10 +37,36 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Database::connect(opts).await
 }
 
-/// Connects and applies every pending migration of `M`.
+/// PostgreSQL advisory lock key held while migrating ("SSPMMIGR").
+const MIGRATION_LOCK_KEY: i64 = 0x5353_504d_4d49_4752;
+
+/// Connects and applies every pending migration of `M`, all or nothing, in one transaction
+/// that first takes a lock, so replicas starting together migrate one after the other (the
+/// later ones find nothing left to do).
 pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbErr> {
     let db = connect(url).await?;
-    M::up(&db, None).await?;
+    if db.get_database_backend() == DbBackend::Sqlite {
+        // The transaction's first statement writes, so it waits (busy timeout) for any
+        // other writer and then holds SQLite's write lock until it commits.
+        db.execute_unprepared(
+            "CREATE TABLE IF NOT EXISTS sspm_migration_lock (id INTEGER PRIMARY KEY, locked_at TEXT NOT NULL)",
+        )
+        .await?;
+    }
+    let txn = db.begin().await?;
+    match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            txn.execute_unprepared("INSERT OR REPLACE INTO sspm_migration_lock VALUES (1, datetime('now'))")
+                .await?;
+        }
+        // Released when the transaction ends.
+        _ => {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
+                .await?;
+        }
+    }
+    M::up(&txn, None).await?;
+    txn.commit().await?;
     Ok(db)
 }
 

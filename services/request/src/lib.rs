@@ -160,4 +160,32 @@ mod schema_tests {
     async fn r5_is_a_database_constraint_on_postgres() {
         one_open_request_per_business_unit(&testing::fresh_postgres("request").await.url).await;
     }
+
+    /// Replicas that start together migrate one at a time: none fails on the others' tables.
+    async fn replicas_starting_together_all_migrate(url: &str) {
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.to_owned();
+                tokio::spawn(async move { connect_and_migrate::<Migrator>(&url).await.map(|_| ()) })
+            })
+            .collect();
+        for start in starts {
+            start.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_starting_together_all_migrate_on_sqlite() {
+        // The file exists already, as after a first start. (Several processes switching one
+        // brand-new file to WAL at once is SQLite's own race: replicas belong on PostgreSQL.)
+        let db = testing::fresh_sqlite();
+        sspm_platform::db::connect(&db.url).await.unwrap();
+        replicas_starting_together_all_migrate(&db.url).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
+    async fn replicas_starting_together_all_migrate_on_postgres() {
+        replicas_starting_together_all_migrate(&testing::fresh_postgres("request").await.url).await;
+    }
 }
