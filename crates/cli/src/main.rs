@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 ca_path: cacert.or(config.clients.ca_path),
                 timeout_ms,
                 connect_timeout_ms: timeout_ms,
+                ..config.clients
             };
             let channel = sspm_platform::client::connect_lazy(&endpoint, &clients)?;
             let status = HealthClient::new(channel)

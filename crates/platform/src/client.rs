@@ -1,20 +1,27 @@
 //! Channels for internal calls: a deadline on every call, trace context injected, and the
 //! original caller's principal forwarded.
 
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use opentelemetry::global;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
+use tower::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::Principal;
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, LoadBalancing};
 use crate::telemetry::MetadataInjector;
 
 /// A channel whose calls carry trace context and the caller's principal.
-pub type InternalChannel = InterceptedService<Channel, OutgoingInterceptor>;
+pub type InternalChannel = InterceptedService<Deadline, OutgoingInterceptor>;
 
 /// Injects `traceparent` from the current span and, when the request carries a
 /// [`Principal`] in its extensions (see [`on_behalf_of`]), its bearer token.
@@ -45,22 +52,312 @@ pub fn on_behalf_of<T>(message: T, principal: &Principal) -> tonic::Request<T> {
 }
 
 /// A lazily connecting channel to `endpoint` (`http://host:port`, or `https://` trusting
-/// `clients.ca_path`) with the configured deadlines; connection failures surface as UNAVAILABLE on the calls.
+/// `clients.ca_path`) with the configured deadlines, spread over the endpoint's replicas
+/// when `clients.load_balancing` is `dns`; connection failures surface as UNAVAILABLE on
+/// the calls, and no call outlives `clients.timeout_ms`, even when no replica is known.
 pub fn connect_lazy(endpoint: &str, cfg: &ClientConfig) -> anyhow::Result<InternalChannel> {
-    let mut builder = Endpoint::from_shared(endpoint.to_owned())?;
+    let channel = match cfg.load_balancing {
+        LoadBalancing::Single => {
+            configure(Endpoint::from_shared(endpoint.to_owned())?, endpoint, None, cfg)?.connect_lazy()
+        }
+        LoadBalancing::Dns => {
+            let target = DnsTarget::parse(endpoint)?;
+            let refresh = Duration::from_millis(cfg.dns_refresh_ms);
+            let host = target.host.clone();
+            let port = target.port;
+            balanced(target, cfg, refresh, move || {
+                let host = host.clone();
+                async move {
+                    tokio::net::lookup_host((host.as_str(), port))
+                        .await
+                        .map(|a| a.collect())
+                }
+            })?
+        }
+    };
+    Ok(InterceptedService::new(
+        Deadline {
+            inner: channel,
+            timeout: Duration::from_millis(cfg.timeout_ms),
+        },
+        OutgoingInterceptor,
+    ))
+}
+
+/// The settings every connection of ours has: TLS trusting `clients.ca_path` for `https://`
+/// (verifying the certificate for `tls_domain`, else the URI's host), deadlines, keep-alive.
+fn configure(
+    mut builder: Endpoint,
+    endpoint: &str,
+    tls_domain: Option<&str>,
+    cfg: &ClientConfig,
+) -> anyhow::Result<Endpoint> {
     if endpoint.starts_with("https://") {
         let ca = cfg
             .ca_path
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("{endpoint} is https: clients.ca_path must name the CA to trust"))?;
-        builder = builder.tls_config(crate::tls::client_config(ca)?)?;
+        let mut tls = crate::tls::client_config(ca)?;
+        if let Some(domain) = tls_domain {
+            tls = tls.domain_name(domain);
+        }
+        builder = builder.tls_config(tls)?;
     }
-    let channel = builder
+    Ok(builder
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
-    Ok(InterceptedService::new(channel, OutgoingInterceptor))
+        .keep_alive_while_idle(true))
+}
+
+/// An endpoint balanced over the addresses of its host name.
+#[derive(Debug, Clone)]
+struct DnsTarget {
+    /// `http` or `https`.
+    scheme: String,
+    host: String,
+    port: u16,
+    endpoint: String,
+}
+
+impl DnsTarget {
+    fn parse(endpoint: &str) -> anyhow::Result<Self> {
+        let uri: http::Uri = endpoint
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{endpoint} is not a URI: {e}"))?;
+        let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+        let host = uri
+            .host()
+            .ok_or_else(|| anyhow::anyhow!("{endpoint} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+        Ok(Self {
+            scheme,
+            host,
+            port,
+            endpoint: endpoint.to_owned(),
+        })
+    }
+
+    /// The endpoint of one replica: its address, with TLS verified for the host name.
+    fn replica(&self, addr: SocketAddr, cfg: &ClientConfig) -> anyhow::Result<Endpoint> {
+        let uri = format!("{}://{addr}", self.scheme);
+        configure(Endpoint::from_shared(uri)?, &self.endpoint, Some(&self.host), cfg)
+    }
+}
+
+/// A channel balancing (power of two choices, by pending requests) over the addresses
+/// `resolve` yields, asked again every `refresh`: new replicas are added, gone ones removed.
+/// A failed or empty answer keeps the replicas known so far. The task ends with the channel.
+fn balanced<R, F>(target: DnsTarget, cfg: &ClientConfig, refresh: Duration, mut resolve: R) -> anyhow::Result<Channel>
+where
+    R: FnMut() -> F + Send + 'static,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send,
+{
+    // Fail now, not on every call, when the endpoint cannot be configured (e.g. no CA).
+    target.replica(SocketAddr::from(([127, 0, 0, 1], target.port)), cfg)?;
+    let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        let mut known: HashSet<SocketAddr> = HashSet::new();
+        let mut ticks = tokio::time::interval(refresh);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let found: HashSet<SocketAddr> = match resolve().await {
+                Ok(addrs) if !addrs.is_empty() => addrs.into_iter().collect(),
+                Ok(_) => {
+                    tracing::warn!(endpoint = %target.endpoint, "no address found; keeping the replicas known");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %target.endpoint, error = %e, "resolving failed; keeping the replicas known");
+                    continue;
+                }
+            };
+            let mut changed = Vec::new();
+            for gone in known.difference(&found) {
+                changed.push(Change::Remove(*gone));
+            }
+            for new in found.difference(&known) {
+                match target.replica(*new, &cfg) {
+                    Ok(endpoint) => changed.push(Change::Insert(*new, endpoint)),
+                    Err(e) => tracing::warn!(endpoint = %target.endpoint, %new, error = %e, "replica skipped"),
+                }
+            }
+            if !changed.is_empty() {
+                tracing::info!(endpoint = %target.endpoint, replicas = ?found, "replicas changed");
+            }
+            for change in changed {
+                if changes.send(change).await.is_err() {
+                    return; // the channel is gone
+                }
+            }
+            known = found;
+            if changes.is_closed() {
+                return;
+            }
+        }
+    });
+    Ok(channel)
+}
+
+/// A [`Channel`] whose calls end after `timeout` whatever happens, including waiting for a
+/// replica to be known, with DEADLINE_EXCEEDED.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    inner: Channel,
+    timeout: Duration,
+}
+
+impl Service<http::Request<tonic::body::Body>> for Deadline {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let call = self.inner.call(req);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, call).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(tonic::Status::deadline_exceeded(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                ))) as Self::Error),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use super::*;
+
+    /// A gRPC server on a free loopback port whose health service reports `status` for "x".
+    async fn replica(status: tonic_health::ServingStatus) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter.set_service_status("x", status).await;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    fn internal(channel: Channel, cfg: &ClientConfig) -> InternalChannel {
+        InterceptedService::new(
+            Deadline {
+                inner: channel,
+                timeout: Duration::from_millis(cfg.timeout_ms),
+            },
+            OutgoingInterceptor,
+        )
+    }
+
+    async fn check(client: &mut HealthClient<InternalChannel>) -> Result<ServingStatus, tonic::Status> {
+        client
+            .check(HealthCheckRequest { service: "x".into() })
+            .await
+            .map(|r| r.into_inner().status())
+    }
+
+    #[tokio::test]
+    async fn dns_balancing_spreads_calls_and_follows_the_replica_set() {
+        let serving = replica(tonic_health::ServingStatus::Serving).await;
+        let not_serving = replica(tonic_health::ServingStatus::NotServing).await;
+        let addrs = Arc::new(Mutex::new(vec![serving, not_serving]));
+        let cfg = ClientConfig::default();
+        let target = DnsTarget::parse("http://replicas.test:1").unwrap();
+        let resolver = addrs.clone();
+        let channel = balanced(target, &cfg, Duration::from_millis(20), move || {
+            let found = resolver.lock().unwrap().clone();
+            async move { Ok(found) }
+        })
+        .unwrap();
+        let mut client = HealthClient::new(internal(channel, &cfg));
+
+        // Both replicas answer (each reports its own status).
+        let mut seen = HashSet::new();
+        for _ in 0..200 {
+            seen.insert(check(&mut client).await.unwrap());
+            if seen.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 2, "calls reach both replicas: {seen:?}");
+
+        // A replica that leaves the set stops receiving calls once resolved again.
+        addrs.lock().unwrap().retain(|a| *a == serving);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..50 {
+            assert_eq!(check(&mut client).await.unwrap(), ServingStatus::Serving);
+        }
+
+        // A failed or empty answer keeps the replicas known.
+        addrs.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(check(&mut client).await.unwrap(), ServingStatus::Serving);
+    }
+
+    #[tokio::test]
+    async fn with_no_replica_known_a_call_ends_at_its_deadline() {
+        let cfg = ClientConfig {
+            timeout_ms: 300,
+            ..ClientConfig::default()
+        };
+        let target = DnsTarget::parse("http://nowhere.test:1").unwrap();
+        let channel = balanced(target, &cfg, Duration::from_millis(20), || async { Ok(Vec::new()) }).unwrap();
+        let started = std::time::Instant::now();
+        let err = check(&mut HealthClient::new(internal(channel, &cfg)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn dns_balancing_resolves_real_host_names() {
+        let serving = replica(tonic_health::ServingStatus::Serving).await;
+        let cfg = ClientConfig {
+            load_balancing: LoadBalancing::Dns,
+            dns_refresh_ms: 50,
+            ..ClientConfig::default()
+        };
+        let channel = connect_lazy(&format!("http://localhost:{}", serving.port()), &cfg).unwrap();
+        assert_eq!(
+            check(&mut HealthClient::new(channel)).await.unwrap(),
+            ServingStatus::Serving
+        );
+    }
+
+    #[test]
+    fn dns_targets_are_parsed_with_default_ports() {
+        let t = DnsTarget::parse("https://sspm-approval.sspm.svc.cluster.local").unwrap();
+        assert_eq!(
+            (t.scheme.as_str(), t.host.as_str(), t.port),
+            ("https", "sspm-approval.sspm.svc.cluster.local", 443)
+        );
+        let t = DnsTarget::parse("http://[::1]:50053").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 50053));
+        assert!(DnsTarget::parse("not a uri").is_err());
+    }
 }

@@ -265,6 +265,12 @@ pub struct ClientConfig {
     pub connect_timeout_ms: u64,
     /// CA certificate (PEM) that internal calls to `https://` endpoints trust.
     pub ca_path: Option<PathBuf>,
+    /// How calls spread over a service's replicas: `single` (one HTTP/2 connection to the
+    /// endpoint's address) or `dns` (every address the endpoint's host name resolves to,
+    /// re-resolved every `dns_refresh_ms`, e.g. a Kubernetes headless service).
+    pub load_balancing: LoadBalancing,
+    /// How often `dns` load balancing resolves the host names again, in milliseconds.
+    pub dns_refresh_ms: u64,
 }
 
 impl Default for ClientConfig {
@@ -273,8 +279,20 @@ impl Default for ClientConfig {
             timeout_ms: 5_000,
             connect_timeout_ms: 1_000,
             ca_path: None,
+            load_balancing: LoadBalancing::Single,
+            dns_refresh_ms: 5_000,
         }
     }
+}
+
+/// See [`ClientConfig::load_balancing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalancing {
+    /// One connection to the endpoint (the address its name resolves to when connecting).
+    Single,
+    /// Client-side balancing over every address of the endpoint's host name.
+    Dns,
 }
 
 /// Price of a concurrent port (R10).
@@ -455,6 +473,9 @@ impl SspmConfig {
         }
         if self.clients.timeout_ms == 0 || self.clients.connect_timeout_ms == 0 {
             return Err(invalid("clients", "timeouts must be positive"));
+        }
+        if self.clients.dns_refresh_ms == 0 {
+            return Err(invalid("clients.dns_refresh_ms", "must be positive"));
         }
         for kind in ServiceKind::ALL {
             let svc = self.services.get(kind);
