@@ -149,9 +149,10 @@ impl DnsTarget {
     }
 }
 
-/// A channel balancing (power of two choices, by pending requests) over the addresses
-/// `resolve` yields, asked again every `refresh`: new replicas are added, gone ones removed.
-/// A failed or empty answer keeps the replicas known so far. The task ends with the channel.
+/// A channel balancing over the addresses `resolve` yields, asked again every `refresh`: new
+/// replicas are added, gone ones removed; a failed or empty answer keeps those known so far.
+/// tonic balances by power of two choices, but its connections all report the same load, so
+/// each call goes to a ready replica at random. The task ends with the channel.
 fn balanced<R, F>(target: DnsTarget, cfg: &ClientConfig, refresh: Duration, mut resolve: R) -> anyhow::Result<Channel>
 where
     R: FnMut() -> F + Send + 'static,
