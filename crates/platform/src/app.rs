@@ -67,7 +67,8 @@ impl ServiceApp {
         let metrics = Metrics::new(&format!("sspm-{}", kind.name()))?;
         let mut server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(&config.auth))
             .advertise(api)
-            .with_metrics(metrics.rpc());
+            .with_metrics(metrics.rpc())
+            .with_max_in_flight(config.admission.max_in_flight);
         let svc = config.services.get(kind);
         if let (Some(cert), Some(key)) = (&svc.tls_cert_path, &svc.tls_key_path) {
             let tls = crate::tls::server_config(cert, key)

@@ -220,18 +220,40 @@ pub fn is_public_path(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
-/// Tower layer that authenticates every RPC except [`is_public_path`] ones and puts the
-/// [`Principal`] into the request's extensions; refuses the rest with UNAUTHENTICATED.
+/// Tower layer that admits every RPC except [`is_public_path`] ones: sheds it with
+/// UNAVAILABLE when the server has its maximum of calls in flight, else authenticates it and
+/// puts the [`Principal`] into the request's extensions, or refuses it with UNAUTHENTICATED.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: TokenVerifier,
     metrics: Option<RpcMetrics>,
+    in_flight: Option<InFlight>,
+}
+
+/// The bound on calls in flight: a permit per call, until its response starts.
+#[derive(Debug, Clone)]
+struct InFlight {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
 }
 
 impl AuthLayer {
     /// A layer verifying with `verifier` and recording every RPC in `metrics`, if given.
     pub fn new(verifier: TokenVerifier, metrics: Option<RpcMetrics>) -> Self {
-        Self { verifier, metrics }
+        Self {
+            verifier,
+            metrics,
+            in_flight: None,
+        }
+    }
+
+    /// Sheds calls beyond `max` in flight at once (0: no bound).
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.in_flight = (max > 0).then(|| InFlight {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+        });
+        self
     }
 }
 
@@ -243,6 +265,7 @@ impl<S> tower::Layer<S> for AuthLayer {
             inner,
             verifier: self.verifier.clone(),
             metrics: self.metrics.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -253,6 +276,7 @@ pub struct AuthService<S> {
     inner: S,
     verifier: TokenVerifier,
     metrics: Option<RpcMetrics>,
+    in_flight: Option<InFlight>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -280,6 +304,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.verifier.clone();
         let metrics = self.metrics.clone();
+        let in_flight = self.in_flight.clone();
         // tonic calls layers before it enters the RPC's span and polls their futures inside
         // it: verify in the future, so the span is the current one.
         Box::pin(async move {
@@ -291,7 +316,18 @@ where
                     m.record(path, code, started.elapsed());
                 }
             };
+            let mut _permit = None;
             if !is_public_path(req.uri().path()) {
+                if let Some(limit) = &in_flight {
+                    match limit.permits.clone().try_acquire_owned() {
+                        Ok(permit) => _permit = Some(permit),
+                        Err(_) => {
+                            tracing::debug!(path = req.uri().path(), "shed: at capacity");
+                            record(req.uri().path(), tonic::Code::Unavailable as i32);
+                            return Ok(crate::error::overloaded(limit.max).into_http());
+                        }
+                    }
+                }
                 match verifier.verify_headers(req.headers()) {
                     Ok(principal) => {
                         span.record("enduser.id", principal.id.as_str());
@@ -419,5 +455,85 @@ mod tests {
         ));
         assert!(!is_public_path("/sspm.v1.PortRequestService/GetPortLimits"));
         assert!(!is_public_path("/grpc.health.v1.HealthX/Check"));
+    }
+
+    /// A handler that answers each call only once `gate` has a permit for it (health at once).
+    #[derive(Clone)]
+    struct Gated {
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl tower::Service<http::Request<()>> for Gated {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<()>) -> Self::Future {
+            let gate = self.gate.clone();
+            let waits = !req.uri().path().starts_with("/grpc.health.v1.Health/");
+            Box::pin(async move {
+                if waits && let Ok(pass) = gate.acquire().await {
+                    pass.forget();
+                }
+                Ok(http::Response::new(tonic::body::Body::empty()))
+            })
+        }
+    }
+
+    fn grpc_status(response: &http::Response<tonic::body::Body>) -> Option<i32> {
+        response.headers().get("grpc-status")?.to_str().ok()?.parse().ok()
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_max_in_flight_are_shed_at_once_and_health_still_answers() {
+        use tower::{Layer, Service};
+
+        let c = cfg("a-signing-key-of-at-least-32-bytes!!");
+        let token = TokenMinter::new(&c).mint(&alice(), PrincipalKind::User, 60);
+        let call = |path: &str| {
+            http::Request::builder()
+                .uri(format!("http://sspm{path}"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .unwrap()
+        };
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut svc = AuthLayer::new(TokenVerifier::new(&c), None)
+            .with_max_in_flight(2)
+            .layer(Gated { gate: gate.clone() });
+
+        // Two calls are under way (held by the handler) ...
+        let first = tokio::spawn(svc.call(call("/sspm.v1.TicketingService/GetCase")));
+        let second = tokio::spawn(svc.call(call("/sspm.v1.TicketingService/GetCase")));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // ... so a third is refused at once, with the reason and when to retry.
+        let shed = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            svc.call(call("/sspm.v1.TicketingService/GetCase")),
+        )
+        .await
+        .expect("shed at once, not queued")
+        .unwrap();
+        assert_eq!(grpc_status(&shed), Some(tonic::Code::Unavailable as i32));
+        let status = Status::from_header_map(shed.headers()).unwrap();
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        assert_eq!(details.error_info().unwrap().reason, "OVERLOADED");
+        assert!(details.retry_info().unwrap().retry_delay.is_some());
+
+        // Health is not counted: probes answer under any load.
+        let probe = svc.call(call("/grpc.health.v1.Health/Check")).await.unwrap();
+        assert_eq!(grpc_status(&probe), None, "the probe got through");
+
+        // Once the calls under way finish, calls are admitted again.
+        gate.add_permits(2);
+        assert_eq!(grpc_status(&first.await.unwrap().unwrap()), None);
+        assert_eq!(grpc_status(&second.await.unwrap().unwrap()), None);
+        gate.add_permits(1);
+        let admitted = svc.call(call("/sspm.v1.TicketingService/GetCase")).await.unwrap();
+        assert_eq!(grpc_status(&admitted), None);
     }
 }

@@ -66,6 +66,23 @@ pub struct SspmConfig {
     pub daily_limits: DailyLimitsConfig,
     /// The request service's reconciler.
     pub workflow: WorkflowConfig,
+    /// What each service admits before a call reaches its handler.
+    pub admission: AdmissionConfig,
+}
+
+/// Admission of calls, per service process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Calls under way at once (until their response starts; health and reflection are not
+    /// counted); more are refused at once with UNAVAILABLE. 0: no bound.
+    pub max_in_flight: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self { max_in_flight: 1_000 }
+    }
 }
 
 /// Bearer-token settings (HS256-signed JWTs).
@@ -371,6 +388,7 @@ impl Default for SspmConfig {
             pricing: PricingConfig::default(),
             daily_limits: DailyLimitsConfig::default(),
             workflow: WorkflowConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }

@@ -86,6 +86,24 @@ pub fn unavailable(dependency: &str, message: impl std::fmt::Display) -> Status 
     )
 }
 
+/// UNAVAILABLE: this server has `max_in_flight` calls under way already; the call is shed at
+/// once rather than queued until everything times out. Retrying shortly (with backoff,
+/// or on another replica) can succeed.
+pub fn overloaded(max_in_flight: usize) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        "OVERLOADED",
+        ERROR_DOMAIN,
+        HashMap::from([("max_in_flight".to_owned(), max_in_flight.to_string())]),
+    );
+    details.set_retry_info(Some(std::time::Duration::from_millis(200)));
+    Status::with_error_details(
+        Code::Unavailable,
+        format!("the server is at capacity ({max_in_flight} calls in flight): retry shortly"),
+        details,
+    )
+}
+
 /// INTERNAL: logs the error with its cause chain once, returns nothing of it to the caller.
 pub fn internal(context: &str, err: &(dyn std::error::Error + 'static)) -> Status {
     let mut chain = err.to_string();

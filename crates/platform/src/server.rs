@@ -24,6 +24,7 @@ pub struct ServiceServer {
     listener: TcpListener,
     verifier: TokenVerifier,
     metrics: Option<RpcMetrics>,
+    max_in_flight: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
@@ -52,6 +53,7 @@ impl ServiceServer {
             listener,
             verifier,
             metrics: None,
+            max_in_flight: 0,
             tls: None,
             routes: RoutesBuilder::default(),
             services: Vec::new(),
@@ -62,6 +64,12 @@ impl ServiceServer {
     /// Records every RPC (count, errors by code, latency) in `metrics`.
     pub fn with_metrics(mut self, metrics: RpcMetrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Sheds calls beyond `max` in flight at once with UNAVAILABLE (0: no bound).
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max;
         self
     }
 
@@ -143,7 +151,7 @@ impl ServiceServer {
         };
         let router = tonic::transport::Server::builder()
             .trace_fn(rpc_span)
-            .layer(AuthLayer::new(self.verifier, self.metrics))
+            .layer(AuthLayer::new(self.verifier, self.metrics).with_max_in_flight(self.max_in_flight))
             .add_routes(routes.routes());
         match self.tls {
             Some(config) => {
