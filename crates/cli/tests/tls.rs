@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::error::Error as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -96,9 +97,15 @@ async fn sspm_up_tls_accepts_only_modern_tls() {
         ))
         .await
         .unwrap_err();
+    // The server answers the plaintext preface with a TLS alert; the client reports that as a
+    // reset (UNAVAILABLE / UNKNOWN) or, when its HTTP/2 layer reads the alert as a frame, as a
+    // protocol error (INTERNAL), depending on timing. Never an answer from the service.
     assert!(
-        matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown),
-        "a transport error: {err:?}"
+        matches!(
+            err.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+        ) && err.source().is_some(),
+        "a transport error, not an answer: {err:?}"
     );
 
     // The openssl command line. Old protocols are offered at security level 0, so that a
