@@ -37,7 +37,8 @@ impl ServiceApp {
         config: &SspmConfig,
         listener: Option<TcpListener>,
     ) -> anyhow::Result<Self> {
-        if config.profile == crate::config::Profile::Production && !config.services.get(kind).tls() {
+        let svc = config.services.get(kind);
+        if config.profile == crate::config::Profile::Production && !svc.tls() {
             anyhow::bail!(
                 "{} service: the production profile requires TLS: set services.{}.tls_cert_path and tls_key_path",
                 kind.name(),
@@ -57,7 +58,7 @@ impl ServiceApp {
                     .map_err(|e| anyhow::anyhow!("{} service: cannot listen on {addr}: {e}", kind.name()))?
             }
         };
-        let admin_addr = config.services.get(kind).admin_listen;
+        let admin_addr = svc.admin_listen;
         let admin = bind(admin_addr).await.map_err(|e| {
             anyhow::anyhow!(
                 "{} service: cannot listen on {admin_addr} (admin_listen): {e}",
@@ -69,7 +70,6 @@ impl ServiceApp {
             .advertise(api)
             .with_metrics(metrics.rpc())
             .with_max_in_flight(config.admission.max_in_flight);
-        let svc = config.services.get(kind);
         if let (Some(cert), Some(key)) = (&svc.tls_cert_path, &svc.tls_key_path) {
             let tls = crate::tls::server_config(cert, key)
                 .map_err(|e| anyhow::anyhow!("{} service: TLS: {e:#}", kind.name()))?;

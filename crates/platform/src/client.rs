@@ -12,7 +12,7 @@ use opentelemetry::global;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tower::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -57,9 +57,12 @@ pub fn on_behalf_of<T>(message: T, principal: &Principal) -> tonic::Request<T> {
 /// the calls, and no call outlives `clients.timeout_ms`, even when no replica is known.
 pub fn connect_lazy(endpoint: &str, cfg: &ClientConfig) -> anyhow::Result<InternalChannel> {
     let channel = match cfg.load_balancing {
-        LoadBalancing::Single => {
-            configure(Endpoint::from_shared(endpoint.to_owned())?, endpoint, None, cfg)?.connect_lazy()
-        }
+        LoadBalancing::Single => configure(
+            Endpoint::from_shared(endpoint.to_owned())?,
+            client_tls(endpoint, cfg)?,
+            cfg,
+        )?
+        .connect_lazy(),
         LoadBalancing::Dns => {
             let target = DnsTarget::parse(endpoint)?;
             let refresh = Duration::from_millis(cfg.dns_refresh_ms);
@@ -84,23 +87,22 @@ pub fn connect_lazy(endpoint: &str, cfg: &ClientConfig) -> anyhow::Result<Intern
     ))
 }
 
-/// The settings every connection of ours has: TLS trusting `clients.ca_path` for `https://`
-/// (verifying the certificate for `tls_domain`, else the URI's host), deadlines, keep-alive.
-fn configure(
-    mut builder: Endpoint,
-    endpoint: &str,
-    tls_domain: Option<&str>,
-    cfg: &ClientConfig,
-) -> anyhow::Result<Endpoint> {
-    if endpoint.starts_with("https://") {
-        let ca = cfg
-            .ca_path
-            .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("{endpoint} is https: clients.ca_path must name the CA to trust"))?;
-        let mut tls = crate::tls::client_config(ca)?;
-        if let Some(domain) = tls_domain {
-            tls = tls.domain_name(domain);
-        }
+/// The TLS settings for `endpoint`: none for `http://`, else trusting `clients.ca_path`
+/// (read here, once per endpoint).
+fn client_tls(endpoint: &str, cfg: &ClientConfig) -> anyhow::Result<Option<ClientTlsConfig>> {
+    if !endpoint.starts_with("https://") {
+        return Ok(None);
+    }
+    let ca = cfg
+        .ca_path
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("{endpoint} is https: clients.ca_path must name the CA to trust"))?;
+    Ok(Some(crate::tls::client_config(ca)?))
+}
+
+/// The settings every connection of ours has: `tls` if given, deadlines, keep-alive.
+fn configure(mut builder: Endpoint, tls: Option<ClientTlsConfig>, cfg: &ClientConfig) -> anyhow::Result<Endpoint> {
+    if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
     Ok(builder
@@ -142,10 +144,10 @@ impl DnsTarget {
         })
     }
 
-    /// The endpoint of one replica: its address, with TLS verified for the host name.
-    fn replica(&self, addr: SocketAddr, cfg: &ClientConfig) -> anyhow::Result<Endpoint> {
+    /// The endpoint of one replica: its address, with `tls` (verified for the host name).
+    fn replica(&self, addr: SocketAddr, tls: Option<ClientTlsConfig>, cfg: &ClientConfig) -> anyhow::Result<Endpoint> {
         let uri = format!("{}://{addr}", self.scheme);
-        configure(Endpoint::from_shared(uri)?, &self.endpoint, Some(&self.host), cfg)
+        configure(Endpoint::from_shared(uri)?, tls, cfg)
     }
 }
 
@@ -158,8 +160,8 @@ where
     R: FnMut() -> F + Send + 'static,
     F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send,
 {
-    // Fail now, not on every call, when the endpoint cannot be configured (e.g. no CA).
-    target.replica(SocketAddr::from(([127, 0, 0, 1], target.port)), cfg)?;
+    // Fails now, not on every call, when the endpoint cannot be configured (e.g. no CA).
+    let tls = client_tls(&target.endpoint, cfg)?.map(|t| t.domain_name(target.host.clone()));
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
     let cfg = cfg.clone();
     tokio::spawn(async move {
@@ -179,25 +181,27 @@ where
                     continue;
                 }
             };
-            let mut changed = Vec::new();
-            for gone in known.difference(&found) {
-                changed.push(Change::Remove(*gone));
-            }
+            let mut changed: Vec<_> = known.difference(&found).map(|gone| Change::Remove(*gone)).collect();
+            let mut now = found.clone();
             for new in found.difference(&known) {
-                match target.replica(*new, &cfg) {
+                match target.replica(*new, tls.clone(), &cfg) {
                     Ok(endpoint) => changed.push(Change::Insert(*new, endpoint)),
-                    Err(e) => tracing::warn!(endpoint = %target.endpoint, %new, error = %e, "replica skipped"),
+                    Err(e) => {
+                        // Left out of the known set: tried again at the next refresh.
+                        tracing::warn!(endpoint = %target.endpoint, %new, error = %e, "replica skipped");
+                        now.remove(new);
+                    }
                 }
             }
             if !changed.is_empty() {
-                tracing::info!(endpoint = %target.endpoint, replicas = ?found, "replicas changed");
+                tracing::info!(endpoint = %target.endpoint, replicas = ?now, "replicas changed");
             }
             for change in changed {
                 if changes.send(change).await.is_err() {
                     return; // the channel is gone
                 }
             }
-            known = found;
+            known = now;
             if changes.is_closed() {
                 return;
             }
