@@ -7,7 +7,6 @@
 //! `sspm.x` becomes `sspm_x_total`).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,11 +125,6 @@ impl Metrics {
         Gauge { values }
     }
 
-    /// A counter the service adds to.
-    pub fn counter(&self, name: &'static str, description: &'static str) -> Counter<u64> {
-        self.meter.u64_counter(name).with_description(description).build()
-    }
-
     /// Registers how the service reads its business figures (typically a few aggregate
     /// queries that set [`Gauge`]s). It runs before every scrape, and every 15 seconds when
     /// OTLP export is on; a failure is logged and the last figures stay.
@@ -247,11 +241,6 @@ pub async fn serve_admin(
         }),
     );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-}
-
-/// Binds the admin listener.
-pub async fn bind_admin(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 #[cfg(test)]
