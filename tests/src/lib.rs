@@ -238,6 +238,31 @@ impl TestSystem {
         req
     }
 
+    /// `principal` asks for `concurrent` ports on `business_unit` (request id `request_id`).
+    pub async fn create_concurrent(
+        &self,
+        principal: &str,
+        request_id: &str,
+        business_unit: &str,
+        concurrent: i32,
+    ) -> Result<sspm_proto::v1::CreatePortChangeRequestResponse, tonic::Status> {
+        self.requests()
+            .create_port_change_request(self.authed(
+                principal,
+                sspm_proto::v1::CreatePortChangeRequestRequest {
+                    request_id: request_id.into(),
+                    business_unit_id: business_unit.into(),
+                    targets: Some(sspm_proto::v1::PortTargets {
+                        concurrent: Some(concurrent),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     async fn wait_until_serving(&self, kind: ServiceKind) {
         let mut health = HealthClient::new(self.channel(kind));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -60,42 +60,12 @@ async fn scenario(s: &TestSystem) {
     );
 
     // One automatic approval (+20 concurrent), one that needs a review, one refused call.
-    let mut client = s.requests();
-    let auto = client
-        .create_port_change_request(s.authed(
-            PERCY,
-            pb::CreatePortChangeRequestRequest {
-                request_id: "m-auto".into(),
-                business_unit_id: LEAGUE.into(),
-                targets: Some(pb::PortTargets {
-                    concurrent: Some(120),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let auto = s.create_concurrent(PERCY, "m-auto", LEAGUE, 120).await.unwrap();
     assert_eq!(auto.outcome(), pb::CreateOutcome::AutoApproved);
-    let big = client
-        .create_port_change_request(s.authed(
-            PERCY,
-            pb::CreatePortChangeRequestRequest {
-                request_id: "m-big".into(),
-                business_unit_id: "bu-classics".into(),
-                targets: Some(pb::PortTargets {
-                    concurrent: Some(900),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let big = s.create_concurrent(PERCY, "m-big", "bu-classics", 900).await.unwrap();
     assert_eq!(big.outcome(), pb::CreateOutcome::NeedsInformation);
-    let refused = client
+    let refused = s
+        .requests()
         .get_port_limits(s.authed(
             PERCY,
             pb::GetPortLimitsRequest {
@@ -154,7 +124,7 @@ async fn scenario(s: &TestSystem) {
     );
 
     // The review: a justification makes a pending approval task.
-    client
+    s.requests()
         .provide_information(s.authed(
             PERCY,
             pb::ProvideInformationRequest {

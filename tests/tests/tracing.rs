@@ -32,22 +32,9 @@ async fn a_create_is_one_trace_across_the_four_services() {
 
     let system = TestSystem::start(Backend::Sqlite).await;
     let created = system
-        .requests()
-        .create_port_change_request(system.authed(
-            "percy@classics.example",
-            pb::CreatePortChangeRequestRequest {
-                request_id: "traced-1".into(),
-                business_unit_id: "bu-league".into(),
-                targets: Some(pb::PortTargets {
-                    concurrent: Some(120),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ))
+        .create_concurrent("percy@classics.example", "traced-1", "bu-league", 120)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(created.outcome(), pb::CreateOutcome::AutoApproved);
     let missing = system
         .requests()

@@ -520,7 +520,8 @@ impl SspmConfig {
                     "tls_cert_path and tls_key_path go together",
                 ));
             }
-            if svc.endpoint().starts_with("https://") && self.clients.ca_path.is_none() {
+            let https = svc.endpoint().starts_with("https://");
+            if https && self.clients.ca_path.is_none() {
                 return Err(invalid(
                     "clients.ca_path",
                     format!("{key} is reached over https: set the CA certificate the other services trust"),
@@ -528,7 +529,7 @@ impl SspmConfig {
             }
             // Every call between services is encrypted in production; each service also
             // refuses to start there without its own certificate (ServiceApp::prepare).
-            if self.profile == Profile::Production && !svc.endpoint().starts_with("https://") {
+            if self.profile == Profile::Production && !https {
                 return Err(invalid(
                     &format!("{key}.endpoint"),
                     "the production profile requires TLS: set tls_cert_path and tls_key_path, or an https:// endpoint",
