@@ -16,43 +16,68 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use sspm_platform::SspmConfig;
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::port_request_service_client::PortRequestServiceClient;
 use tokio_stream::wrappers::TcpListenerStream;
 
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+/// A stand-in collector: keeps every export request it receives.
+#[derive(Clone)]
+struct Collector<T>(Arc<Mutex<Vec<T>>>);
 
-#[derive(Clone, Default)]
-struct MetricsCollector(Arc<Mutex<Vec<ExportMetricsServiceRequest>>>);
+impl<T> Default for Collector<T> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<T: Clone> Collector<T> {
+    fn keep(&self, request: tonic::Request<T>) {
+        self.0.lock().unwrap().push(request.into_inner());
+    }
+
+    fn received(&self) -> Vec<T> {
+        self.0.lock().unwrap().clone()
+    }
+}
 
 #[tonic::async_trait]
-impl MetricsService for MetricsCollector {
+impl MetricsService for Collector<ExportMetricsServiceRequest> {
     async fn export(
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0.lock().unwrap().push(request.into_inner());
+        self.keep(request);
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 
 #[tonic::async_trait]
-impl TraceService for Collector {
+impl TraceService for Collector<ExportTraceServiceRequest> {
     async fn export(
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.lock().unwrap().push(request.into_inner());
+        self.keep(request);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
+/// The `service.name` of an exported resource.
+fn service_name(resource: Option<&Resource>) -> Option<String> {
+    resource?
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "service.name")
+        .and_then(|kv| kv.value.as_ref())
+        .map(|v| format!("{:?}", v.value))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sspm_up_exports_traces_over_otlp_when_the_standard_variable_is_set() {
-    let collector = Collector::default();
-    let metrics = MetricsCollector::default();
+    let collector = Collector::<ExportTraceServiceRequest>::default();
+    let metrics = Collector::<ExportMetricsServiceRequest>::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector_addr: SocketAddr = listener.local_addr().unwrap();
     let server = tokio::spawn(
@@ -86,16 +111,11 @@ async fn sspm_up_exports_traces_over_otlp_when_the_standard_variable_is_set() {
     // SIGTERM: graceful shutdown flushes the exporters.
     common::terminate(&mut up).await;
 
-    let exported = collector.0.lock().unwrap().clone();
+    let exported = collector.received();
     let mut spans = Vec::new();
     for req in &exported {
         for rs in &req.resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-                .and_then(|kv| kv.value.as_ref())
-                .map(|v| format!("{:?}", v.value));
+            let service = service_name(rs.resource.as_ref());
             for ss in &rs.scope_spans {
                 for s in &ss.spans {
                     spans.push((service.clone(), s.name.clone(), s.trace_id.clone()));
@@ -120,17 +140,11 @@ async fn sspm_up_exports_traces_over_otlp_when_the_standard_variable_is_set() {
     );
 
     // Metrics: each service exports its own, flushed at shutdown.
-    let exported = metrics.0.lock().unwrap().clone();
+    let exported = metrics.received();
     let mut names = Vec::new();
     for req in &exported {
         for rm in &req.resource_metrics {
-            let service = rm
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-                .and_then(|kv| kv.value.as_ref())
-                .map(|v| format!("{:?}", v.value))
-                .unwrap_or_default();
+            let service = service_name(rm.resource.as_ref()).unwrap_or_default();
             for sm in &rm.scope_metrics {
                 for m in &sm.metrics {
                     names.push((service.clone(), m.name.clone()));
