@@ -72,17 +72,11 @@ pub fn permission_denied(message: impl Into<String>, missing: &[&str]) -> Status
 /// UNAVAILABLE: a dependency (another service, the database) cannot be reached; retrying
 /// the same call later can succeed.
 pub fn unavailable(dependency: &str, message: impl std::fmt::Display) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(
+    retry_later(
         "DEPENDENCY_UNAVAILABLE",
-        ERROR_DOMAIN,
-        HashMap::from([("dependency".to_owned(), dependency.to_owned())]),
-    );
-    details.set_retry_info(Some(std::time::Duration::from_secs(1)));
-    Status::with_error_details(
-        Code::Unavailable,
+        ("dependency", dependency.to_owned()),
+        std::time::Duration::from_secs(1),
         format!("{dependency} is unavailable: {message}"),
-        details,
     )
 }
 
@@ -90,18 +84,20 @@ pub fn unavailable(dependency: &str, message: impl std::fmt::Display) -> Status 
 /// once rather than queued until everything times out. Retrying shortly (with backoff,
 /// or on another replica) can succeed.
 pub fn overloaded(max_in_flight: usize) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(
+    retry_later(
         "OVERLOADED",
-        ERROR_DOMAIN,
-        HashMap::from([("max_in_flight".to_owned(), max_in_flight.to_string())]),
-    );
-    details.set_retry_info(Some(std::time::Duration::from_millis(200)));
-    Status::with_error_details(
-        Code::Unavailable,
+        ("max_in_flight", max_in_flight.to_string()),
+        std::time::Duration::from_millis(200),
         format!("the server is at capacity ({max_in_flight} calls in flight): retry shortly"),
-        details,
     )
+}
+
+/// UNAVAILABLE with an `ErrorInfo` (`reason`, one metadata entry) and a `RetryInfo` delay.
+fn retry_later(reason: &str, (key, value): (&str, String), delay: std::time::Duration, message: String) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::from([(key.to_owned(), value)]));
+    details.set_retry_info(Some(delay));
+    Status::with_error_details(Code::Unavailable, message, details)
 }
 
 /// INTERNAL: logs the error with its cause chain once, returns nothing of it to the caller.
