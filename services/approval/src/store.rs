@@ -436,7 +436,12 @@ impl Store {
     /// Business figures: for each cluster with a limit of its own or usage on `day`, its
     /// daily limit and the ports used; and the number of approval tasks by state.
     pub async fn figures(&self, day: i64) -> Result<(Vec<(String, i32, i32)>, Vec<(String, i64)>), DbErr> {
-        let limits = self.limits().await?;
+        // Only the default and the clusters' limits (the key's first column): a scrape does
+        // not read every business unit's limit.
+        let limits = daily_limit::Entity::find()
+            .filter(daily_limit::Column::Scope.is_in([DEFAULT, CLUSTER]))
+            .all(&self.db)
+            .await?;
         let default = limits
             .iter()
             .find(|l| l.scope == DEFAULT)
