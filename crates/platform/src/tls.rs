@@ -49,8 +49,12 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 
 /// The certificate chain (PEM) at `path`.
 pub fn load_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = read(path, "certificate")?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    parse_certificates(&read(path, "certificate")?, path)
+}
+
+/// The certificates of `pem`, read from `path`; at least one.
+fn parse_certificates(pem: &[u8], path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{} is not a PEM certificate chain", path.display()))?;
     anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
@@ -123,6 +127,6 @@ pub fn incoming(
 /// The client TLS settings of internal calls: trust the CA (PEM) at `ca_path`.
 pub fn client_config(ca_path: &Path) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
     let pem = read(ca_path, "CA certificate")?;
-    load_certificates(ca_path)?;
+    parse_certificates(&pem, ca_path)?;
     Ok(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)))
 }
