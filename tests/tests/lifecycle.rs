@@ -1212,6 +1212,25 @@ async fn administration_and_staff_rpcs(s: &TestSystem) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+
+    // A comment retried with its idempotency key is added once; a bad key is refused.
+    let comment = |key: &str| {
+        let req = s.as_service(pb::AddCaseCommentRequest {
+            case_number: cases[0].case_number.clone(),
+            body: "Customer called about it.".into(),
+            comment_id: key.into(),
+        });
+        let mut ticketing = s.ticketing();
+        async move { ticketing.add_case_comment(req).await }
+    };
+    let before = cases[0].comments.len();
+    let once = comment("call-1").await.expect("comment").into_inner().case.unwrap();
+    let again = comment("call-1").await.expect("retry").into_inner().case.unwrap();
+    assert_eq!((once.comments.len(), again.comments.len()), (before + 1, before + 1));
+    let other = comment("call-2").await.expect("comment").into_inner().case.unwrap();
+    assert_eq!(other.comments.len(), before + 2);
+    let e = comment(&"k".repeat(129)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
 }
 scenario!(
     administration_and_staff_rpcs,

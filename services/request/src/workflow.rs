@@ -594,6 +594,9 @@ impl Workflow {
                     pb::AddCaseCommentRequest {
                         case_number: case,
                         body: e.argument.clone(),
+                        // The outbox entry's id: a retry after a crash or a timeout
+                        // does not comment twice.
+                        comment_id: format!("{}/{}", r.request_id, e.id),
                     },
                     actor,
                 ))

@@ -94,6 +94,18 @@ fn text(field: &str, raw: &str, what: &str, max: usize) -> Result<String, Status
     Ok(parse_at(field, Text::parse_max(raw, what, max))?.as_str().to_owned())
 }
 
+/// The optional idempotency key of a comment: none when empty, at most 128 characters.
+fn comment_key(raw: &str) -> Result<Option<&str>, Status> {
+    match raw {
+        "" => Ok(None),
+        k if k.len() > 128 || k.chars().any(char::is_control) => Err(invalid(
+            "comment_id",
+            "must be at most 128 characters, without control characters",
+        )),
+        k => Ok(Some(k)),
+    }
+}
+
 #[tonic::async_trait]
 impl TicketingService for TicketingApi {
     async fn open_case(&self, request: Request<pb::OpenCaseRequest>) -> Result<Response<pb::OpenCaseResponse>, Status> {
@@ -135,9 +147,10 @@ impl TicketingService for TicketingApi {
         let author = author(&request, &caller);
         let req = request.into_inner();
         let body = text("body", &req.body, "comment", Text::MAX_LEN)?;
+        let key = comment_key(&req.comment_id)?;
         let case = self.case_by_number(&req.case_number).await?;
         self.store
-            .comment(case.case.id, &author, &body, now_micros())
+            .comment(case.case.id, &author, &body, key, now_micros())
             .await
             .map_err(db("adding a comment"))?;
         let case = self.case_by_number(&req.case_number).await?;

@@ -61,6 +61,8 @@ pub mod comment {
         pub body: String,
         /// Unix microseconds.
         pub create_time: i64,
+        /// The caller's idempotency key, unique per case.
+        pub comment_key: Option<String>,
     }
 
     /// No relations are navigated.

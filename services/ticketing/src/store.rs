@@ -131,24 +131,41 @@ impl Store {
         Ok((case, created))
     }
 
-    /// Adds a comment.
-    pub async fn comment(&self, case_id: i64, author: &str, body: &str, now: i64) -> Result<(), DbErr> {
-        let tx = self.db.begin().await?;
-        comment::Entity::insert(comment::ActiveModel {
-            id: NotSet,
-            case_id: Set(case_id),
-            author: Set(author.to_owned()),
-            body: Set(body.to_owned()),
-            create_time: Set(now),
-        })
-        .exec(&tx)
-        .await?;
-        case::Entity::update_many()
-            .col_expr(case::Column::UpdateTime, Expr::val(now))
-            .filter(case::Column::Id.eq(case_id))
+    /// Adds a comment; `false` when a comment with the same `key` is on the case already
+    /// (a retried call), which is left as it is.
+    pub async fn comment(
+        &self,
+        case_id: i64,
+        author: &str,
+        body: &str,
+        key: Option<&str>,
+        now: i64,
+    ) -> Result<bool, DbErr> {
+        let added = async {
+            let tx = self.db.begin().await?;
+            comment::Entity::insert(comment::ActiveModel {
+                id: NotSet,
+                case_id: Set(case_id),
+                author: Set(author.to_owned()),
+                body: Set(body.to_owned()),
+                create_time: Set(now),
+                comment_key: Set(key.map(str::to_owned)),
+            })
             .exec(&tx)
             .await?;
-        tx.commit().await
+            case::Entity::update_many()
+                .col_expr(case::Column::UpdateTime, Expr::val(now))
+                .filter(case::Column::Id.eq(case_id))
+                .exec(&tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        match added {
+            Ok(()) => Ok(true),
+            Err(e) if key.is_some() && classify(&e) == DbErrorKind::UniqueViolation => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sets the status of an open case; `false` when the case is closed.

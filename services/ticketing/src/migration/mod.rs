@@ -4,6 +4,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_cases;
+mod m20261122_000002_comment_keys;
 
 /// Applies the ticketing service's migrations.
 #[derive(Debug)]
@@ -12,6 +13,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_create_cases::Migration)]
+        vec![
+            Box::new(m20261122_000001_create_cases::Migration),
+            Box::new(m20261122_000002_comment_keys::Migration),
+        ]
     }
 }
