@@ -10,7 +10,7 @@ use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
 use tokio::net::TcpListener;
 
-use crate::auth::TokenVerifier;
+use crate::auth::{RateLimits, TokenVerifier};
 use crate::config::{ServiceKind, SspmConfig};
 use crate::metrics::Metrics;
 use crate::server::{ServiceServer, bind, shutdown_signal};
@@ -69,7 +69,11 @@ impl ServiceApp {
         let mut server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(&config.auth))
             .advertise(api)
             .with_metrics(metrics.rpc())
-            .with_max_in_flight(config.admission.max_in_flight);
+            .with_max_in_flight(config.admission.max_in_flight)
+            .with_rate_limits(RateLimits::new(
+                config.admission.per_principal_per_second,
+                config.admission.per_principal_burst,
+            ));
         if let (Some(cert), Some(key)) = (&svc.tls_cert_path, &svc.tls_key_path) {
             let tls = crate::tls::server_config(cert, key)
                 .map_err(|e| anyhow::anyhow!("{} service: TLS: {e:#}", kind.name()))?;

@@ -1,5 +1,5 @@
-//! Bearer tokens (HS256-signed JWTs) and the server layer that authenticates every RPC
-//! except health and reflection.
+//! Bearer tokens (HS256-signed JWTs) and the server layer that admits every RPC except
+//! health and reflection: load shedding, authentication, per-principal rate limits.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -221,13 +221,69 @@ pub fn is_public_path(path: &str) -> bool {
 }
 
 /// Tower layer that admits every RPC except [`is_public_path`] ones: sheds it with
-/// UNAVAILABLE when the server has its maximum of calls in flight, else authenticates it and
-/// puts the [`Principal`] into the request's extensions, or refuses it with UNAUTHENTICATED.
+/// UNAVAILABLE when the server has its maximum of calls in flight, else authenticates it
+/// (UNAUTHENTICATED if it can't), refuses it with RESOURCE_EXHAUSTED when its principal is
+/// over its rate limit, and puts the [`Principal`] into the request's extensions.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: TokenVerifier,
     metrics: Option<RpcMetrics>,
     in_flight: Option<InFlight>,
+    rate_limits: Option<RateLimits>,
+}
+
+/// Per-principal rate limits (GCRA, one state per user principal); service principals are
+/// not limited.
+#[derive(Clone)]
+pub struct RateLimits {
+    limiter: Arc<governor::DefaultKeyedRateLimiter<PrincipalId>>,
+    per_second: u32,
+    checks: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("per_second", &self.per_second)
+            .finish()
+    }
+}
+
+/// Forget principals idle long enough to have a full bucket once every this many checks,
+/// so the table holds only the recently active ones.
+const RATE_LIMIT_SWEEP_EVERY: u64 = 4_096;
+
+impl RateLimits {
+    /// `per_second` calls sustained and `burst` at once per user principal; none when
+    /// either is 0.
+    pub fn new(per_second: u32, burst: u32) -> Option<Self> {
+        let quota = governor::Quota::per_second(std::num::NonZeroU32::new(per_second)?)
+            .allow_burst(std::num::NonZeroU32::new(burst)?);
+        Some(Self {
+            limiter: Arc::new(governor::RateLimiter::keyed(quota)),
+            per_second,
+            checks: Arc::default(),
+        })
+    }
+
+    /// Counts a call of `principal`; the status to refuse it with when over the limit.
+    pub fn check(&self, principal: &Principal) -> Result<(), Status> {
+        if principal.kind == PrincipalKind::Service {
+            return Ok(());
+        }
+        use governor::clock::Clock;
+        if self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(RATE_LIMIT_SWEEP_EVERY)
+        {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(&principal.id).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            crate::error::rate_limited(principal.id.as_str(), self.per_second, wait)
+        })
+    }
 }
 
 /// The bound on calls in flight: a permit per call, until its response starts.
@@ -244,7 +300,14 @@ impl AuthLayer {
             verifier,
             metrics,
             in_flight: None,
+            rate_limits: None,
         }
+    }
+
+    /// Refuses a user principal's calls beyond `limits` with RESOURCE_EXHAUSTED.
+    pub fn with_rate_limits(mut self, limits: Option<RateLimits>) -> Self {
+        self.rate_limits = limits;
+        self
     }
 
     /// Sheds calls beyond `max` in flight at once (0: no bound).
@@ -266,6 +329,7 @@ impl<S> tower::Layer<S> for AuthLayer {
             verifier: self.verifier.clone(),
             metrics: self.metrics.clone(),
             in_flight: self.in_flight.clone(),
+            rate_limits: self.rate_limits.clone(),
         }
     }
 }
@@ -277,6 +341,7 @@ pub struct AuthService<S> {
     verifier: TokenVerifier,
     metrics: Option<RpcMetrics>,
     in_flight: Option<InFlight>,
+    rate_limits: Option<RateLimits>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -305,6 +370,7 @@ where
         let verifier = self.verifier.clone();
         let metrics = self.metrics.clone();
         let in_flight = self.in_flight.clone();
+        let rate_limits = self.rate_limits.clone();
         // tonic calls layers before it enters the RPC's span and polls their futures inside
         // it: verify in the future, so the span is the current one.
         Box::pin(async move {
@@ -331,6 +397,11 @@ where
                 match verifier.verify_headers(req.headers()) {
                     Ok(principal) => {
                         span.record("enduser.id", principal.id.as_str());
+                        if let Some(Err(refused)) = rate_limits.as_ref().map(|l| l.check(&principal)) {
+                            tracing::debug!(path = req.uri().path(), "refused: over the principal's rate limit");
+                            record(req.uri().path(), refused.code() as i32);
+                            return Ok(refused.into_http());
+                        }
                         req.extensions_mut().insert(principal);
                     }
                     Err(e) => {
@@ -535,5 +606,66 @@ mod tests {
         gate.add_permits(1);
         let admitted = svc.call(call("/sspm.v1.TicketingService/GetCase")).await.unwrap();
         assert_eq!(grpc_status(&admitted), None);
+    }
+
+    #[tokio::test]
+    async fn a_noisy_principal_is_limited_without_starving_the_others() {
+        use tower::{Layer, Service};
+
+        let c = cfg("a-signing-key-of-at-least-32-bytes!!");
+        let minter = TokenMinter::new(&c);
+        let call = |token: &str| {
+            http::Request::builder()
+                .uri("http://sspm/sspm.v1.PortRequestService/GetPortLimits")
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .unwrap()
+        };
+        let noisy = minter.mint(&alice(), PrincipalKind::User, 60);
+        let quiet = minter.mint(
+            &PrincipalId::parse("bob@classics.example").unwrap(),
+            PrincipalKind::User,
+            60,
+        );
+        let service = minter.mint(&PrincipalId::parse("svc-request").unwrap(), PrincipalKind::Service, 60);
+        let gate = Arc::new(tokio::sync::Semaphore::new(1_000));
+        // One call per second sustained, three at once.
+        let mut svc = AuthLayer::new(TokenVerifier::new(&c), None)
+            .with_rate_limits(RateLimits::new(1, 3))
+            .layer(Gated { gate });
+
+        for _ in 0..3 {
+            assert_eq!(
+                grpc_status(&svc.call(call(&noisy)).await.unwrap()),
+                None,
+                "within the burst"
+            );
+        }
+        let refused = svc.call(call(&noisy)).await.unwrap();
+        assert_eq!(grpc_status(&refused), Some(tonic::Code::ResourceExhausted as i32));
+        let status = Status::from_header_map(refused.headers()).unwrap();
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        assert_eq!(details.error_info().unwrap().reason, "RATE_LIMITED");
+        let wait = details.retry_info().unwrap().retry_delay.unwrap();
+        assert!(
+            wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(1),
+            "the next token is due within a second: {wait:?}"
+        );
+
+        // The others are not affected, and SSPM's own services are never limited.
+        assert_eq!(grpc_status(&svc.call(call(&quiet)).await.unwrap()), None);
+        for _ in 0..10 {
+            assert_eq!(grpc_status(&svc.call(call(&service)).await.unwrap()), None);
+        }
+
+        // After the advertised wait, the noisy principal is admitted again.
+        tokio::time::sleep(wait).await;
+        assert_eq!(grpc_status(&svc.call(call(&noisy)).await.unwrap()), None);
+    }
+
+    #[test]
+    fn no_rate_limit_when_either_figure_is_zero() {
+        assert!(RateLimits::new(0, 10).is_none());
+        assert!(RateLimits::new(10, 0).is_none());
     }
 }

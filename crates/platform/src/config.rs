@@ -77,11 +77,22 @@ pub struct AdmissionConfig {
     /// Calls under way at once (until their response starts; health and reflection are not
     /// counted); more are refused at once with UNAVAILABLE. 0: no bound.
     pub max_in_flight: usize,
+    /// Calls per second each user principal may make to this service, sustained; more are
+    /// refused with RESOURCE_EXHAUSTED and the time to retry. SSPM's own services (service
+    /// tokens) are not limited: the user they act for was counted where the call came in.
+    /// 0: no limit.
+    pub per_principal_per_second: u32,
+    /// Calls a user principal may make at once beyond its sustained rate (the bucket size).
+    pub per_principal_burst: u32,
 }
 
 impl Default for AdmissionConfig {
     fn default() -> Self {
-        Self { max_in_flight: 1_000 }
+        Self {
+            max_in_flight: 1_000,
+            per_principal_per_second: 100,
+            per_principal_burst: 200,
+        }
     }
 }
 
@@ -495,6 +506,12 @@ impl SspmConfig {
         if self.clients.dns_refresh_ms == 0 {
             return Err(invalid("clients.dns_refresh_ms", "must be positive"));
         }
+        if self.admission.per_principal_per_second > 0 && self.admission.per_principal_burst == 0 {
+            return Err(invalid(
+                "admission.per_principal_burst",
+                "must be positive when admission.per_principal_per_second is set",
+            ));
+        }
         for kind in ServiceKind::ALL {
             let svc = self.services.get(kind);
             let key = format!("services.{}", kind.name());
@@ -660,6 +677,8 @@ default_max_daily_increase = 40
         let err =
             SspmConfig::load_from(None, env(&[("SSPM__SERVICES__REQUEST__DATABASE_URL", "mysql://x")])).unwrap_err();
         assert!(err.to_string().contains("database_url"), "{err}");
+        let err = SspmConfig::load_from(None, env(&[("SSPM__ADMISSION__PER_PRINCIPAL_BURST", "0")])).unwrap_err();
+        assert!(err.to_string().contains("admission.per_principal_burst"), "{err}");
     }
 
     #[test]

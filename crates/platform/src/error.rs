@@ -73,6 +73,7 @@ pub fn permission_denied(message: impl Into<String>, missing: &[&str]) -> Status
 /// the same call later can succeed.
 pub fn unavailable(dependency: &str, message: impl std::fmt::Display) -> Status {
     retry_later(
+        Code::Unavailable,
         "DEPENDENCY_UNAVAILABLE",
         ("dependency", dependency.to_owned()),
         std::time::Duration::from_secs(1),
@@ -85,6 +86,7 @@ pub fn unavailable(dependency: &str, message: impl std::fmt::Display) -> Status 
 /// or on another replica) can succeed.
 pub fn overloaded(max_in_flight: usize) -> Status {
     retry_later(
+        Code::Unavailable,
         "OVERLOADED",
         ("max_in_flight", max_in_flight.to_string()),
         std::time::Duration::from_millis(200),
@@ -92,12 +94,35 @@ pub fn overloaded(max_in_flight: usize) -> Status {
     )
 }
 
-/// UNAVAILABLE with an `ErrorInfo` (`reason`, one metadata entry) and a `RetryInfo` delay.
-fn retry_later(reason: &str, (key, value): (&str, String), delay: std::time::Duration, message: String) -> Status {
+/// RESOURCE_EXHAUSTED: `principal` made more calls than its rate limit allows; the same
+/// call can succeed after `wait`.
+pub fn rate_limited(principal: &str, per_second: u32, wait: std::time::Duration) -> Status {
+    // Round up to whole milliseconds: a retry at the advertised time must pass.
+    let wait = std::time::Duration::from_millis(u64::try_from(wait.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX));
+    retry_later(
+        Code::ResourceExhausted,
+        "RATE_LIMITED",
+        ("limit_per_second", per_second.to_string()),
+        wait,
+        format!(
+            "{principal} is over its rate limit of {per_second} calls per second: retry in {} ms",
+            wait.as_millis()
+        ),
+    )
+}
+
+/// `code` with an `ErrorInfo` (`reason`, one metadata entry) and a `RetryInfo` delay.
+fn retry_later(
+    code: Code,
+    reason: &str,
+    (key, value): (&str, String),
+    delay: std::time::Duration,
+    message: String,
+) -> Status {
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, ERROR_DOMAIN, HashMap::from([(key.to_owned(), value)]));
     details.set_retry_info(Some(delay));
-    Status::with_error_details(Code::Unavailable, message, details)
+    Status::with_error_details(code, message, details)
 }
 
 /// INTERNAL: logs the error with its cause chain once, returns nothing of it to the caller.

@@ -14,7 +14,7 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::auth::{AuthLayer, TokenVerifier};
+use crate::auth::{AuthLayer, RateLimits, TokenVerifier};
 use crate::metrics::RpcMetrics;
 use crate::telemetry::HeaderExtractor;
 
@@ -25,6 +25,7 @@ pub struct ServiceServer {
     verifier: TokenVerifier,
     metrics: Option<RpcMetrics>,
     max_in_flight: usize,
+    rate_limits: Option<RateLimits>,
     tls: Option<Arc<rustls::ServerConfig>>,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
@@ -54,6 +55,7 @@ impl ServiceServer {
             verifier,
             metrics: None,
             max_in_flight: 0,
+            rate_limits: None,
             tls: None,
             routes: RoutesBuilder::default(),
             services: Vec::new(),
@@ -70,6 +72,13 @@ impl ServiceServer {
     /// Sheds calls beyond `max` in flight at once with UNAVAILABLE (0: no bound).
     pub fn with_max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = max;
+        self
+    }
+
+    /// Refuses a user principal's calls beyond `limits` with RESOURCE_EXHAUSTED (none: no
+    /// limit).
+    pub fn with_rate_limits(mut self, limits: Option<RateLimits>) -> Self {
+        self.rate_limits = limits;
         self
     }
 
@@ -151,7 +160,11 @@ impl ServiceServer {
         };
         let router = tonic::transport::Server::builder()
             .trace_fn(rpc_span)
-            .layer(AuthLayer::new(self.verifier, self.metrics).with_max_in_flight(self.max_in_flight))
+            .layer(
+                AuthLayer::new(self.verifier, self.metrics)
+                    .with_max_in_flight(self.max_in_flight)
+                    .with_rate_limits(self.rate_limits),
+            )
             .add_routes(routes.routes());
         match self.tls {
             Some(config) => {
