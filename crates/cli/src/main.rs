@@ -37,6 +37,19 @@ enum Command {
         #[arg(long, requires = "tls")]
         tls_dir: Option<PathBuf>,
     },
+    /// Run one service in this process, as its own binary (`sspm-request`, …) does: for
+    /// deployments that ship only this binary, and for tests that kill and restart one service.
+    Serve {
+        /// The service to run.
+        #[arg(value_enum)]
+        service: Service,
+        /// Directory of the SQLite databases (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Seed this service's part of the demo tenancy into its database if it is empty.
+        #[arg(long)]
+        demo: bool,
+    },
     /// Write a development CA (ca.pem) and a certificate for the four services
     /// (services.pem, services-key.pem) into a directory, as `sspm up --tls` does; for
     /// docker-compose and local experiments, never for production.
@@ -79,6 +92,25 @@ enum Command {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum Service {
+    Request,
+    Authorization,
+    Approval,
+    Ticketing,
+}
+
+impl From<Service> for ServiceKind {
+    fn from(s: Service) -> Self {
+        match s {
+            Service::Request => ServiceKind::Request,
+            Service::Authorization => ServiceKind::Authorization,
+            Service::Approval => ServiceKind::Approval,
+            Service::Ticketing => ServiceKind::Ticketing,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum Kind {
     User,
     Service,
@@ -112,6 +144,22 @@ async fn main() -> anyhow::Result<()> {
             }
             let _telemetry = sspm_platform::telemetry::init("sspm")?;
             sspm_cli::up(config, !no_demo, sspm_platform::server::shutdown_signal()).await
+        }
+        Command::Serve {
+            service,
+            data_dir,
+            demo,
+        } => {
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            let kind = ServiceKind::from(service);
+            let _telemetry = sspm_platform::telemetry::init(&format!("sspm-{}", kind.name()))?;
+            let apps = sspm_cli::build_some(&config, std::collections::HashMap::new(), &[kind]).await?;
+            if demo && sspm_cli::seed_demo(&apps, &config).await? {
+                tracing::info!(service = kind.name(), "demo tenancy seeded");
+            }
+            sspm_cli::run_all(apps, sspm_platform::server::shutdown_signal()).await
         }
         Command::Health {
             endpoint,

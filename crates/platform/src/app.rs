@@ -26,6 +26,26 @@ pub struct ServiceApp {
     admin: TcpListener,
     server: ServiceServer,
     background: Vec<tokio::task::JoinHandle<()>>,
+    draining: tokio::sync::watch::Sender<bool>,
+}
+
+/// Tells long-lived calls (server streams) that the service is shutting down, so they end
+/// and the drain completes instead of waiting for subscribers that never hang up.
+#[derive(Debug, Clone)]
+pub struct Draining(tokio::sync::watch::Receiver<bool>);
+
+impl Draining {
+    /// Completes once the service starts shutting down (at once if it has).
+    pub async fn started(&mut self) {
+        // An error means the service is gone: shutting down too.
+        let _ = self.0.wait_for(|draining| *draining).await;
+    }
+
+    /// The status a stream ends with when the service shuts down: UNAVAILABLE, so the
+    /// caller resubscribes (to another replica, or to this one once it is back).
+    pub fn status() -> tonic::Status {
+        tonic::Status::unavailable("the server is shutting down: subscribe again")
+    }
 }
 
 impl ServiceApp {
@@ -86,7 +106,13 @@ impl ServiceApp {
             admin,
             server,
             background: Vec::new(),
+            draining: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// The signal its streams end on at shutdown.
+    pub fn draining(&self) -> Draining {
+        Draining(self.draining.subscribe())
     }
 
     /// The address it listens on.
@@ -141,6 +167,11 @@ impl ServiceApp {
                 }
             }));
         }
+        let draining = self.draining.clone();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = draining.send(true);
+        };
         let result = self.server.serve(shutdown).await;
         let _ = admin_stop.send(());
         match admin.await {

@@ -15,7 +15,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod tls;
 
-pub use app::ServiceApp;
+pub use app::{Draining, ServiceApp};
 pub use auth::{Principal, PrincipalKind, TokenMinter, TokenVerifier, caller};
 pub use config::{ServiceKind, SspmConfig};
 pub use metrics::Metrics;

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
-use sspm_platform::caller;
+use sspm_platform::{Draining, caller};
 use sspm_platform::error::{self, db, not_found, permission_denied};
 use sspm_platform::rpc::{
     Authz, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at, require_service, required_enum,
@@ -31,16 +31,19 @@ pub struct ApprovalApi {
     authz: Authz,
     day_offset_seconds: i32,
     decided: watch::Sender<u64>,
+    draining: Draining,
 }
 
 impl ApprovalApi {
-    /// Handlers on `store`; ledger days start `day_offset_minutes` after midnight UTC.
-    pub fn new(store: Store, authz: Authz, day_offset_minutes: i32) -> Self {
+    /// Handlers on `store`; ledger days start `day_offset_minutes` after midnight UTC;
+    /// decision streams end when `draining` starts.
+    pub fn new(store: Store, authz: Authz, day_offset_minutes: i32, draining: Draining) -> Self {
         Self {
             store,
             authz,
             day_offset_seconds: day_offset_minutes * 60,
             decided: watch::Sender::new(0),
+            draining,
         }
     }
 
@@ -420,6 +423,7 @@ impl ApprovalService for ApprovalApi {
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
         let mut decided = self.decided.subscribe();
+        let mut draining = self.draining.clone();
         tokio::spawn(async move {
             loop {
                 // Mark the current value seen before reading, so no decision is missed.
@@ -449,6 +453,11 @@ impl ApprovalService for ApprovalApi {
                         _ = decided.changed() => {}
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = tx.closed() => return,
+                        _ = draining.started() => {
+                            // Never wait on a subscriber that does not read: the drain must end.
+                            let _ = tx.try_send(Err(Draining::status()));
+                            return;
+                        }
                     }
                 }
             }

@@ -26,7 +26,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Approval, &config))?;
     let store = store::Store::new(app.db.clone(), config.daily_limits.default_max_daily_increase);
     register_figures(&app, store.clone(), config.daily_limits.day_utc_offset_minutes * 60);
-    let api = api::ApprovalApi::new(store, authz, config.daily_limits.day_utc_offset_minutes);
+    let api = api::ApprovalApi::new(store, authz, config.daily_limits.day_utc_offset_minutes, app.draining());
     Ok(app.map_server(|s| s.add_service(ApprovalServiceServer::new(api))))
 }
 

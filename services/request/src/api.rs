@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sea_query::Expr;
-use sspm_platform::caller;
+use sspm_platform::{Draining, caller};
 use sspm_platform::db::{DbErrorKind, classify};
 use sspm_platform::error::{self, db, not_found};
 use sspm_platform::rpc::{
@@ -33,6 +33,7 @@ use crate::workflow::{Effect, SYSTEM, Workflow, limits_of, state_of};
 pub struct RequestApi {
     wf: Arc<Workflow>,
     price: Price,
+    draining: Draining,
 }
 
 /// The payload of a create call, validated for shape.
@@ -55,9 +56,10 @@ impl CreatePayload {
 }
 
 impl RequestApi {
-    /// Handlers driving requests with `wf`, pricing ports with `price`.
-    pub fn new(wf: Arc<Workflow>, price: Price) -> Self {
-        Self { wf, price }
+    /// Handlers driving requests with `wf`, pricing ports with `price`; watch streams end
+    /// when `draining` starts.
+    pub fn new(wf: Arc<Workflow>, price: Price, draining: Draining) -> Self {
+        Self { wf, price, draining }
     }
 
     async fn load(&self, id: &str) -> Result<request::Model, Status> {
@@ -516,6 +518,7 @@ impl PortRequestService for RequestApi {
         let (tx, rx) = mpsc::channel(16);
         let api = self.clone();
         let mut changes = self.wf.subscribe();
+        let mut draining = self.draining.clone();
         tokio::spawn(async move {
             let mut last: Option<pb::PortChangeRequest> = None;
             loop {
@@ -555,6 +558,11 @@ impl PortRequestService for RequestApi {
                         },
                         _ = &mut deadline => break,
                         _ = tx.closed() => return,
+                        _ = draining.started() => {
+                            // Never wait on a watcher that does not read: the drain must end.
+                            let _ = tx.try_send(Err(Draining::status()));
+                            return;
+                        }
                     }
                 }
             }

@@ -41,7 +41,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         identity,
         config.workflow.clone(),
     ));
-    let api = api::RequestApi::new(Arc::clone(&workflow), config.price()?);
+    let api = api::RequestApi::new(Arc::clone(&workflow), config.price()?, app.draining());
     let background = workflow.spawn_background();
     register_figures(&app, store::Store::new(app.db.clone()));
     Ok(app

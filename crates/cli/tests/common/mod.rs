@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cluster;
+
 use std::future::Future;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
