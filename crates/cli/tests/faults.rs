@@ -60,11 +60,18 @@ async fn create(cluster: &Clients, id: &str, bu: &str, target: i32) -> Option<pb
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match cluster.requests().create_port_change_request(authed(PERCY, req.clone())).await {
+        match cluster
+            .requests()
+            .create_port_change_request(authed(PERCY, req.clone()))
+            .await
+        {
             Ok(r) => return r.into_inner().request,
             Err(e) if e.code() == Code::FailedPrecondition => return None,
             Err(e) if transient(&e) => {
-                assert!(tokio::time::Instant::now() < deadline, "{id}: no answer for 60 s: {e:?}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{id}: no answer for 60 s: {e:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("{id}: {e:?}"),
@@ -147,7 +154,9 @@ fn approves(request_id: &str) -> bool {
 async fn check_stored_state(cluster: &Clients, acknowledged: &[String], decided: &HashMap<String, bool>) {
     let mut by_unit: BTreeMap<String, Vec<pb::PortChangeRequest>> = BTreeMap::new();
     for id in acknowledged {
-        let r = get(cluster, id).await.unwrap_or_else(|e| panic!("acknowledged {id} lost: {e:?}"));
+        let r = get(cluster, id)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {id} lost: {e:?}"));
         by_unit.entry(r.business_unit_id.clone()).or_default().push(r);
     }
     let mut automatic = 0;
@@ -178,7 +187,10 @@ async fn check_stored_state(cluster: &Clients, acknowledged: &[String], decided:
                     automatic += l.1.concurrent - l.0.concurrent;
                 }
                 pb::ApprovalPath::Review => {
-                    let approve = decided.get(id).copied().unwrap_or_else(|| panic!("{id}: reviewed but never decided"));
+                    let approve = decided
+                        .get(id)
+                        .copied()
+                        .unwrap_or_else(|| panic!("{id}: reviewed but never decided"));
                     let want = if approve {
                         pb::PortChangeRequestState::Approved
                     } else {
@@ -198,10 +210,18 @@ async fn check_stored_state(cluster: &Clients, acknowledged: &[String], decided:
             assert_eq!(mine.len(), 1, "{id}: exactly one case, found {mine:#?}");
             let case = mine[0];
             assert_eq!(case.case_number, r.case_number, "{id}");
-            assert_eq!(case.status(), pb::CaseStatus::Closed, "{id}: terminal, so the case is closed");
+            assert_eq!(
+                case.status(),
+                pb::CaseStatus::Closed,
+                "{id}: terminal, so the case is closed"
+            );
             let mut seen = HashSet::new();
             for c in &case.comments {
-                assert!(seen.insert((&c.author, &c.body)), "{id}: comment posted twice: {:#?}", case.comments);
+                assert!(
+                    seen.insert((&c.author, &c.body)),
+                    "{id}: comment posted twice: {:#?}",
+                    case.comments
+                );
             }
         }
         // The limits are those of the last change applied (targets are absolute, and R5 lets
@@ -242,10 +262,11 @@ async fn settle(cluster: &Clients, acknowledged: &[String], decided: &Mutex<Hash
                 Ok(r) if r.state() == pb::PortChangeRequestState::Approved && r.case_number.is_empty() => {
                     open.push(id.clone())
                 }
-                Ok(r) if matches!(
-                    r.state(),
-                    pb::PortChangeRequestState::Approved | pb::PortChangeRequestState::Rejected
-                ) => {}
+                Ok(r)
+                    if matches!(
+                        r.state(),
+                        pb::PortChangeRequestState::Approved | pb::PortChangeRequestState::Rejected
+                    ) => {}
                 _ => open.push(id.clone()),
             }
         }
@@ -253,14 +274,21 @@ async fn settle(cluster: &Clients, acknowledged: &[String], decided: &Mutex<Hash
         if open.is_empty() && all_cases_closed(cluster).await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not settled within 90 s: {open:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled within 90 s: {open:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 async fn all_cases_closed(cluster: &Clients) -> bool {
     for (bu, _) in UNITS {
-        if cases_of(cluster, bu).await.iter().any(|c| c.status() != pb::CaseStatus::Closed) {
+        if cases_of(cluster, bu)
+            .await
+            .iter()
+            .any(|c| c.status() != pb::CaseStatus::Closed)
+        {
             return false;
         }
     }
@@ -300,7 +328,9 @@ async fn approval_down(backend: Backend) {
     for (i, (bu, initial)) in UNITS.iter().enumerate() {
         let id = format!("ad-{i}");
         // 10 + 20 + 30 fits the daily limit of 100: all three are automatic.
-        let r = create(&clients, &id, bu, initial + 10 * (i as i32 + 1)).await.expect("accepted");
+        let r = create(&clients, &id, bu, initial + 10 * (i as i32 + 1))
+            .await
+            .expect("accepted");
         assert!(
             r.state() == pb::PortChangeRequestState::New,
             "not evaluated while approval is down: {r:#?}"
@@ -313,7 +343,10 @@ async fn approval_down(backend: Backend) {
     let decided = Mutex::default();
     settle(&clients, &acknowledged, &decided).await;
     for id in &acknowledged {
-        assert_eq!(get(&clients, id).await.unwrap().approval_path(), pb::ApprovalPath::Automatic);
+        assert_eq!(
+            get(&clients, id).await.unwrap().approval_path(),
+            pb::ApprovalPath::Automatic
+        );
     }
     check_stored_state(&clients, &acknowledged, &decided.into_inner()).await;
     cluster.terminate_all().await;
@@ -430,6 +463,173 @@ async fn request_killed_mid_burst(backend: Backend) {
     );
     check_stored_state(&clients, &acknowledged, &decided).await;
     cluster.terminate_all().await;
+}
+
+/// A PostgreSQL server of this test's own (initdb into a temporary directory), so that it
+/// can be restarted without disturbing anything else on the machine.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// Runs a PostgreSQL tool, as the `postgres` user when we are root (the server refuses
+    /// to run as root).
+    fn run(&self, tool: &str, args: &[&str]) {
+        let path = self.bin.join(tool);
+        let status = if running_as_root() {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status()
+        } else {
+            std::process::Command::new(&path)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status()
+        }
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+        assert!(status.success(), "{tool} {args:?}: {status:?}");
+    }
+
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| versions.filter_map(Result::ok).map(|v| v.path().join("bin")).max())
+            .filter(|b| b.join("initdb").exists())
+            .expect("this test runs its own PostgreSQL server: initdb must be installed (/usr/lib/postgresql/*/bin)");
+        let dir = tempfile::tempdir().unwrap();
+        // The server runs as `postgres`: let it write here.
+        std::process::Command::new("chmod")
+            .arg("777")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        let pg = Self {
+            dir,
+            bin,
+            port: common::free_port(),
+        };
+        let data = pg.data();
+        pg.run("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"]);
+        pg.pg_ctl("start");
+        let port = pg.port.to_string();
+        for kind in ServiceKind::ALL {
+            let name = format!("sspm_{}", kind.name());
+            pg.run("createdb", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", &name]);
+        }
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn base_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-m",
+                "fast",
+                "-w",
+                "-l",
+                &format!("{}.log", self.data()),
+                action,
+            ],
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// PostgreSQL restarted under load: the services recover by themselves (no restart of
+/// theirs), every acknowledged request completes, and nothing is applied twice.
+async fn postgres_restart_under_load() {
+    let pg = PrivatePostgres::start();
+    let mut cluster = Cluster::new(Backend::PostgresAt(pg.base_url()), &FAST).await;
+    cluster.start_all().await;
+    let clients = cluster.clients();
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for (u, (bu, initial)) in UNITS.iter().enumerate() {
+        let (clients, acknowledged, stop) = (clients.clone(), acknowledged.clone(), stop.clone());
+        workers.spawn(async move {
+            // +1 per request: 30 a business unit stays within the day's 100.
+            for i in 0..30 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let id = format!("pg-{u}-{i}");
+                // Automatic approvals close at once, so R5 refuses only while a request is
+                // still being applied: try again with the same id.
+                while create(&clients, &id, bu, initial + i + 1).await.is_none() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                acknowledged.lock().await.push(id);
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before = acknowledged.lock().await.len();
+    pg.pg_ctl("restart");
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(done) = workers.join_next().await {
+        done.unwrap();
+    }
+    let acknowledged = acknowledged.lock().await.clone();
+    assert!(
+        acknowledged.len() > before,
+        "creates succeed again after the restart ({before} before, {} in all)",
+        acknowledged.len()
+    );
+    let decided = Mutex::default();
+    settle(&clients, &acknowledged, &decided).await;
+    eprintln!(
+        "PostgreSQL restarted under load: {} requests acknowledged ({before} before the restart), all checked",
+        acknowledged.len()
+    );
+    check_stored_state(&clients, &acknowledged, &decided.into_inner()).await;
+    cluster.terminate_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL variant: runs its own PostgreSQL server (initdb) and restarts it; run with --ignored"]
+async fn postgres_restart_under_load_on_postgres() {
+    postgres_restart_under_load().await;
 }
 
 macro_rules! scenario {

@@ -6,12 +6,12 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
-use sspm_platform::{Draining, caller};
 use sspm_platform::error::{self, db, not_found, permission_denied};
 use sspm_platform::rpc::{
     Authz, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at, require_service, required_enum,
     time_id_key, timestamp, timestamp_opt,
 };
+use sspm_platform::{Draining, caller};
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::approval_service_server::ApprovalService;
 use sspm_rules::daily::{format_day, ledger_day, parse_day};

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sea_query::Expr;
-use sspm_platform::{Draining, caller};
 use sspm_platform::db::{DbErrorKind, classify};
 use sspm_platform::error::{self, db, not_found};
 use sspm_platform::rpc::{
     invalid, micros_of, next_page_token, now_micros, page_size, page_time_id, parse_at, required_enum, time_id_key,
 };
+use sspm_platform::{Draining, caller};
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::port_request_service_server::PortRequestService;
 use sspm_rules::lifecycle::{Event, next};

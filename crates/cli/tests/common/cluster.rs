@@ -19,12 +19,15 @@ use tonic_health::pb::health_client::HealthClient;
 use super::free_port;
 
 /// Where the services keep their data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     /// One SQLite file per service in the cluster's directory.
     Sqlite,
     /// One fresh database per service on the `SSPM_TEST_POSTGRES_URL` server.
     Postgres,
+    /// One database per service on another PostgreSQL server, given by its base URL
+    /// (`postgres://user@host:port`); the databases must exist (named `sspm_<service>`).
+    PostgresAt(String),
 }
 
 /// Four service processes on fixed ports, each started, killed and restarted on its own.
@@ -54,10 +57,16 @@ impl Cluster {
     /// environment (`SSPM__…` settings).
     pub async fn new(backend: Backend, env: &[(&str, &str)]) -> Self {
         let mut databases = HashMap::new();
-        if backend == Backend::Postgres {
-            for kind in ServiceKind::ALL {
-                let db = sspm_platform::testing::fresh_postgres(&format!("faults_{}", kind.name())).await;
-                databases.insert(kind, db.url);
+        for kind in ServiceKind::ALL {
+            match &backend {
+                Backend::Sqlite => {}
+                Backend::Postgres => {
+                    let db = sspm_platform::testing::fresh_postgres(&format!("faults_{}", kind.name())).await;
+                    databases.insert(kind, db.url);
+                }
+                Backend::PostgresAt(base) => {
+                    databases.insert(kind, format!("{base}/sspm_{}", kind.name()));
+                }
             }
         }
         Self {
@@ -104,11 +113,7 @@ impl Cluster {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::from(log)).spawn().unwrap();
         self.running.insert(kind, child);
         self.wait_serving(kind).await;
     }
