@@ -295,51 +295,31 @@ async fn all_cases_closed(cluster: &Clients) -> bool {
     true
 }
 
-/// Ticketing down while requests are created: each is accepted, and completes once
-/// ticketing is back, with exactly one case.
-async fn ticketing_down(backend: Backend) {
+/// `down` (ticketing or approval) down while requests are created: each is accepted and
+/// waits (NEW), and once the service is back each completes, automatically approved, with
+/// exactly one case and one reservation (10 + 20 + 30 fits the daily limit of 100).
+async fn service_down_while_creating(backend: Backend, down: ServiceKind) {
     let mut cluster = Cluster::new(backend, &FAST).await;
     cluster.start_all().await;
     let clients = cluster.clients();
-    cluster.kill(ServiceKind::Ticketing);
+    cluster.kill(down);
     let mut acknowledged = Vec::new();
     for (i, (bu, initial)) in UNITS.iter().enumerate() {
-        let id = format!("td-{i}");
-        let r = create(&clients, &id, bu, initial + 5).await.expect("accepted");
-        assert_eq!(r.state(), pb::PortChangeRequestState::New, "waits for its case");
-        acknowledged.push(id);
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.start(ServiceKind::Ticketing).await;
-    let decided = Mutex::default();
-    settle(&clients, &acknowledged, &decided).await;
-    check_stored_state(&clients, &acknowledged, &decided.into_inner()).await;
-    cluster.terminate_all().await;
-}
-
-/// Approval down during evaluation: requests are accepted, and once approval is back each
-/// is evaluated once; the ledger counts every reservation once.
-async fn approval_down(backend: Backend) {
-    let mut cluster = Cluster::new(backend, &FAST).await;
-    cluster.start_all().await;
-    let clients = cluster.clients();
-    cluster.kill(ServiceKind::Approval);
-    let mut acknowledged = Vec::new();
-    for (i, (bu, initial)) in UNITS.iter().enumerate() {
-        let id = format!("ad-{i}");
-        // 10 + 20 + 30 fits the daily limit of 100: all three are automatic.
+        let id = format!("{}-down-{i}", down.name());
         let r = create(&clients, &id, bu, initial + 10 * (i as i32 + 1))
             .await
             .expect("accepted");
-        assert!(
-            r.state() == pb::PortChangeRequestState::New,
-            "not evaluated while approval is down: {r:#?}"
+        assert_eq!(
+            r.state(),
+            pb::PortChangeRequestState::New,
+            "waits for {}: {r:#?}",
+            down.name()
         );
         acknowledged.push(id);
     }
     // Retries pile up against the dead service for a while.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.start(ServiceKind::Approval).await;
+    cluster.start(down).await;
     let decided = Mutex::default();
     settle(&clients, &acknowledged, &decided).await;
     for id in &acknowledged {
@@ -350,6 +330,14 @@ async fn approval_down(backend: Backend) {
     }
     check_stored_state(&clients, &acknowledged, &decided.into_inner()).await;
     cluster.terminate_all().await;
+}
+
+async fn ticketing_down(backend: Backend) {
+    service_down_while_creating(backend, ServiceKind::Ticketing).await;
+}
+
+async fn approval_down(backend: Backend) {
+    service_down_while_creating(backend, ServiceKind::Approval).await;
 }
 
 /// The request service down while an approver decides: after the restart the decision is
@@ -474,24 +462,28 @@ struct PrivatePostgres {
 }
 
 impl PrivatePostgres {
-    /// Runs a PostgreSQL tool, as the `postgres` user when we are root (the server refuses
+    /// A PostgreSQL tool, run as the `postgres` user when we are root (the server refuses
     /// to run as root).
-    fn run(&self, tool: &str, args: &[&str]) {
+    fn command(&self, tool: &str) -> std::process::Command {
         let path = self.bin.join(tool);
-        let status = if running_as_root() {
-            std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&path)
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .status()
+        let mut cmd = if running_as_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
         } else {
-            std::process::Command::new(&path)
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .status()
-        }
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+            std::process::Command::new(path)
+        };
+        cmd.stdout(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Runs a PostgreSQL tool; panics if it fails.
+    fn run(&self, tool: &str, args: &[&str]) {
+        let status = self
+            .command(tool)
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
         assert!(status.success(), "{tool} {args:?}: {status:?}");
     }
 
@@ -558,11 +550,9 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
+        let _ = self
+            .command("pg_ctl")
             .args(["-D", &self.data(), "-m", "immediate", "stop"])
-            .stdout(std::process::Stdio::null())
             .status();
     }
 }

@@ -280,7 +280,7 @@ impl RateLimits {
             self.limiter.retain_recent();
         }
         self.limiter.check_key(&principal.id).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            let wait = not_until.wait_time_from(self.limiter.clock().now());
             crate::error::rate_limited(principal.id.as_str(), self.per_second, wait)
         })
     }
