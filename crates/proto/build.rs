@@ -10,7 +10,7 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["common", "request", "authorization", "approval", "ticketing"]
+    let files = ["common", "request", "authorization", "approval", "ticketing", "audit"]
         .map(|name| root.join(format!("sspm/v1/{name}.proto")));
 
     let fds = protox::compile(&files, [&root])?;

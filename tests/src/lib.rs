@@ -21,6 +21,29 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+/// Defines two tests running the async scenario `$body(&TestSystem)`: `$sqlite` on SQLite,
+/// and `$postgres` on PostgreSQL (ignored unless run with `--ignored` and
+/// `SSPM_TEST_POSTGRES_URL`). Each starts its own system and shuts it down cleanly.
+#[macro_export]
+macro_rules! scenario {
+    ($body:ident, $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            let system = $crate::TestSystem::start($crate::Backend::Sqlite).await;
+            $body(&system).await;
+            system.shutdown().await.expect("clean shutdown");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
+        async fn $postgres() {
+            let system = $crate::TestSystem::start($crate::Backend::Postgres).await;
+            $body(&system).await;
+            system.shutdown().await.expect("clean shutdown");
+        }
+    };
+}
+
 /// Which database the services use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -66,8 +89,18 @@ impl TestSystem {
     /// Starts every service but `held` (their addresses refuse connections, as during an
     /// outage); [`TestSystem::start_held`] starts one later.
     pub async fn start_without(backend: Backend, held: &[ServiceKind]) -> Self {
+        Self::start_configured(backend, held, |_| {}).await
+    }
+
+    /// [`TestSystem::start_without`], with `configure` changing the configuration first.
+    pub async fn start_configured(
+        backend: Backend,
+        held: &[ServiceKind],
+        configure: impl FnOnce(&mut SspmConfig),
+    ) -> Self {
         init_test_logging();
         let mut config = SspmConfig::default();
+        configure(&mut config);
         let mut listeners = HashMap::new();
         let mut addrs = HashMap::new();
         let mut databases = Vec::new();

@@ -71,10 +71,12 @@ async fn four_services_start_serve_reflect_authenticate_and_stop(backend: Backen
 
     for kind in ServiceKind::ALL {
         let api = api_of(kind);
+        let mut expected = vec!["grpc.health.v1.Health", api, service_names::AUDIT];
+        expected.sort_unstable();
         assert_eq!(
             listed_services_v1(&system, kind).await,
-            vec!["grpc.health.v1.Health".to_owned(), api.to_owned()],
-            "{} service lists its own API and health",
+            expected,
+            "{} service lists its own API, its audit trail and health",
             kind.name()
         );
         let files = describe_v1alpha(&system, kind, api).await;

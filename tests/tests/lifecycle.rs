@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sspm_e2e::{Backend, TestSystem};
+use sspm_e2e::{Backend, TestSystem, scenario};
 use sspm_proto::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -25,25 +25,6 @@ const BASKERVILLE: &str = "bu-baskerville";
 const NAUTILUS: &str = "bu-nautilus";
 
 use pb::PortChangeRequestState as S;
-
-macro_rules! scenario {
-    ($body:ident, $sqlite:ident, $postgres:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sqlite() {
-            let system = TestSystem::start(Backend::Sqlite).await;
-            $body(&system).await;
-            system.shutdown().await.expect("clean shutdown");
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        #[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
-        async fn $postgres() {
-            let system = TestSystem::start(Backend::Postgres).await;
-            $body(&system).await;
-            system.shutdown().await.expect("clean shutdown");
-        }
-    };
-}
 
 fn targets(concurrent: Option<i32>, outbound: Option<i32>, agentless: Option<i32>) -> pb::PortTargets {
     pb::PortTargets {
@@ -635,6 +616,58 @@ async fn daily_limit_accounting(s: &TestSystem) {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // A release that overtakes the evaluation of its request (a request cancelled while the
+    // request service was evaluating it) wins: the late evaluation reserves nothing. The
+    // model test found the ledger overcounted by such a request.
+    let before = usage(s, "C14").await;
+    let released = s
+        .approval()
+        .release_reservation(s.as_service(pb::ReleaseReservationRequest {
+            request_id: "d-late".into(),
+            reason: "cancelled".into(),
+        }))
+        .await
+        .expect("release before evaluation")
+        .into_inner();
+    assert!(!released.released, "there was nothing to release");
+    let late = s
+        .approval()
+        .evaluate_increase(s.as_service(pb::EvaluateIncreaseRequest {
+            request_id: "d-late".into(),
+            business_unit_id: LEAGUE.into(),
+            cluster: "C14".into(),
+            increase: 3,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+    assert_eq!(usage(s, "C14").await, before, "the late evaluation counted nothing");
+    // In the usual order, the release returns the ports.
+    let fits = s
+        .approval()
+        .evaluate_increase(s.as_service(pb::EvaluateIncreaseRequest {
+            request_id: "d-usual".into(),
+            business_unit_id: LEAGUE.into(),
+            cluster: "C14".into(),
+            increase: 3,
+        }))
+        .await
+        .expect("evaluate")
+        .into_inner();
+    assert_eq!(fits.outcome(), pb::EvaluationOutcome::Fits);
+    assert_eq!(usage(s, "C14").await, before + 3);
+    let released = s
+        .approval()
+        .release_reservation(s.as_service(pb::ReleaseReservationRequest {
+            request_id: "d-usual".into(),
+            reason: "cancelled".into(),
+        }))
+        .await
+        .expect("release")
+        .into_inner();
+    assert!(released.released);
+    assert_eq!(usage(s, "C14").await, before);
 }
 scenario!(daily_limit_accounting, daily_limits_on_sqlite, daily_limits_on_postgres);
 

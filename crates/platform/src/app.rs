@@ -136,6 +136,13 @@ impl ServiceApp {
         self
     }
 
+    /// Serves the service's audit trail (`sspm.v1.AuditService`) to services and to the
+    /// users `readers` allows.
+    pub fn with_audit(self, readers: crate::audit::StaffCheck) -> Self {
+        let api = crate::audit::AuditApi::new(self.db.clone(), self.kind.name(), readers);
+        self.map_server(|s| s.add_service(sspm_proto::v1::audit_service_server::AuditServiceServer::new(api)))
+    }
+
     /// Background tasks of the service (workers, subscriptions), stopped after the server
     /// has drained. They must tolerate being stopped at any await point (their writes are
     /// transactions, rolled back when dropped).

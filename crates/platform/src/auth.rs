@@ -383,6 +383,7 @@ where
                 }
             };
             let mut _permit = None;
+            let mut call = None;
             if !is_public_path(req.uri().path()) {
                 if let Some(limit) = &in_flight {
                     match limit.permits.clone().try_acquire_owned() {
@@ -402,6 +403,7 @@ where
                             record(req.uri().path(), refused.code() as i32);
                             return Ok(refused.into_http());
                         }
+                        call = Some(crate::audit::CallContext::of(&principal, req.headers()));
                         req.extensions_mut().insert(principal);
                     }
                     Err(e) => {
@@ -413,7 +415,22 @@ where
             }
             // A Uri clone shares its bytes: no copy of the path per call.
             let uri = req.uri().clone();
-            let response = inner.call(req).await?;
+            // The handler runs in the call's context: who and which trace, for the audit trail.
+            let mut response = match call {
+                Some(call) => call.scope(inner.call(req)).await?,
+                None => inner.call(req).await?,
+            };
+            // tonic answers a request it cannot decode at once, before the handler.
+            let internal = response.headers().get("grpc-status").is_some_and(|c| c == "13");
+            if let Some(fault) = internal
+                .then(|| Status::from_header_map(response.headers()))
+                .flatten()
+                .as_ref()
+                .and_then(crate::error::malformed_request)
+            {
+                tracing::debug!(path = uri.path(), status = %fault.message(), "malformed request refused");
+                response = fault.into_http();
+            }
             // Errors answered at once carry grpc-status in the headers; otherwise it comes
             // in the trailers of a successful call.
             let code = response

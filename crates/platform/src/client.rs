@@ -32,6 +32,19 @@ impl Interceptor for OutgoingInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let cx = tracing::Span::current().context();
         global::get_text_map_propagator(|p| p.inject_context(&cx, &mut MetadataInjector(req.metadata_mut())));
+        // Without OpenTelemetry spans (export off) the call still continues the caller's
+        // trace, so the next service's audit events name the same trace id.
+        if !req.metadata().contains_key("traceparent")
+            && let Some(call) = crate::audit::CallContext::current().filter(|c| !c.trace_id.is_empty())
+        {
+            let span = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                .max(1);
+            if let Ok(v) = format!("00-{}-{span:016x}-01", call.trace_id).parse() {
+                req.metadata_mut().insert("traceparent", v);
+            }
+        }
         if let Some(token) = req.extensions().get::<Principal>().map(|p| p.token().to_owned())
             && !req.metadata().contains_key("authorization")
         {

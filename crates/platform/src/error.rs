@@ -54,8 +54,14 @@ pub fn not_found(what: &str, id: &str) -> Status {
         ERROR_DOMAIN,
         HashMap::from([("resource".to_owned(), what.to_owned())]),
     );
-    details.set_resource_info(what, id, "", format!("no {what} {id:?} that you may see"));
-    Status::with_error_details(Code::NotFound, format!("{what} {id:?} not found"), details)
+    let shown = sspm_rules::ids::quoted(id);
+    let name = if shown.len() == id.len() + 2 {
+        id
+    } else {
+        shown.as_str()
+    };
+    details.set_resource_info(what, name, "", format!("no {what} {shown} that you may see"));
+    Status::with_error_details(Code::NotFound, format!("{what} {shown} not found"), details)
 }
 
 /// PERMISSION_DENIED, naming the missing permissions.
@@ -123,6 +129,33 @@ fn retry_later(
     details.set_error_info(reason, ERROR_DOMAIN, HashMap::from([(key.to_owned(), value)]));
     details.set_retry_info(Some(delay));
     Status::with_error_details(code, message, details)
+}
+
+/// The INTERNAL statuses tonic answers before a handler runs, when the request itself is
+/// malformed: bytes that are not the method's protobuf message, a frame cut short, an invalid
+/// compression flag, no message at all. They are the caller's mistake, so callers get
+/// INVALID_ARGUMENT (gRPC's own table says INTERNAL; ours never blames the server for bad
+/// input). `None` for every other status, including the services' own INTERNAL errors.
+pub fn malformed_request(status: &Status) -> Option<Status> {
+    const TONIC_DECODE_ERRORS: [&str; 4] = [
+        "failed to decode Protobuf message",
+        "Unexpected EOF decoding stream",
+        "protocol error: received message with",
+        "Missing request message",
+    ];
+    if status.code() != Code::Internal || !TONIC_DECODE_ERRORS.iter().any(|p| status.message().starts_with(p)) {
+        return None;
+    }
+    let mut details = ErrorDetails::new();
+    details.set_error_info("MALFORMED_REQUEST", ERROR_DOMAIN, HashMap::new());
+    Some(Status::with_error_details(
+        Code::InvalidArgument,
+        format!(
+            "the request is not a well-formed gRPC message of this method: {}",
+            status.message()
+        ),
+        details,
+    ))
 }
 
 /// INTERNAL: logs the error with its cause chain once, returns nothing of it to the caller.

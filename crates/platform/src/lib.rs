@@ -2,6 +2,7 @@
 //! builders, bearer tokens, database connection and migrations, and the error model.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;

@@ -141,10 +141,18 @@ pub fn next_page_token<T>(rows: &mut Vec<T>, size: u64, key: impl Fn(&T) -> Stri
     rows.last().map(|r| page_token(&key(r))).unwrap_or_default()
 }
 
-/// The key of a page token holding a number (an offset or a row id).
+/// The key of a page token holding a number (an offset or a row id): digits only, at most
+/// `i64::MAX` (what a database can compare with).
 pub fn page_number<N: std::str::FromStr>(token: &str) -> Result<Option<N>, Status> {
     page_key(token)?
-        .map(|k| k.parse::<N>().map_err(|_| foreign_token()))
+        .map(|k| {
+            let in_range = !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) && k.parse::<i64>().is_ok();
+            if in_range {
+                k.parse::<N>().map_err(|_| foreign_token())
+            } else {
+                Err(foreign_token())
+            }
+        })
         .transpose()
 }
 
@@ -163,7 +171,8 @@ pub fn time_id_key(time: i64, id: &str) -> String {
     format!("{time}|{id}")
 }
 
-fn foreign_token() -> Status {
+/// INVALID_ARGUMENT for a page token this RPC did not issue.
+pub fn foreign_token() -> Status {
     invalid("page_token", "not a page token issued by this RPC")
 }
 
@@ -268,6 +277,15 @@ impl Authz {
         Ok(Self {
             client: AuthorizationServiceClient::new(connect_lazy(&endpoint, &config.clients)?),
             identity,
+        })
+    }
+
+    /// Who may read the audit trail: account representatives (ACTION_ADMINISTER).
+    pub fn audit_readers(&self) -> crate::audit::StaffCheck {
+        let authz = self.clone();
+        Arc::new(move |caller: Principal| {
+            let authz = authz.clone();
+            Box::pin(async move { authz.require(&caller.id, Action::Administer, "").await.map(|_| ()) })
         })
     }
 

@@ -20,6 +20,8 @@ pub mod service_names {
     pub const APPROVAL: &str = "sspm.v1.ApprovalService";
     /// The ticketing service.
     pub const TICKETING: &str = "sspm.v1.TicketingService";
+    /// The audit trail, served by every service.
+    pub const AUDIT: &str = "sspm.v1.AuditService";
 }
 
 #[cfg(test)]
@@ -44,6 +46,7 @@ mod tests {
             service_names::AUTHORIZATION,
             service_names::APPROVAL,
             service_names::TICKETING,
+            service_names::AUDIT,
         ] {
             assert!(services.iter().any(|s| s == name), "{name} missing from {services:?}");
         }

@@ -10,6 +10,16 @@ use crate::violation::{Rule, Violation};
 #[error("{0}")]
 pub struct InvalidValue(pub String);
 
+/// A raw value as an error message quotes it: at most 64 characters (an error never echoes
+/// a megabyte of input back to the caller, nor into logs).
+pub fn quoted(raw: &str) -> String {
+    const MAX: usize = 64;
+    match raw.char_indices().nth(MAX) {
+        None => format!("{raw:?}"),
+        Some((cut, _)) => format!("{:?}… ({} characters)", &raw[..cut], raw.chars().count()),
+    }
+}
+
 impl InvalidValue {
     /// The violation of plain input rules on `field`.
     pub fn at(self, field: impl Into<String>) -> Violation {
@@ -107,7 +117,8 @@ impl ClusterName {
             Err(InvalidValue("cluster is required".into()))
         } else {
             Err(InvalidValue(format!(
-                "cluster {raw:?} is not a cluster name like \"C14\" (an uppercase letter, then uppercase letters or digits, 2-16 in all)"
+                "cluster {} is not a cluster name like \"C14\" (an uppercase letter, then uppercase letters or digits, 2-16 in all)",
+                quoted(raw)
             )))
         }
     }
@@ -181,7 +192,8 @@ impl CaseNumber {
             Ok(Self(raw.to_owned()))
         } else {
             Err(InvalidValue(format!(
-                "case number {raw:?} is not 8 or more digits like \"00001027\""
+                "case number {} is not 8 or more digits like \"00001027\"",
+                quoted(raw)
             )))
         }
     }
@@ -201,6 +213,17 @@ impl fmt::Display for CaseNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_quote_at_most_64_characters_of_the_input() {
+        assert_eq!(quoted("C1 4"), "\"C1 4\"");
+        let long = "é".repeat(1 << 20);
+        let shown = quoted(&long);
+        assert!(shown.starts_with(&format!("\"{}\"…", "é".repeat(64))), "{shown}");
+        assert!(shown.ends_with("(1048576 characters)"), "{shown}");
+        let e = CaseNumber::parse(&long).unwrap_err();
+        assert!(e.0.len() < 300, "{}", e.0);
+    }
 
     #[test]
     fn ids_accept_the_documented_alphabet_and_length() {

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::entities::{daily_limit, task};
-use crate::store::{BUSINESS_UNIT, CLUSTER, DEFAULT, Decided, Evaluated, Store, Usage};
+use crate::store::{BUSINESS_UNIT, CLUSTER, DEFAULT, Decided, Evaluated, Store, TASK_PREFIX, Usage};
 
 /// The handlers.
 #[derive(Debug, Clone)]
@@ -165,6 +165,17 @@ fn money_micros(m: Option<&pb::Money>) -> Result<(i64, String), Status> {
 
 type DecisionStream = Pin<Box<dyn Stream<Item = Result<pb::WatchDecisionsResponse, Status>> + Send>>;
 
+/// A well-formed task id, or INVALID_ARGUMENT.
+fn task_id(raw: &str) -> Result<&str, Status> {
+    match raw.strip_prefix(TASK_PREFIX).map(RequestId::parse) {
+        Some(Ok(_)) => Ok(raw),
+        _ => Err(invalid(
+            "task_id",
+            format!("must be {TASK_PREFIX:?} followed by the request id, like \"task-req-1\""),
+        )),
+    }
+}
+
 #[tonic::async_trait]
 impl ApprovalService for ApprovalApi {
     async fn evaluate_increase(
@@ -235,7 +246,7 @@ impl ApprovalService for ApprovalApi {
         let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
         let released = self
             .store
-            .release(request_id.as_str(), now_micros())
+            .release(request_id.as_str(), self.today(), now_micros())
             .await
             .map_err(db("releasing a reservation"))?;
         if released {
@@ -258,7 +269,7 @@ impl ApprovalService for ApprovalApi {
         let targets = req.targets.unwrap_or_default();
         let (micros, currency) = money_micros(req.estimated_monthly_cost_change.as_ref())?;
         let t = task::Model {
-            task_id: format!("task-{request_id}"),
+            task_id: format!("{TASK_PREFIX}{request_id}"),
             request_id: request_id.to_string(),
             business_unit_id: parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?.to_string(),
             cluster: parse_at("cluster", ClusterName::parse(&req.cluster))?.to_string(),
@@ -345,10 +356,17 @@ impl ApprovalService for ApprovalApi {
         self.require_staff(&caller, &[pb::Action::DecideApprovals]).await?;
         let (t, id) = match request.into_inner().key {
             Some(pb::get_approval_task_request::Key::TaskId(id)) => {
-                (self.store.task(&id).await.map_err(db("loading a task"))?, id)
+                (self.store.task(task_id(&id)?).await.map_err(db("loading a task"))?, id)
             }
             Some(pb::get_approval_task_request::Key::RequestId(id)) => {
-                (self.store.task_of_request(&id).await.map_err(db("loading a task"))?, id)
+                let request = parse_at("request_id", RequestId::parse(&id))?;
+                (
+                    self.store
+                        .task_of_request(request.as_str())
+                        .await
+                        .map_err(db("loading a task"))?,
+                    id,
+                )
             }
             None => return Err(invalid("key", "set task_id or request_id")),
         };
@@ -369,9 +387,7 @@ impl ApprovalService for ApprovalApi {
         }
         self.authz.require(&caller.id, pb::Action::DecideApprovals, "").await?;
         let req = request.into_inner();
-        if req.task_id.is_empty() || req.task_id.len() > 80 {
-            return Err(invalid("task_id", "must be 1-80 characters"));
-        }
+        task_id(&req.task_id)?;
         let reason = parse_at("reason", Text::parse(&req.reason, "reason"))?;
         let existing = self
             .store
@@ -514,7 +530,7 @@ impl ApprovalService for ApprovalApi {
         let (scope, target) = self.limit_key(scope, &req.target, "target").await?;
         let cleared = self
             .store
-            .clear_limit(scope, &target)
+            .clear_limit(scope, &target, now_micros())
             .await
             .map_err(db("clearing a daily limit"))?;
         Ok(Response::new(pb::ClearDailyLimitResponse { cleared }))

@@ -26,8 +26,11 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Approval, &config))?;
     let store = store::Store::new(app.db.clone(), config.daily_limits.default_max_daily_increase);
     register_figures(&app, store.clone(), config.daily_limits.day_utc_offset_minutes * 60);
+    let readers = authz.audit_readers();
     let api = api::ApprovalApi::new(store, authz, config.daily_limits.day_utc_offset_minutes, app.draining());
-    Ok(app.map_server(|s| s.add_service(ApprovalServiceServer::new(api))))
+    Ok(app
+        .map_server(|s| s.add_service(ApprovalServiceServer::new(api)))
+        .with_audit(readers))
 }
 
 /// Today's daily budget per cluster (`sspm_daily_budget_limit`, `_used`, `_left`) and the
@@ -131,6 +134,56 @@ mod schema_tests {
             DbErrorKind::UniqueViolation,
             "one decision per task: {err}"
         );
+    }
+
+    /// The migration that lets a release come first keeps every stored reservation, allows
+    /// the 0-port tombstone and still refuses a negative increase; it also rolls back.
+    async fn release_tombstones_migrate(url: &str) {
+        use sea_orm_migration::MigratorTrait;
+        let db = sea_orm::Database::connect(url).await.unwrap();
+        let before_tombstones = Migrator::migrations().len() as u32 - 1;
+        Migrator::up(&db, Some(before_tombstones)).await.unwrap();
+        let zero = "INSERT INTO ledger_reservations VALUES ('r0', 20514, '', '', 0, 1, 1)";
+        assert!(db.execute_unprepared(zero).await.is_err(), "0 refused before");
+        db.execute_unprepared("INSERT INTO ledger_reservations VALUES ('r1', 20514, 'C14', 'bu-1', 20, 1, NULL)")
+            .await
+            .unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        db.execute_unprepared(zero).await.unwrap();
+        let negative = "INSERT INTO ledger_reservations VALUES ('r2', 20514, 'C14', 'bu-1', -1, 1, NULL)";
+        assert!(db.execute_unprepared(negative).await.is_err(), "negative refused");
+        let count = |sql: &'static str| {
+            let db = db.clone();
+            async move {
+                let row = db
+                    .query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                row.try_get_by_index::<i64>(0).unwrap()
+            }
+        };
+        let kept = "SELECT COUNT(*) FROM ledger_reservations WHERE request_id = 'r1' AND increase = 20 AND release_time IS NULL";
+        assert_eq!(count(kept).await, 1, "the stored reservation survives");
+        Migrator::down(&db, Some(1)).await.unwrap();
+        assert_eq!(count(kept).await, 1, "and survives the rollback");
+        assert_eq!(
+            count("SELECT COUNT(*) FROM ledger_reservations").await,
+            1,
+            "tombstones dropped"
+        );
+        Migrator::up(&db, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn release_tombstones_migrate_on_sqlite() {
+        release_tombstones_migrate(&testing::fresh_sqlite().url).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
+    async fn release_tombstones_migrate_on_postgres() {
+        release_tombstones_migrate(&testing::fresh_postgres("approval").await.url).await;
     }
 
     #[tokio::test]

@@ -11,8 +11,9 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryInsertResult,
 };
+use sspm_platform::audit;
 use sspm_platform::db::{DbErrorKind, classify};
 
 use crate::entities::{daily_limit, decision, reservation, task, total};
@@ -217,6 +218,10 @@ impl Store {
         .await;
         match inserted {
             Ok(_) => {
+                let detail = format!(
+                    "+{increase} concurrent ports on {business_unit_id} (cluster {cluster}) reserved in day {day}'s budget"
+                );
+                audit::record(&tx, "reservation.made", request_id, &detail, now).await?;
                 tx.commit().await?;
                 Ok(Evaluated::Fits)
             }
@@ -234,8 +239,39 @@ impl Store {
     }
 
     /// Releases a request's reservation; whether there was one to release.
-    pub async fn release(&self, request_id: &str, now: i64) -> Result<bool, DbErr> {
+    ///
+    /// A request with no reservation yet gets a released, empty one: an evaluation still in
+    /// flight (a request cancelled while the request service was evaluating it) then finds
+    /// it and reserves nothing, so a release always wins over an evaluation whatever order
+    /// they arrive in.
+    pub async fn release(&self, request_id: &str, day: i64, now: i64) -> Result<bool, DbErr> {
         let tx = self.db.begin().await?;
+        // Waits for an evaluation of the same request that is committing (PostgreSQL's
+        // unique index), then either leaves the tombstone or finds the reservation.
+        let tombstone = reservation::Entity::insert(reservation::ActiveModel {
+            request_id: Set(request_id.to_owned()),
+            day: Set(day),
+            cluster: Set(String::new()),
+            business_unit_id: Set(String::new()),
+            increase: Set(0),
+            create_time: Set(now),
+            release_time: Set(Some(now)),
+        })
+        .on_conflict_do_nothing()
+        .exec_without_returning(&tx)
+        .await?;
+        if matches!(tombstone, TryInsertResult::Inserted(1)) {
+            audit::record(
+                &tx,
+                "reservation.refused",
+                request_id,
+                "released before any evaluation: nothing reserved, and nothing will be",
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
         let released = reservation::Entity::update_many()
             .col_expr(reservation::Column::ReleaseTime, Expr::val(now))
             .filter(reservation::Column::RequestId.eq(request_id))
@@ -254,6 +290,8 @@ impl Store {
                     .exec(&tx)
                     .await?;
             }
+            let detail = format!("+{} concurrent ports returned to day {}'s budget", r.increase, r.day);
+            audit::record(&tx, "reservation.released", request_id, &detail, now).await?;
         }
         tx.commit().await?;
         Ok(released)
@@ -262,10 +300,35 @@ impl Store {
     /// Creates a request's task unless it has one; the task.
     pub async fn submit(&self, t: task::Model) -> Result<task::Model, DbErr> {
         let request_id = t.request_id.clone();
-        task::Entity::insert(task::ActiveModel::from(t))
-            .on_conflict_do_nothing()
-            .exec(&self.db)
+        let tx = self.db.begin().await?;
+        let existing = task::Entity::find()
+            .filter(task::Column::RequestId.eq(request_id.as_str()))
+            .one(&tx)
             .await?;
+        if let Some(existing) = existing {
+            return Ok(existing);
+        }
+        let detail = format!(
+            "review of {} on {}: concurrent {} -> {}",
+            t.request_id,
+            t.business_unit_id,
+            t.before_concurrent,
+            t.target_concurrent
+                .map_or_else(|| "unchanged".to_owned(), |c| c.to_string())
+        );
+        let (task_id, now) = (t.task_id.clone(), t.create_time);
+        let inserted = task::Entity::insert(task::ActiveModel::from(t))
+            .exec_without_returning(&tx)
+            .await;
+        match inserted {
+            Ok(_) => {
+                audit::record(&tx, "task.submitted", &task_id, &detail, now).await?;
+                tx.commit().await?;
+            }
+            // Submitted concurrently by another call: that one is the task.
+            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => tx.rollback().await?,
+            Err(e) => return Err(e),
+        }
         self.task_of_request(&request_id)
             .await?
             .ok_or_else(|| DbErr::RecordNotFound(format!("task of {request_id} after insert")))
@@ -286,14 +349,22 @@ impl Store {
 
     /// Withdraws a request's pending task; the task as it is now.
     pub async fn withdraw(&self, request_id: &str, reason: &str, now: i64) -> Result<Option<task::Model>, DbErr> {
-        task::Entity::update_many()
+        let tx = self.db.begin().await?;
+        let withdrawn = task::Entity::update_many()
             .col_expr(task::Column::State, Expr::val("WITHDRAWN"))
             .col_expr(task::Column::DecisionReason, Expr::val(reason))
             .col_expr(task::Column::DecideTime, Expr::val(now))
             .filter(task::Column::RequestId.eq(request_id))
             .filter(task::Column::State.eq("PENDING"))
-            .exec(&self.db)
-            .await?;
+            .exec(&tx)
+            .await?
+            .rows_affected
+            == 1;
+        if withdrawn {
+            let task_id = format!("{TASK_PREFIX}{request_id}");
+            audit::record(&tx, "task.withdrawn", &task_id, &format!("withdrawn: {reason}"), now).await?;
+        }
+        tx.commit().await?;
         self.task_of_request(request_id).await
     }
 
@@ -337,6 +408,16 @@ impl Store {
             decide_time: Set(now),
         })
         .exec(&tx)
+        .await?;
+        let verdict = if approved { "approved" } else { "rejected" };
+        audit::record_as(
+            &tx,
+            Some(by),
+            "task.decided",
+            task_id,
+            &format!("{verdict}: {reason}"),
+            now,
+        )
         .await?;
         tx.commit().await?;
         Ok(Decided::Now(t))
@@ -392,6 +473,16 @@ impl Store {
 
     /// Sets a limit (insert or replace).
     pub async fn set_limit(&self, l: daily_limit::Model) -> Result<(), DbErr> {
+        let tx = self.db.begin().await?;
+        let before = daily_limit::Entity::find()
+            .filter(daily_limit::Column::Scope.eq(l.scope.as_str()))
+            .filter(daily_limit::Column::Target.eq(l.target.as_str()))
+            .one(&tx)
+            .await?
+            .map_or_else(|| "none".to_owned(), |b| b.max_daily_increase.to_string());
+        let target = limit_target(&l.scope, &l.target);
+        let detail = format!("max daily increase {before} -> {}", l.max_daily_increase);
+        let (by, now) = (l.updated_by.clone(), l.update_time);
         daily_limit::Entity::insert(daily_limit::ActiveModel::from(l))
             .on_conflict(
                 OnConflict::columns([daily_limit::Column::Scope, daily_limit::Column::Target])
@@ -402,20 +493,27 @@ impl Store {
                     ])
                     .to_owned(),
             )
-            .exec_without_returning(&self.db)
-            .await
-            .map(|_| ())
+            .exec_without_returning(&tx)
+            .await?;
+        audit::record_as(&tx, Some(&by), "daily_limit.set", &target, &detail, now).await?;
+        tx.commit().await
     }
 
     /// Removes a limit; whether there was one.
-    pub async fn clear_limit(&self, scope: &str, target: &str) -> Result<bool, DbErr> {
-        Ok(daily_limit::Entity::delete_many()
+    pub async fn clear_limit(&self, scope: &str, target: &str, now: i64) -> Result<bool, DbErr> {
+        let tx = self.db.begin().await?;
+        let cleared = daily_limit::Entity::delete_many()
             .filter(daily_limit::Column::Scope.eq(scope))
             .filter(daily_limit::Column::Target.eq(target))
-            .exec(&self.db)
+            .exec(&tx)
             .await?
             .rows_affected
-            > 0)
+            > 0;
+        if cleared {
+            audit::record(&tx, "daily_limit.cleared", &limit_target(scope, target), "cleared", now).await?;
+        }
+        tx.commit().await?;
+        Ok(cleared)
     }
 
     /// Every limit that is set, the default first (from config when not set).
@@ -475,5 +573,17 @@ impl Store {
             .all(&self.db)
             .await?;
         Ok((clusters, tasks))
+    }
+}
+
+/// A task's id is this prefix and its request's id.
+pub const TASK_PREFIX: &str = "task-";
+
+/// A limit as an audit target: `DEFAULT`, `CLUSTER/C14`, `BUSINESS_UNIT/bu-1042`.
+fn limit_target(scope: &str, target: &str) -> String {
+    if target.is_empty() {
+        scope.to_owned()
+    } else {
+        format!("{scope}/{target}")
     }
 }

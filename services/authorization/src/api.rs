@@ -46,6 +46,15 @@ impl AuthorizationApi {
         self.subject(caller.id.as_str()).await
     }
 
+    /// Who may read the audit trail: account representatives.
+    pub fn audit_readers(&self) -> sspm_platform::audit::StaffCheck {
+        let api = self.clone();
+        std::sync::Arc::new(move |caller: Caller| {
+            let api = api.clone();
+            Box::pin(async move { api.require_admin(&caller).await })
+        })
+    }
+
     /// PERMISSION_DENIED unless the caller is an account representative.
     async fn require_admin(&self, caller: &Caller) -> Result<(), Status> {
         let is_rep = self
@@ -285,6 +294,9 @@ impl AuthorizationService for AuthorizationApi {
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
         let after = page_key(&req.page_token)?;
+        if after.as_deref().is_some_and(|k| BusinessUnitId::parse(k).is_err()) {
+            return Err(rpc::foreign_token());
+        }
         let who = self.target_principal(&caller, &req.principal_id).await?;
         let scope = if caller.kind == CallerKind::Service && req.principal_id.is_empty() {
             None
@@ -483,7 +495,7 @@ impl AuthorizationService for AuthorizationApi {
             p.home_business_unit_id = self.home_business_unit("home_business_unit_id", home).await?;
         }
         self.store
-            .update_principal(&p)
+            .update_principal(&p, now_micros())
             .await
             .map_err(db("updating a principal"))?;
         Ok(Response::new(pb::UpdatePrincipalResponse {
@@ -549,7 +561,7 @@ impl AuthorizationService for AuthorizationApi {
             .await?;
         let revoked = self
             .store
-            .revoke(&principal_id, &bu, perm)
+            .revoke(&principal_id, &bu, perm, now_micros())
             .await
             .map_err(db("revoking a permission"))?;
         tracing::info!(principal = %principal_id, business_unit = %bu, permission = perm.name(),

@@ -27,7 +27,10 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     let store = store::Store::new(app.db.clone());
     seed::bootstrap_account_representatives(store.db(), &config.auth.account_representatives).await?;
     let api = api::AuthorizationApi::new(store);
-    Ok(app.map_server(|s| s.add_service(AuthorizationServiceServer::new(api))))
+    let readers = api.audit_readers();
+    Ok(app
+        .map_server(|s| s.add_service(AuthorizationServiceServer::new(api)))
+        .with_audit(readers))
 }
 
 #[cfg(test)]

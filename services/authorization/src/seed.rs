@@ -17,7 +17,25 @@ pub async fn bootstrap_account_representatives(db: &DatabaseConnection, ids: &[S
     let tx = db.begin().await?;
     for id in ids {
         ensure_principal(&tx, staff(id, id)).await?;
-        grant_on(&tx, global(id, Permission::AccountRepresentative, "config")).await?;
+        let g = global(id, Permission::AccountRepresentative, "config");
+        let held =
+            grant::Entity::find_by_id((g.principal_id.clone(), g.business_unit_id.clone(), g.permission.clone()))
+                .one(&tx)
+                .await?
+                .is_some();
+        if held {
+            continue;
+        }
+        grant_on(&tx, g).await?;
+        sspm_platform::audit::record_as(
+            &tx,
+            Some("config"),
+            "permission.granted",
+            id,
+            "ACCOUNT_REPRESENTATIVE globally granted by auth.account_representatives at start",
+            now_micros(),
+        )
+        .await?;
     }
     tx.commit().await
 }

@@ -3,8 +3,10 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
+
+use sspm_platform::audit;
 
 use crate::entities::{business_unit, grant, principal};
 use crate::model::Perm;
@@ -62,14 +64,24 @@ impl Store {
 
     /// Inserts a business unit; a unique violation means it exists.
     pub async fn insert_business_unit(&self, bu: business_unit::Model) -> Result<(), DbErr> {
+        let tx = self.db.begin().await?;
+        let (id, now, detail) = (bu.business_unit_id.clone(), bu.create_time, describe_bu(&bu));
         business_unit::Entity::insert(business_unit::ActiveModel::from(bu))
-            .exec_without_returning(&self.db)
-            .await
-            .map(|_| ())
+            .exec_without_returning(&tx)
+            .await?;
+        audit::record(&tx, "business_unit.created", &id, &detail, now).await?;
+        tx.commit().await
     }
 
     /// Replaces a business unit's fields.
     pub async fn update_business_unit(&self, bu: business_unit::Model) -> Result<(), DbErr> {
+        let tx = self.db.begin().await?;
+        let before = business_unit::Entity::find_by_id(bu.business_unit_id.clone())
+            .one(&tx)
+            .await?
+            .map_or_else(|| "nothing".to_owned(), |b| describe_bu(&b));
+        let detail = format!("{before} -> {}", describe_bu(&bu));
+        let (id, now) = (bu.business_unit_id.clone(), bu.update_time);
         business_unit::Entity::update_many()
             .col_expr(business_unit::Column::DisplayName, Expr::val(bu.display_name))
             .col_expr(business_unit::Column::Cluster, Expr::val(bu.cluster))
@@ -84,9 +96,10 @@ impl Store {
             )
             .col_expr(business_unit::Column::UpdateTime, Expr::val(bu.update_time))
             .filter(business_unit::Column::BusinessUnitId.eq(bu.business_unit_id))
-            .exec(&self.db)
-            .await
-            .map(|_| ())
+            .exec(&tx)
+            .await?;
+        audit::record(&tx, "business_unit.updated", &id, &detail, now).await?;
+        tx.commit().await
     }
 
     /// One principal.
@@ -96,14 +109,23 @@ impl Store {
 
     /// Inserts a principal; a unique violation means it exists.
     pub async fn insert_principal(&self, p: principal::Model) -> Result<(), DbErr> {
+        let tx = self.db.begin().await?;
+        let (id, now, detail) = (p.principal_id.clone(), p.create_time, describe_principal(&p));
         principal::Entity::insert(principal::ActiveModel::from(p))
-            .exec_without_returning(&self.db)
-            .await
-            .map(|_| ())
+            .exec_without_returning(&tx)
+            .await?;
+        audit::record(&tx, "principal.created", &id, &detail, now).await?;
+        tx.commit().await
     }
 
     /// Replaces a principal's display name and home business unit.
-    pub async fn update_principal(&self, p: &principal::Model) -> Result<(), DbErr> {
+    pub async fn update_principal(&self, p: &principal::Model, now: i64) -> Result<(), DbErr> {
+        let tx = self.db.begin().await?;
+        let before = principal::Entity::find_by_id(p.principal_id.clone())
+            .one(&tx)
+            .await?
+            .map_or_else(|| "nothing".to_owned(), |b| describe_principal(&b));
+        let detail = format!("{before} -> {}", describe_principal(p));
         principal::Entity::update_many()
             .col_expr(principal::Column::DisplayName, Expr::val(p.display_name.clone()))
             .col_expr(
@@ -111,9 +133,10 @@ impl Store {
                 Expr::val(p.home_business_unit_id.clone()),
             )
             .filter(principal::Column::PrincipalId.eq(p.principal_id.clone()))
-            .exec(&self.db)
-            .await
-            .map(|_| ())
+            .exec(&tx)
+            .await?;
+        audit::record(&tx, "principal.updated", &p.principal_id, &detail, now).await?;
+        tx.commit().await
     }
 
     /// Every grant of a principal.
@@ -126,21 +149,49 @@ impl Store {
 
     /// Grants a permission unless already granted; returns the stored grant.
     pub async fn grant(&self, g: grant::Model) -> Result<grant::Model, DbErr> {
-        grant_on(&self.db, g.clone()).await?;
-        grant::Entity::find_by_id((g.principal_id, g.business_unit_id, g.permission))
-            .one(&self.db)
+        let tx = self.db.begin().await?;
+        grant_on(&tx, g.clone()).await?;
+        audit::record(
+            &tx,
+            "permission.granted",
+            &g.principal_id,
+            &describe_grant(&g),
+            g.grant_time,
+        )
+        .await?;
+        let stored = grant::Entity::find_by_id((g.principal_id, g.business_unit_id, g.permission))
+            .one(&tx)
             .await?
-            .ok_or_else(|| DbErr::RecordNotFound("grant vanished after insert".into()))
+            .ok_or_else(|| DbErr::RecordNotFound("grant vanished after insert".into()))?;
+        tx.commit().await?;
+        Ok(stored)
     }
 
     /// Revokes a permission; whether there was one.
-    pub async fn revoke(&self, principal_id: &str, business_unit_id: &str, perm: Perm) -> Result<bool, DbErr> {
+    pub async fn revoke(
+        &self,
+        principal_id: &str,
+        business_unit_id: &str,
+        perm: Perm,
+        now: i64,
+    ) -> Result<bool, DbErr> {
+        let tx = self.db.begin().await?;
         let r = grant::Entity::delete_many()
             .filter(grant::Column::PrincipalId.eq(principal_id))
             .filter(grant::Column::BusinessUnitId.eq(business_unit_id))
             .filter(grant::Column::Permission.eq(perm.name()))
-            .exec(&self.db)
+            .exec(&tx)
             .await?;
+        if r.rows_affected > 0 {
+            let on = if business_unit_id.is_empty() {
+                "globally"
+            } else {
+                business_unit_id
+            };
+            let detail = format!("{} on {on} revoked", perm.name());
+            audit::record(&tx, "permission.revoked", principal_id, &detail, now).await?;
+        }
+        tx.commit().await?;
         Ok(r.rows_affected > 0)
     }
 
@@ -196,4 +247,37 @@ pub async fn ensure_principal(db: &impl ConnectionTrait, p: principal::Model) ->
     .exec(db)
     .await
     .map(|_| ())
+}
+
+fn describe_bu(b: &business_unit::Model) -> String {
+    format!(
+        "{:?} on cluster {}, partner {}, Monitoring Gateway {}, Personal Connection {}",
+        b.display_name,
+        b.cluster,
+        b.partner_id.as_deref().unwrap_or("none"),
+        on_off(b.monitoring_gateway_enabled),
+        on_off(b.personal_connection_enabled)
+    )
+}
+
+fn describe_principal(p: &principal::Model) -> String {
+    format!(
+        "{:?} ({}), home {}",
+        p.display_name,
+        p.kind,
+        p.home_business_unit_id.as_deref().unwrap_or("none")
+    )
+}
+
+fn describe_grant(g: &grant::Model) -> String {
+    let on = if g.business_unit_id.is_empty() {
+        "globally"
+    } else {
+        g.business_unit_id.as_str()
+    };
+    format!("{} on {on} granted", g.permission)
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
 }

@@ -25,7 +25,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::convert::{limits_pb, outcome, request_pb};
 use crate::entities::request;
-use crate::store::{Entry, Transition};
+use crate::store::{Entry, Inserted, Transition};
 use crate::workflow::{Effect, SYSTEM, Workflow, limits_of, state_of};
 
 /// The handlers.
@@ -218,111 +218,125 @@ impl PortRequestService for RequestApi {
             return replay(existing).await;
         }
 
-        let facts = BusinessUnitFacts {
-            monitoring_gateway: bu.monitoring_gateway_enabled,
-            personal_connection: bu.personal_connection_enabled,
-        };
-        let current = limits_of(
-            store
-                .limits(bu_id.as_str())
-                .await
-                .map_err(db("loading limits"))?
-                .as_ref(),
-        );
-        let requested = RequestedTargets {
-            concurrent: t.concurrent.map(i64::from),
-            outbound: t.outbound.map(i64::from),
-            agentless: t.agentless.map(i64::from),
-        };
-        let change = validate_change(current, facts, &requested, "targets").map_err(|v| error::violations(&v))?;
-        let now = now_micros();
-        if let Some(at) = payload.revert_at {
-            validate_temporary(&change, at / 1_000_000, now / 1_000_000).map_err(|v| error::violations(&v))?;
-        }
-        let cost = monthly_cost_change(change.before, change.after, &self.price);
-        if let Some(open) = store
-            .open_request_of(bu_id.as_str())
-            .await
-            .map_err(db("loading the open request"))?
-        {
-            return Err(r5(bu_id.as_str(), &open));
-        }
-        let model = request::Model {
-            request_id: id.to_string(),
-            business_unit_id: bu_id.to_string(),
-            cluster: bu.cluster.clone(),
-            requester: caller.id.to_string(),
-            state: RequestState::New.as_str().to_owned(),
-            case_number: None,
-            before_concurrent: change.before.concurrent.get().into(),
-            before_outbound: change.before.outbound.get().into(),
-            before_agentless: change.before.agentless.get().into(),
-            target_concurrent: t.concurrent,
-            target_outbound: t.outbound,
-            target_agentless: t.agentless,
-            cost_change_micros: cost.micros,
-            currency: cost.currency.clone(),
-            justification: payload.justification.clone(),
-            approval_path: None,
-            decided_by: None,
-            decision_approved: None,
-            decision_reason: None,
-            decide_time: None,
-            failure_reason: None,
-            revert_at: payload.revert_at,
-            reverted_time: None,
-            reverted_concurrent: None,
-            reverted_outbound: None,
-            reverted_agentless: None,
-            next_attempt_at: Some(Workflow::lease_until(now)),
-            attempts: 0,
-            create_time: now,
-            update_time: now,
-        };
-
-        if req.validate_only {
-            let outcome = if !change.needs_daily_limit_check()
-                || self
-                    .would_fit(bu_id.as_str(), &bu.cluster, change.concurrent_increase())
-                    .await?
-            {
-                pb::CreateOutcome::AutoApproved
-            } else if payload.justification.is_some() {
-                pb::CreateOutcome::SentToReview
-            } else {
-                pb::CreateOutcome::NeedsInformation
+        // The request is computed from the limits as read here; the insert checks, in its
+        // transaction, that they have not moved since (else `before` would be stale).
+        let mut attempt = 0;
+        let change = loop {
+            attempt += 1;
+            let facts = BusinessUnitFacts {
+                monitoring_gateway: bu.monitoring_gateway_enabled,
+                personal_connection: bu.personal_connection_enabled,
             };
-            return Ok(Response::new(pb::CreatePortChangeRequestResponse {
-                request: Some(request_pb(model, Vec::new())),
-                outcome: outcome.into(),
-                validate_only: true,
-            }));
-        }
-
-        let entry = Entry {
-            kind: "TRANSITION",
-            actor: caller.id.to_string(),
-            from: None,
-            to: RequestState::New,
-            reason: format!("requested: {}", crate::workflow::describe(&change)),
-        };
-        match store.insert(model, entry).await {
-            Ok(()) => {}
-            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
-                // Either the same id was created concurrently (idempotent replay), or
-                // another request for the business unit opened first (R5, in the database).
-                if let Some(existing) = store.request(id.as_str()).await.map_err(db("loading a request"))? {
-                    return replay(existing).await;
-                }
-                let open = store
-                    .open_request_of(bu_id.as_str())
+            let current = limits_of(
+                store
+                    .limits(bu_id.as_str())
                     .await
-                    .map_err(db("loading the open request"))?
-                    .unwrap_or_default();
+                    .map_err(db("loading limits"))?
+                    .as_ref(),
+            );
+            let requested = RequestedTargets {
+                concurrent: t.concurrent.map(i64::from),
+                outbound: t.outbound.map(i64::from),
+                agentless: t.agentless.map(i64::from),
+            };
+            let change = validate_change(current, facts, &requested, "targets").map_err(|v| error::violations(&v))?;
+            let now = now_micros();
+            if let Some(at) = payload.revert_at {
+                validate_temporary(&change, at / 1_000_000, now / 1_000_000).map_err(|v| error::violations(&v))?;
+            }
+            let cost = monthly_cost_change(change.before, change.after, &self.price);
+            if let Some(open) = store
+                .open_request_of(bu_id.as_str())
+                .await
+                .map_err(db("loading the open request"))?
+            {
                 return Err(r5(bu_id.as_str(), &open));
             }
-            Err(e) => return Err(error::database("creating a request", &e)),
-        }
+            let model = request::Model {
+                request_id: id.to_string(),
+                business_unit_id: bu_id.to_string(),
+                cluster: bu.cluster.clone(),
+                requester: caller.id.to_string(),
+                state: RequestState::New.as_str().to_owned(),
+                case_number: None,
+                before_concurrent: change.before.concurrent.get().into(),
+                before_outbound: change.before.outbound.get().into(),
+                before_agentless: change.before.agentless.get().into(),
+                target_concurrent: t.concurrent,
+                target_outbound: t.outbound,
+                target_agentless: t.agentless,
+                cost_change_micros: cost.micros,
+                currency: cost.currency.clone(),
+                justification: payload.justification.clone(),
+                approval_path: None,
+                decided_by: None,
+                decision_approved: None,
+                decision_reason: None,
+                decide_time: None,
+                failure_reason: None,
+                revert_at: payload.revert_at,
+                reverted_time: None,
+                reverted_concurrent: None,
+                reverted_outbound: None,
+                reverted_agentless: None,
+                next_attempt_at: Some(Workflow::lease_until(now)),
+                attempts: 0,
+                create_time: now,
+                update_time: now,
+            };
+
+            if req.validate_only {
+                let outcome = if !change.needs_daily_limit_check()
+                    || self
+                        .would_fit(bu_id.as_str(), &bu.cluster, change.concurrent_increase())
+                        .await?
+                {
+                    pb::CreateOutcome::AutoApproved
+                } else if payload.justification.is_some() {
+                    pb::CreateOutcome::SentToReview
+                } else {
+                    pb::CreateOutcome::NeedsInformation
+                };
+                return Ok(Response::new(pb::CreatePortChangeRequestResponse {
+                    request: Some(request_pb(model, Vec::new())),
+                    outcome: outcome.into(),
+                    validate_only: true,
+                }));
+            }
+
+            let entry = Entry {
+                kind: "TRANSITION",
+                actor: caller.id.to_string(),
+                from: None,
+                to: RequestState::New,
+                reason: format!("requested: {}", crate::workflow::describe(&change)),
+            };
+            match store.insert(model, entry).await {
+                Ok(Inserted::Done) => break change,
+                // The limits moved between the read above and the insert (a change applied
+                // meanwhile): compute the request again against the limits as they are now.
+                Ok(Inserted::LimitsMoved) if attempt < 5 => continue,
+                Ok(Inserted::LimitsMoved) => {
+                    return Err(Status::aborted(
+                        "the business unit's limits keep changing while the request is made; retry",
+                    ));
+                }
+                Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+                    // Either the same id was created concurrently (idempotent replay), or
+                    // another request for the business unit opened first (R5, in the database).
+                    if let Some(existing) = store.request(id.as_str()).await.map_err(db("loading a request"))? {
+                        return replay(existing).await;
+                    }
+                    let open = store
+                        .open_request_of(bu_id.as_str())
+                        .await
+                        .map_err(db("loading the open request"))?
+                        .unwrap_or_default();
+                    return Err(r5(bu_id.as_str(), &open));
+                }
+                Err(e) => return Err(error::database("creating a request", &e)),
+            }
+        };
         tracing::info!(request_id = %id, business_unit = %bu_id, requester = %caller.id, change = %crate::workflow::describe(&change), "request created");
         self.wf.drive(id.as_str()).await;
         let r = self.load(id.as_str()).await?;

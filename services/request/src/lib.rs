@@ -33,9 +33,11 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     .await?;
     let identity = ServiceIdentity::new(ServiceKind::Request, &config);
     let endpoint = |k| config.services.get(k).endpoint();
+    let authz = Authz::new(&config, identity.clone())?;
+    let readers = authz.audit_readers();
     let workflow = Arc::new(workflow::Workflow::new(
         store::Store::new(app.db.clone()),
-        Authz::new(&config, identity.clone())?,
+        authz,
         TicketingServiceClient::new(connect_lazy(&endpoint(ServiceKind::Ticketing), &config.clients)?),
         ApprovalServiceClient::new(connect_lazy(&endpoint(ServiceKind::Approval), &config.clients)?),
         identity,
@@ -46,6 +48,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     register_figures(&app, store::Store::new(app.db.clone()));
     Ok(app
         .map_server(|s| s.add_service(PortRequestServiceServer::new(api)))
+        .with_audit(readers)
         .with_background(background))
 }
 

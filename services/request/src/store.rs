@@ -8,6 +8,7 @@ use sea_orm::{
     ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, TransactionTrait,
 };
+use sspm_platform::audit;
 use sspm_rules::RequestState;
 
 use crate::entities::{cursor, effect, history, limits, request};
@@ -25,6 +26,15 @@ pub struct Entry {
     pub to: RequestState,
     /// Why.
     pub reason: String,
+}
+
+/// What [`Store::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The request is stored.
+    Done,
+    /// Nothing is stored: the business unit's limits changed since the request was computed.
+    LimitsMoved,
 }
 
 /// An effect to enqueue.
@@ -131,31 +141,55 @@ impl Store {
     }
 
     /// Inserts a new request with its first history entry. A unique violation means the id
-    /// exists or the business unit has an open request (R5).
-    pub async fn insert(&self, r: request::Model, entry: Entry) -> Result<(), DbErr> {
+    /// exists or the business unit has an open request (R5). The request was computed from
+    /// the limits in its `before_*` columns: if a change was applied since they were read,
+    /// nothing is inserted and the caller computes it again.
+    pub async fn insert(&self, r: request::Model, entry: Entry) -> Result<Inserted, DbErr> {
         let tx = self.db.begin().await?;
         let id = r.request_id.clone();
         let time = r.create_time;
+        let bu = r.business_unit_id.clone();
+        let before = (r.before_concurrent, r.before_outbound, r.before_agentless);
         request::Entity::insert(request::ActiveModel::from(r))
             .exec_without_returning(&tx)
             .await?;
+        // Read after the insert: the R5 index has waited for any request of the business
+        // unit still being applied, so this sees the limits that request left.
+        let now = limits::Entity::find_by_id(bu)
+            .lock_exclusive()
+            .one(&tx)
+            .await?
+            .map_or((0, 0, 0), |l| (l.concurrent, l.outbound, l.agentless));
+        if now != before {
+            tx.rollback().await?;
+            return Ok(Inserted::LimitsMoved);
+        }
         write_history(&tx, &id, time, entry).await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(Inserted::Done)
     }
 
     /// Records the case number of a request that has none.
     pub async fn set_case_number(&self, id: &str, number: &str, now: i64) -> Result<(), DbErr> {
-        request::Entity::update_many()
+        let tx = self.db.begin().await?;
+        let set = request::Entity::update_many()
             .col_expr(request::Column::CaseNumber, Expr::val(number))
             .col_expr(request::Column::UpdateTime, Expr::val(now))
             .filter(request::Column::RequestId.eq(id))
             .filter(request::Column::CaseNumber.is_null())
-            .exec(&self.db)
-            .await
-            .map(|_| ())
+            .exec(&tx)
+            .await?
+            .rows_affected
+            == 1;
+        if set {
+            audit::record(&tx, "request.case_linked", id, &format!("case {number}"), now).await?;
+        }
+        tx.commit().await
     }
 
     /// Records a decision on an open request in `state` that has none yet; whether it did.
+    /// The request is scheduled for the worker at `lease_until`: if the caller dies before
+    /// applying the decision, the worker applies it then.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_decision(
         &self,
@@ -166,7 +200,9 @@ impl Store {
         reason: &str,
         path: &str,
         now: i64,
+        lease_until: i64,
     ) -> Result<bool, DbErr> {
+        let tx = self.db.begin().await?;
         let r = request::Entity::update_many()
             .col_expr(request::Column::DecidedBy, Expr::val(by))
             .col_expr(request::Column::DecisionApproved, Expr::val(approved))
@@ -174,11 +210,18 @@ impl Store {
             .col_expr(request::Column::DecideTime, Expr::val(now))
             .col_expr(request::Column::ApprovalPath, Expr::val(path))
             .col_expr(request::Column::UpdateTime, Expr::val(now))
+            .col_expr(request::Column::NextAttemptAt, Expr::val(lease_until))
             .filter(request::Column::RequestId.eq(id))
             .filter(request::Column::State.eq(state.as_str()))
             .filter(request::Column::DecidedBy.is_null())
-            .exec(&self.db)
+            .exec(&tx)
             .await?;
+        if r.rows_affected == 1 {
+            let verdict = if approved { "approved" } else { "rejected" };
+            let detail = format!("{verdict} ({path}): {reason}");
+            audit::record_as(&tx, Some(by), "request.decided", id, &detail, now).await?;
+        }
+        tx.commit().await?;
         Ok(r.rows_affected == 1)
     }
 
@@ -219,7 +262,7 @@ impl Store {
             .await?;
         let applied = match decide(&r, current.as_ref()) {
             Apply::Limits(new, t) => {
-                write_limits(&tx, current.as_ref(), new, now).await?;
+                write_limits(&tx, current.as_ref(), new, &format!("applied by {id}"), now).await?;
                 transition_in(&tx, id, t, now).await?;
                 true
             }
@@ -268,7 +311,7 @@ impl Store {
             .filter(request::Column::RequestId.eq(id))
             .exec(&tx)
             .await?;
-        write_limits(&tx, Some(&current), new, now).await?;
+        write_limits(&tx, Some(&current), new, &format!("reverted by {id}"), now).await?;
         write_history(&tx, id, now, entry).await?;
         write_effects(&tx, id, vec![effect]).await?;
         tx.commit().await?;
@@ -466,6 +509,7 @@ impl Store {
                 version: 0,
                 update_time: now,
             },
+            "set",
             now,
         )
         .await?;
@@ -485,8 +529,18 @@ async fn write_limits(
     tx: &DatabaseTransaction,
     current: Option<&limits::Model>,
     new: limits::Model,
+    cause: &str,
     now: i64,
 ) -> Result<(), DbErr> {
+    let before = current.map_or_else(
+        || "none".to_owned(),
+        |c| format!("{}/{}/{}", c.concurrent, c.outbound, c.agentless),
+    );
+    let detail = format!(
+        "concurrent/outbound/agentless {before} -> {}/{}/{} ({cause})",
+        new.concurrent, new.outbound, new.agentless
+    );
+    audit::record(tx, "limits.changed", &new.business_unit_id, &detail, now).await?;
     match current {
         Some(c) => limits::Entity::update_many()
             .col_expr(limits::Column::Concurrent, Expr::val(new.concurrent))
@@ -513,6 +567,17 @@ async fn write_limits(
 }
 
 async fn write_history(tx: &DatabaseTransaction, id: &str, time: i64, e: Entry) -> Result<(), DbErr> {
+    let action = match (e.kind, e.from) {
+        ("TRANSITION", None) => "request.created",
+        ("TRANSITION", Some(_)) => "request.transition",
+        ("REVERTED", _) => "request.reverted",
+        _ => "request.note",
+    };
+    let detail = match e.from {
+        Some(from) if from != e.to => format!("{} -> {}: {}", from.as_str(), e.to.as_str(), e.reason),
+        _ => format!("{}: {}", e.to.as_str(), e.reason),
+    };
+    audit::record_as(tx, Some(&e.actor), action, id, &detail, time).await?;
     history::Entity::insert(history::ActiveModel {
         id: NotSet,
         request_id: Set(id.to_owned()),

@@ -94,6 +94,19 @@ fn text(field: &str, raw: &str, what: &str, max: usize) -> Result<String, Status
     Ok(parse_at(field, Text::parse_max(raw, what, max))?.as_str().to_owned())
 }
 
+/// A case's external reference (the caller's id for it): 1-64 characters, no control
+/// characters, surrounding blanks ignored.
+fn external_reference(raw: &str) -> Result<&str, Status> {
+    let reference = raw.trim();
+    if reference.is_empty() || reference.chars().count() > 64 || reference.chars().any(char::is_control) {
+        return Err(invalid(
+            "external_reference",
+            "must be 1-64 characters, without control characters",
+        ));
+    }
+    Ok(reference)
+}
+
 /// The optional idempotency key of a comment: none when empty, at most 128 characters.
 fn comment_key(raw: &str) -> Result<Option<&str>, Status> {
     match raw {
@@ -112,10 +125,7 @@ impl TicketingService for TicketingApi {
         let caller = caller(&request)?;
         require_service(&caller, "OpenCase")?;
         let req = request.into_inner();
-        let reference = req.external_reference.trim();
-        if reference.is_empty() || reference.len() > 64 {
-            return Err(invalid("external_reference", "must be 1-64 characters"));
-        }
+        let reference = external_reference(&req.external_reference)?;
         let description = if req.description.is_empty() {
             String::new()
         } else {
@@ -217,22 +227,25 @@ impl TicketingService for TicketingApi {
 
     async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
         let caller = caller(&request)?;
-        let case = match request.into_inner().key {
-            Some(pb::get_case_request::Key::CaseNumber(n)) => self.case_by_number(&n).await?,
-            Some(pb::get_case_request::Key::ExternalReference(r)) => self
-                .store
-                .by_reference(&r)
-                .await
-                .map_err(db("loading a case"))?
-                .ok_or_else(|| not_found("case", &r))?,
+        let (case, asked) = match request.into_inner().key {
+            Some(pb::get_case_request::Key::CaseNumber(n)) => (self.case_by_number(&n).await?, n),
+            Some(pb::get_case_request::Key::ExternalReference(r)) => (
+                self.store
+                    .by_reference(external_reference(&r)?)
+                    .await
+                    .map_err(db("loading a case"))?
+                    .ok_or_else(|| not_found("case", &r))?,
+                r,
+            ),
             None => return Err(invalid("key", "set case_number or external_reference")),
         };
-        let shown = case.case.case_number.clone().unwrap_or_default();
         match self.may_read(&caller, &case.case.business_unit_id).await {
             Ok(()) => Ok(Response::new(pb::GetCaseResponse {
                 case: Some(to_pb(case)),
             })),
-            Err(s) if s.code() == Code::NotFound => Err(not_found("case", &shown)),
+            // Exactly the answer for a case that does not exist: only what the caller asked
+            // with, never the case number of another tenant's case.
+            Err(s) if s.code() == Code::NotFound => Err(not_found("case", &asked)),
             Err(s) => Err(s),
         }
     }

@@ -23,8 +23,11 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     )
     .await?;
     let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Ticketing, &config))?;
+    let readers = authz.audit_readers();
     let api = api::TicketingApi::new(store::Store::new(app.db.clone()), authz);
-    Ok(app.map_server(|s| s.add_service(TicketingServiceServer::new(api))))
+    Ok(app
+        .map_server(|s| s.add_service(TicketingServiceServer::new(api)))
+        .with_audit(readers))
 }
 
 #[cfg(test)]

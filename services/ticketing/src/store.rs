@@ -5,6 +5,7 @@ use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
+use sspm_platform::audit;
 use sspm_platform::db::{DbErrorKind, classify};
 use sspm_rules::CaseNumber;
 
@@ -115,6 +116,14 @@ impl Store {
                 .filter(case::Column::Id.eq(id))
                 .exec(&tx)
                 .await?;
+            audit::record(
+                &tx,
+                "case.opened",
+                number.as_str(),
+                &format!("opened for {reference}"),
+                now,
+            )
+            .await?;
             tx.commit().await
         }
         .await;
@@ -158,6 +167,15 @@ impl Store {
                 .filter(case::Column::Id.eq(case_id))
                 .exec(&tx)
                 .await?;
+            let number = CaseNumber::from_sequence(u64::try_from(case_id).unwrap_or_default());
+            audit::record(
+                &tx,
+                "case.commented",
+                number.as_str(),
+                &format!("comment by {author}"),
+                now,
+            )
+            .await?;
             tx.commit().await
         }
         .await;
@@ -170,27 +188,45 @@ impl Store {
 
     /// Sets the status of an open case; `false` when the case is closed.
     pub async fn set_status(&self, case_id: i64, status: &str, now: i64) -> Result<bool, DbErr> {
+        let tx = self.db.begin().await?;
         let r = case::Entity::update_many()
             .col_expr(case::Column::Status, Expr::val(status))
             .col_expr(case::Column::UpdateTime, Expr::val(now))
             .filter(case::Column::Id.eq(case_id))
             .filter(case::Column::Status.ne("CLOSED"))
-            .exec(&self.db)
+            .exec(&tx)
             .await?;
+        if r.rows_affected == 1 {
+            let number = CaseNumber::from_sequence(u64::try_from(case_id).unwrap_or_default());
+            audit::record(
+                &tx,
+                "case.status_set",
+                number.as_str(),
+                &format!("status {status}"),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
         Ok(r.rows_affected == 1)
     }
 
     /// Closes a case with a resolution (a no-op when closed with the same one).
     pub async fn close(&self, number: &str, resolution: &str, now: i64) -> Result<Option<Closed>, DbErr> {
-        case::Entity::update_many()
+        let tx = self.db.begin().await?;
+        let r = case::Entity::update_many()
             .col_expr(case::Column::Status, Expr::val("CLOSED"))
             .col_expr(case::Column::Resolution, Expr::val(resolution))
             .col_expr(case::Column::CloseTime, Expr::val(now))
             .col_expr(case::Column::UpdateTime, Expr::val(now))
             .filter(case::Column::CaseNumber.eq(number))
             .filter(case::Column::Status.ne("CLOSED"))
-            .exec(&self.db)
+            .exec(&tx)
             .await?;
+        if r.rows_affected == 1 {
+            audit::record(&tx, "case.closed", number, &format!("closed: {resolution}"), now).await?;
+        }
+        tx.commit().await?;
         Ok(self.by_number(number).await?.map(|c| {
             if c.case.resolution.as_deref() == Some(resolution) {
                 Closed::Ok(c)

@@ -30,12 +30,16 @@ pub enum Backend {
     PostgresAt(String),
 }
 
-/// Four service processes on fixed ports, each started, killed and restarted on its own.
+/// Four service processes on fixed ports, each started, killed and restarted on its own;
+/// and further replicas of a service, on the same database.
+///
+/// Replica `n` of a service calls replica `n` of the services it depends on where there is
+/// one, else replica 0, so that two request replicas talk to two approval replicas.
 pub struct Cluster {
     dir: tempfile::TempDir,
-    ports: HashMap<ServiceKind, u16>,
+    ports: HashMap<(ServiceKind, usize), u16>,
     databases: HashMap<ServiceKind, String>,
-    running: HashMap<ServiceKind, Child>,
+    running: HashMap<(ServiceKind, usize), Child>,
     starts: usize,
     extra_env: Vec<(String, String)>,
 }
@@ -71,7 +75,7 @@ impl Cluster {
         }
         Self {
             dir: tempfile::tempdir().unwrap(),
-            ports: ServiceKind::ALL.iter().map(|k| (*k, free_port())).collect(),
+            ports: ServiceKind::ALL.iter().map(|k| ((*k, 0), free_port())).collect(),
             databases,
             running: HashMap::new(),
             starts: 0,
@@ -94,7 +98,20 @@ impl Cluster {
     /// Starts `kind` (seeding its part of the demo tenancy into an empty database) and waits
     /// until it serves.
     pub async fn start(&mut self, kind: ServiceKind) {
-        assert!(!self.running.contains_key(&kind), "{} is running already", kind.name());
+        self.start_replica(kind, 0).await;
+    }
+
+    /// Starts replica `n` of `kind` (0 is the one [`Cluster::start`] starts) on its own port
+    /// and the service's one database, and waits until it serves. Start replica 0 first: it
+    /// migrates and seeds the database.
+    pub async fn start_replica(&mut self, kind: ServiceKind, n: usize) {
+        let key = (kind, n);
+        assert!(
+            !self.running.contains_key(&key),
+            "{} #{n} is running already",
+            kind.name()
+        );
+        self.ports.entry(key).or_insert_with(free_port);
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(kind, self.starts)).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sspm"));
@@ -102,11 +119,16 @@ impl Cluster {
             .arg(self.dir.path())
             .env_remove("SSPM_CONFIG")
             .env("RUST_LOG", "info");
-        for (k, port) in &self.ports {
+        for k in ServiceKind::ALL {
+            let port = if k == kind {
+                self.ports[&key]
+            } else {
+                self.ports.get(&(k, n)).copied().unwrap_or(self.ports[&(k, 0)])
+            };
             let name = k.name().to_uppercase();
             cmd.env(format!("SSPM__SERVICES__{name}__LISTEN"), format!("127.0.0.1:{port}"));
             cmd.env(format!("SSPM__SERVICES__{name}__ADMIN_LISTEN"), "127.0.0.1:0");
-            if let Some(url) = self.databases.get(k) {
+            if let Some(url) = self.databases.get(&k) {
                 cmd.env(format!("SSPM__SERVICES__{name}__DATABASE_URL"), url);
             }
         }
@@ -114,13 +136,13 @@ impl Cluster {
             cmd.env(k, v);
         }
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::from(log)).spawn().unwrap();
-        self.running.insert(kind, child);
-        self.wait_serving(kind).await;
+        self.running.insert(key, child);
+        self.wait_serving(key).await;
     }
 
     /// Kills `kind` with SIGKILL: no shutdown, in-flight calls and transactions cut short.
     pub fn kill(&mut self, kind: ServiceKind) {
-        let mut child = self.running.remove(&kind).expect("running");
+        let mut child = self.running.remove(&(kind, 0)).expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -135,8 +157,10 @@ impl Cluster {
             ServiceKind::Authorization,
             ServiceKind::Request,
         ];
-        for kind in order {
-            let Some(mut child) = self.running.remove(&kind) else {
+        let mut keys: Vec<(ServiceKind, usize)> = self.running.keys().copied().collect();
+        keys.sort_by_key(|(kind, n)| (order.iter().position(|k| k == kind), *n));
+        for (kind, n) in keys {
+            let Some(mut child) = self.running.remove(&(kind, n)) else {
                 continue;
             };
             let pid = child.id().to_string();
@@ -146,15 +170,20 @@ impl Cluster {
                 if let Some(status) = child.try_wait().unwrap() {
                     break status;
                 }
-                assert!(std::time::Instant::now() < deadline, "{} ignored SIGTERM", kind.name());
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} #{n} ignored SIGTERM",
+                    kind.name()
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
-            assert!(status.success(), "{} exited with {status:?}", kind.name());
+            assert!(status.success(), "{} #{n} exited with {status:?}", kind.name());
         }
     }
 
-    async fn wait_serving(&mut self, kind: ServiceKind) {
-        let mut health = HealthClient::new(self.channel(kind));
+    async fn wait_serving(&mut self, key: (ServiceKind, usize)) {
+        let (kind, n) = key;
+        let mut health = HealthClient::new(self.replica_channel(kind, n));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let serving = health
@@ -164,8 +193,8 @@ impl Cluster {
             if serving {
                 return;
             }
-            if let Some(status) = self.running.get_mut(&kind).and_then(|c| c.try_wait().unwrap()) {
-                panic!("{} exited at start-up with {status:?}", kind.name());
+            if let Some(status) = self.running.get_mut(&key).and_then(|c| c.try_wait().unwrap()) {
+                panic!("{} #{n} exited at start-up with {status:?}", kind.name());
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -203,20 +232,34 @@ impl Cluster {
 
     /// A channel to `kind` (short deadlines: a dead service answers UNAVAILABLE quickly).
     pub fn channel(&self, kind: ServiceKind) -> InternalChannel {
+        self.replica_channel(kind, 0)
+    }
+
+    /// A channel to replica `n` of `kind`.
+    pub fn replica_channel(&self, kind: ServiceKind, n: usize) -> InternalChannel {
         let cfg = ClientConfig {
             timeout_ms: 3_000,
             connect_timeout_ms: 500,
             ..ClientConfig::default()
         };
-        connect_lazy(&format!("http://127.0.0.1:{}", self.ports[&kind]), &cfg).unwrap()
+        connect_lazy(&format!("http://127.0.0.1:{}", self.ports[&(kind, n)]), &cfg).unwrap()
     }
 
     /// Clients of the services, which outlive restarts (the ports stay).
     pub fn clients(&self) -> Clients {
+        self.replica_clients(0)
+    }
+
+    /// Clients of replica `n` of each service (replica 0 where it has no replica `n`).
+    pub fn replica_clients(&self, n: usize) -> Clients {
+        let of = |kind| {
+            let n = if self.ports.contains_key(&(kind, n)) { n } else { 0 };
+            self.replica_channel(kind, n)
+        };
         Clients {
-            request: self.channel(ServiceKind::Request),
-            approval: self.channel(ServiceKind::Approval),
-            ticketing: self.channel(ServiceKind::Ticketing),
+            request: of(ServiceKind::Request),
+            approval: of(ServiceKind::Approval),
+            ticketing: of(ServiceKind::Ticketing),
         }
     }
 }

@@ -5,6 +5,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_approval;
+mod m20261123_000002_release_before_evaluation;
 
 /// Applies the approval service's migrations.
 #[derive(Debug)]
@@ -13,6 +14,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_create_approval::Migration)]
+        vec![
+            Box::new(m20261122_000001_create_approval::Migration),
+            // The audit trail, shared by every service.
+            Box::new(sspm_platform::audit::Migration),
+            Box::new(m20261123_000002_release_before_evaluation::Migration),
+        ]
     }
 }

@@ -13,6 +13,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_create_authorization::Migration)]
+        vec![
+            Box::new(m20261122_000001_create_authorization::Migration),
+            // The audit trail, shared by every service.
+            Box::new(sspm_platform::audit::Migration),
+        ]
     }
 }

@@ -17,6 +17,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_create_requests::Migration),
             Box::new(m20261122_000002_index_state::Migration),
+            // The audit trail, shared by every service.
+            Box::new(sspm_platform::audit::Migration),
         ]
     }
 }

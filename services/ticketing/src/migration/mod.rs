@@ -16,6 +16,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_create_cases::Migration),
             Box::new(m20261122_000002_comment_keys::Migration),
+            // The audit trail, shared by every service.
+            Box::new(sspm_platform::audit::Migration),
         ]
     }
 }

@@ -1,0 +1,337 @@
+//! The append-only audit trail every service keeps of its own changes (issue 5 §5).
+//!
+//! Each service's database has an `audit_events` table ([`Migration`]); the database itself
+//! refuses UPDATE, DELETE (and on PostgreSQL TRUNCATE) on it. Stores call [`record`] inside
+//! the transaction of the change, so a change and its event commit or fail together. Who
+//! and which trace come from the call being served: [`AuthLayer`](crate::auth::AuthLayer)
+//! runs every authenticated call inside a [`CallContext`]; background steps (the reconciler,
+//! reverts) have none and are recorded as `system` unless the store names the actor.
+//! [`AuditApi`] serves the trail as `sspm.v1.AuditService` to staff and services.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::{big_integer, big_pk_auto, string_len, string_len_null, text};
+use sspm_proto::v1 as pb;
+use sspm_proto::v1::audit_service_server::AuditService;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Principal, PrincipalKind};
+use crate::error::db;
+use crate::rpc::{ON_BEHALF_OF, invalid, next_page_token, page_number, page_size, timestamp};
+
+/// The actor of changes no caller asked for.
+pub const SYSTEM: &str = "system";
+
+/// Who is calling and from which trace, for the events the call records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallContext {
+    /// The authenticated principal.
+    pub actor: String,
+    /// The user an SSPM service acts for (`x-sspm-on-behalf-of`, trusted from services only).
+    pub on_behalf_of: Option<String>,
+    /// The W3C trace id of the call, or empty.
+    pub trace_id: String,
+}
+
+tokio::task_local! {
+    static CALL: CallContext;
+}
+
+impl CallContext {
+    /// The context of a call by `principal` with these headers.
+    pub fn of(principal: &Principal, headers: &http::HeaderMap) -> Self {
+        let on_behalf_of = (principal.kind == PrincipalKind::Service)
+            .then(|| headers.get(ON_BEHALF_OF).and_then(|v| v.to_str().ok()))
+            .flatten()
+            .filter(|v| *v == SYSTEM || sspm_rules::PrincipalId::parse(v).is_ok())
+            .map(str::to_owned);
+        Self {
+            actor: principal.id.to_string(),
+            on_behalf_of,
+            trace_id: trace_id_of(headers),
+        }
+    }
+
+    /// Runs `call` with this context.
+    pub fn scope<F: Future>(self, call: F) -> impl Future<Output = F::Output> {
+        CALL.scope(self, call)
+    }
+
+    /// The context of the call being served, if any.
+    pub fn current() -> Option<Self> {
+        CALL.try_with(Clone::clone).ok()
+    }
+}
+
+/// The trace id of the current span as OpenTelemetry sees it, else the caller's
+/// `traceparent` header, else empty.
+fn trace_id_of(headers: &http::HeaderMap) -> String {
+    span_trace_id()
+        .or_else(|| {
+            let parent = headers.get("traceparent")?.to_str().ok()?;
+            let id = parent.split('-').nth(1)?;
+            (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+                .then(|| id.to_ascii_lowercase())
+        })
+        .unwrap_or_default()
+}
+
+fn span_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// Appends an event to the trail on `db` (the transaction of the change), made by the
+/// caller of the call being served, or by `system` outside any call.
+pub async fn record(
+    db: &impl ConnectionTrait,
+    action: &str,
+    target: &str,
+    detail: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    record_as(db, None, action, target, detail, now).await
+}
+
+/// [`record`] with the actor named by the store (the requester of a transition, the
+/// approver whose decision is applied); `None` for the caller.
+pub async fn record_as(
+    db: &impl ConnectionTrait,
+    actor: Option<&str>,
+    action: &str,
+    target: &str,
+    detail: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    let call = CallContext::current();
+    let (caller, on_behalf_of, trace_id) = match call {
+        Some(c) => (c.actor, c.on_behalf_of, c.trace_id),
+        None => (SYSTEM.to_owned(), None, span_trace_id().unwrap_or_default()),
+    };
+    let actor = actor.map_or(caller, str::to_owned);
+    event::ActiveModel {
+        event_id: sea_orm::NotSet,
+        time: Set(now),
+        actor: Set(actor),
+        on_behalf_of: Set(on_behalf_of),
+        action: Set(action.to_owned()),
+        target: Set(target.to_owned()),
+        detail: Set(detail.to_owned()),
+        trace_id: Set(trace_id),
+    }
+    .insert(db)
+    .await
+    .map(|_| ())
+}
+
+/// `audit_events`: the trail.
+pub mod event {
+    use sea_orm::entity::prelude::*;
+
+    /// One event.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_events")]
+    pub struct Model {
+        /// Position in the trail.
+        #[sea_orm(primary_key)]
+        pub event_id: i64,
+        /// Unix microseconds.
+        pub time: i64,
+        /// Who.
+        pub actor: String,
+        /// For whom, when a service acted for a user.
+        pub on_behalf_of: Option<String>,
+        /// `<thing>.<verb>`.
+        pub action: String,
+        /// The id of the thing.
+        pub target: String,
+        /// The change in words.
+        pub detail: String,
+        /// W3C trace id or empty.
+        pub trace_id: String,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Creates `audit_events` and the triggers that make it append-only. Each service's
+/// migrator lists it.
+#[derive(Debug)]
+pub struct Migration;
+
+impl MigrationName for Migration {
+    fn name(&self) -> &'static str {
+        "m20261123_000001_audit_events"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table("audit_events")
+                .if_not_exists()
+                .col(big_pk_auto("event_id"))
+                .col(big_integer("time"))
+                .col(string_len("actor", 128))
+                .col(string_len_null("on_behalf_of", 128))
+                .col(string_len("action", 64))
+                .col(string_len("target", 160))
+                .col(text("detail"))
+                .col(string_len("trace_id", 32))
+                .to_owned(),
+        )
+        .await?;
+        for col in ["target", "actor"] {
+            m.create_index(
+                Index::create()
+                    .name(format!("ix_audit_events_{col}"))
+                    .table("audit_events")
+                    .col(col)
+                    .col("event_id")
+                    .to_owned(),
+            )
+            .await?;
+        }
+        let db = m.get_connection();
+        match m.get_database_backend() {
+            DbBackend::Postgres => {
+                db.execute_unprepared(
+                    "CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN RAISE EXCEPTION 'audit events are append-only'; END $$",
+                )
+                .await?;
+                db.execute_unprepared(
+                    "CREATE TRIGGER audit_events_no_change BEFORE UPDATE OR DELETE ON audit_events \
+                     FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()",
+                )
+                .await?;
+                db.execute_unprepared(
+                    "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events \
+                     FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()",
+                )
+                .await?;
+            }
+            _ => {
+                for (name, what) in [("no_update", "UPDATE"), ("no_delete", "DELETE")] {
+                    db.execute_unprepared(&format!(
+                        "CREATE TRIGGER audit_events_{name} BEFORE {what} ON audit_events \
+                         BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END"
+                    ))
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table("audit_events").to_owned()).await?;
+        if m.get_database_backend() == DbBackend::Postgres {
+            m.get_connection()
+                .execute_unprepared("DROP FUNCTION IF EXISTS audit_events_append_only()")
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// May this caller read the trail? Services may; users are asked about.
+pub type StaffCheck = Arc<dyn Fn(Principal) -> Pin<Box<dyn Future<Output = Result<(), Status>> + Send>> + Send + Sync>;
+
+/// `sspm.v1.AuditService` over one service's trail.
+#[derive(Clone)]
+pub struct AuditApi {
+    db: sea_orm::DatabaseConnection,
+    service: &'static str,
+    staff: StaffCheck,
+}
+
+impl std::fmt::Debug for AuditApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditApi")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditApi {
+    /// The trail in `db` of `service`; users may read it if `staff` allows them.
+    pub fn new(db: sea_orm::DatabaseConnection, service: &'static str, staff: StaffCheck) -> Self {
+        Self { db, service, staff }
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = crate::caller(&request)?;
+        if caller.kind != PrincipalKind::Service {
+            (self.staff)(caller).await?;
+        }
+        let req = request.into_inner();
+        let size = page_size(req.page_size)?;
+        let before = page_number::<i64>(&req.page_token)?;
+        for (field, value) in [("target", &req.target), ("actor", &req.actor)] {
+            if value.chars().count() > 160 || value.chars().any(char::is_control) {
+                return Err(invalid(
+                    field,
+                    "must be at most 160 characters, without control characters",
+                ));
+            }
+        }
+        let mut q = event::Entity::find();
+        if !req.target.is_empty() {
+            q = q.filter(event::Column::Target.eq(req.target.as_str()));
+        }
+        if !req.actor.is_empty() {
+            q = q.filter(event::Column::Actor.eq(req.actor.as_str()));
+        }
+        if let Some(before) = before {
+            q = q.filter(event::Column::EventId.lt(before));
+        }
+        let mut rows = q
+            .order_by_desc(event::Column::EventId)
+            .limit(size + 1)
+            .all(&self.db)
+            .await
+            .map_err(db("listing audit events"))?;
+        let next = next_page_token(&mut rows, size, |e| e.event_id.to_string());
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: rows
+                .into_iter()
+                .map(|e| pb::AuditEvent {
+                    event_id: e.event_id,
+                    time: Some(timestamp(e.time)),
+                    service: self.service.to_owned(),
+                    actor: e.actor,
+                    on_behalf_of: e.on_behalf_of.unwrap_or_default(),
+                    action: e.action,
+                    target: e.target,
+                    detail: e.detail,
+                    trace_id: e.trace_id,
+                })
+                .collect(),
+            next_page_token: next,
+        }))
+    }
+}
