@@ -44,6 +44,31 @@ macro_rules! scenario {
     };
 }
 
+/// The sum of the samples of `name` whose labels include all of `labels` in a Prometheus
+/// text page (0 when none).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if n != name {
+                return None;
+            }
+            let rest = rest.trim_end_matches('}');
+            let have: Vec<(&str, &str)> = rest
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k, v.trim_matches('"')))
+                .collect();
+            labels
+                .iter()
+                .all(|want| have.contains(want))
+                .then(|| v.parse::<f64>().expect("a metric value"))
+        })
+        .sum()
+}
+
 /// Which database the services use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -100,6 +125,11 @@ impl TestSystem {
     ) -> Self {
         init_test_logging();
         let mut config = SspmConfig::default();
+        // Authorization answers are not reused in tests unless a test asks for it: a change
+        // reaches the other services' caches within milliseconds, not before the RPC that
+        // made it has answered, and tests check its effect at once. tests/tests/authz_cache.rs
+        // tests the cache itself.
+        config.clients.authz_cache_ttl_ms = 0;
         configure(&mut config);
         let mut listeners = HashMap::new();
         let mut addrs = HashMap::new();

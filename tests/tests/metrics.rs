@@ -5,37 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use sspm_e2e::{Backend, TestSystem};
+use sspm_e2e::{Backend, TestSystem, metric as value};
 use sspm_platform::ServiceKind;
 use sspm_proto::v1 as pb;
 
 const PERCY: &str = "percy@classics.example";
 const LEAGUE: &str = "bu-league";
 const CLUSTER: &str = "C14";
-
-/// The sum of the samples of `name` whose labels include all of `labels` (0 when none).
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, v) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-            if n != name {
-                return None;
-            }
-            let rest = rest.trim_end_matches('}');
-            let have: Vec<(&str, &str)> = rest
-                .split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k, v.trim_matches('"')))
-                .collect();
-            labels
-                .iter()
-                .all(|want| have.contains(want))
-                .then(|| v.parse::<f64>().unwrap())
-        })
-        .sum()
-}
 
 async fn scenario(s: &TestSystem) {
     let req = s.scrape(ServiceKind::Request).await;

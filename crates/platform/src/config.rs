@@ -299,6 +299,11 @@ pub struct ClientConfig {
     pub load_balancing: LoadBalancing,
     /// How often `dns` load balancing resolves the host names again, in milliseconds.
     pub dns_refresh_ms: u64,
+    /// How long a service may reuse an authorization answer (a Check), in milliseconds; 0:
+    /// never. Answers are reused only while the service is subscribed to the authorization
+    /// service's changes and are all dropped at each change it reports, so this bounds the
+    /// staleness only of changes made on another authorization replica.
+    pub authz_cache_ttl_ms: u64,
 }
 
 impl Default for ClientConfig {
@@ -309,6 +314,7 @@ impl Default for ClientConfig {
             ca_path: None,
             load_balancing: LoadBalancing::Single,
             dns_refresh_ms: 5_000,
+            authz_cache_ttl_ms: 2_000,
         }
     }
 }
@@ -505,6 +511,12 @@ impl SspmConfig {
         }
         if self.clients.dns_refresh_ms == 0 {
             return Err(invalid("clients.dns_refresh_ms", "must be positive"));
+        }
+        if self.clients.authz_cache_ttl_ms > 60_000 {
+            return Err(invalid(
+                "clients.authz_cache_ttl_ms",
+                "must be at most 60000 (a revoked permission must not live on for long)",
+            ));
         }
         if self.admission.per_principal_per_second > 0 && self.admission.per_principal_burst == 0 {
             return Err(invalid(

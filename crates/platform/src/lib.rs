@@ -4,6 +4,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod authz_cache;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -6,12 +6,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use sspm_proto::v1::{
-    Action, BusinessUnit, CheckRequest, DenyReason, GetBusinessUnitRequest, ListVisibleBusinessUnitsRequest, Permission,
+    Action, BusinessUnit, CheckRequest, CheckResponse, DenyReason, GetBusinessUnitRequest,
+    ListVisibleBusinessUnitsRequest, Permission,
 };
 use sspm_rules::{InvalidValue, PrincipalId, Rule, Violation};
 use tonic::{Code, Status};
 
 use crate::auth::{Principal, PrincipalKind, TokenMinter};
+use crate::authz_cache::CheckCache;
 use crate::client::{InternalChannel, connect_lazy};
 use crate::config::{ServiceKind, SspmConfig};
 use crate::error;
@@ -265,6 +267,8 @@ impl ServiceIdentity {
 pub struct Authz {
     client: AuthorizationServiceClient<InternalChannel>,
     identity: ServiceIdentity,
+    /// Check answers reused for `clients.authz_cache_ttl_ms` (see [`crate::authz_cache`]).
+    cache: Option<Arc<CheckCache>>,
 }
 
 /// Name of the authorization service in errors.
@@ -274,10 +278,42 @@ impl Authz {
     /// A client of the configured authorization service, calling as `identity`.
     pub fn new(config: &SspmConfig, identity: ServiceIdentity) -> anyhow::Result<Self> {
         let endpoint = config.services.get(ServiceKind::Authorization).endpoint();
+        let client = AuthorizationServiceClient::new(connect_lazy(&endpoint, &config.clients)?);
+        let ttl = Duration::from_millis(config.clients.authz_cache_ttl_ms);
+        let cache = (!ttl.is_zero()).then(|| CheckCache::start(ttl, client.clone(), identity.clone()));
         Ok(Self {
-            client: AuthorizationServiceClient::new(connect_lazy(&endpoint, &config.clients)?),
+            client,
             identity,
+            cache,
         })
+    }
+
+    /// Whether Check answers are being reused now (configured, and subscribed to changes).
+    pub fn caching(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.is_active())
+    }
+
+    /// The answer to `req`: reused when allowed, else from the authorization service.
+    async fn check(&self, req: CheckRequest) -> Result<CheckResponse, Status> {
+        let key = (req.principal_id.clone(), req.action, req.business_unit_id.clone());
+        let cache = self.cache.as_ref();
+        if let Some(answer) = cache.and_then(|c| c.get(&key)) {
+            return Ok(answer);
+        }
+        let generation = cache.map(|c| c.generation());
+        let fetched_at = tokio::time::Instant::now();
+        let on_behalf_of = req.principal_id.clone();
+        let answer = self
+            .client
+            .clone()
+            .check(self.identity.request(req, Some(&on_behalf_of)))
+            .await
+            .map_err(|s| downstream(AUTHORIZATION, &s))?
+            .into_inner();
+        if let (Some(c), Some(g)) = (cache, generation) {
+            c.put(key, g, fetched_at, answer.clone());
+        }
+        Ok(answer)
     }
 
     /// Who may read the audit trail: account representatives (ACTION_ADMINISTER).
@@ -304,13 +340,7 @@ impl Authz {
             action: action.into(),
             business_unit_id: business_unit_id.to_owned(),
         };
-        let answer = self
-            .client
-            .clone()
-            .check(self.identity.request(req, Some(principal.as_str())))
-            .await
-            .map_err(|s| downstream(AUTHORIZATION, &s))?
-            .into_inner();
+        let answer = self.check(req).await?;
         if answer.allowed {
             return Ok(answer.business_unit);
         }

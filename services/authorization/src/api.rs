@@ -1,7 +1,10 @@
 //! `sspm.v1.AuthorizationService`: the check, visibility, and the account representative's
 //! administration of business units, principals and grants.
 
+use std::pin::Pin;
+
 use sea_orm::DbErr;
+use sspm_platform::Draining;
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
 use sspm_platform::caller;
 use sspm_platform::db::{DbErrorKind, classify};
@@ -12,6 +15,9 @@ use sspm_platform::rpc::{
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::authorization_service_server::AuthorizationService;
 use sspm_rules::{BusinessUnitId, ClusterName, PrincipalId, Text};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::entities::{business_unit, grant, principal};
@@ -22,12 +28,25 @@ use crate::store::Store;
 #[derive(Debug, Clone)]
 pub struct AuthorizationApi {
     store: Store,
+    /// Changes made on this replica (business units, principals, grants); subscribers of
+    /// WatchAuthorizationChanges drop their cached Check answers at each.
+    changes: watch::Sender<u64>,
+    draining: Draining,
 }
 
 impl AuthorizationApi {
-    /// Handlers on `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// Handlers on `store`; change streams end when `draining` starts.
+    pub fn new(store: Store, draining: Draining) -> Self {
+        Self {
+            store,
+            changes: watch::Sender::new(0),
+            draining,
+        }
+    }
+
+    /// Tells the subscribers that authorization facts changed (after the change committed).
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
     }
 
     async fn subject(&self, id: &str) -> Result<Option<Subject>, Status> {
@@ -202,8 +221,44 @@ fn deny(reason: pb::DenyReason, message: impl Into<String>) -> pb::CheckResponse
     }
 }
 
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::WatchAuthorizationChangesResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl AuthorizationService for AuthorizationApi {
+    type WatchAuthorizationChangesStream = ChangeStream;
+
+    async fn watch_authorization_changes(
+        &self,
+        request: Request<pb::WatchAuthorizationChangesRequest>,
+    ) -> Result<Response<Self::WatchAuthorizationChangesStream>, Status> {
+        let caller = caller(&request)?;
+        rpc::require_service(&caller, "WatchAuthorizationChanges")?;
+        let (tx, rx) = mpsc::channel(4);
+        let mut changes = self.changes.subscribe();
+        let mut draining = self.draining.clone();
+        tokio::spawn(async move {
+            loop {
+                // The current generation, at once and after every change; changes that
+                // come while a message waits are folded into the next one.
+                let generation = *changes.borrow_and_update();
+                let item = pb::WatchAuthorizationChangesResponse { generation };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = draining.started() => {
+                        // Never wait on a subscriber that does not read: the drain must end.
+                        let _ = tx.try_send(Err(Draining::status()));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
@@ -355,6 +410,7 @@ impl AuthorizationService for AuthorizationApi {
             "creating a business unit",
             &format!("business unit {id}"),
         )?;
+        self.changed();
         tracing::info!(business_unit = %id, by = %caller.id, "business unit created");
         Ok(Response::new(pb::CreateBusinessUnitResponse {
             business_unit: Some(to_pb_bu(model)),
@@ -407,6 +463,7 @@ impl AuthorizationService for AuthorizationApi {
             .update_business_unit(bu.clone())
             .await
             .map_err(db("updating a business unit"))?;
+        self.changed();
         tracing::info!(business_unit = %bu.business_unit_id, by = %caller.id, "business unit updated");
         Ok(Response::new(pb::UpdateBusinessUnitResponse {
             business_unit: Some(to_pb_bu(bu)),
@@ -468,6 +525,7 @@ impl AuthorizationService for AuthorizationApi {
             "creating a principal",
             &format!("principal {id}"),
         )?;
+        self.changed();
         tracing::info!(principal = %id, by = %caller.id, "principal created");
         Ok(Response::new(pb::CreatePrincipalResponse {
             principal: Some(to_pb_principal(model)),
@@ -498,6 +556,7 @@ impl AuthorizationService for AuthorizationApi {
             .update_principal(&p, now_micros())
             .await
             .map_err(db("updating a principal"))?;
+        self.changed();
         Ok(Response::new(pb::UpdatePrincipalResponse {
             principal: Some(to_pb_principal(p)),
         }))
@@ -542,6 +601,7 @@ impl AuthorizationService for AuthorizationApi {
             })
             .await
             .map_err(db("granting a permission"))?;
+        self.changed();
         tracing::info!(principal = %stored.principal_id, business_unit = %stored.business_unit_id,
             permission = %stored.permission, by = %caller.id, "permission granted");
         Ok(Response::new(pb::GrantPermissionResponse {
@@ -564,6 +624,7 @@ impl AuthorizationService for AuthorizationApi {
             .revoke(&principal_id, &bu, perm, now_micros())
             .await
             .map_err(db("revoking a permission"))?;
+        self.changed();
         tracing::info!(principal = %principal_id, business_unit = %bu, permission = perm.name(),
             by = %caller.id, revoked, "permission revoked");
         Ok(Response::new(pb::RevokePermissionResponse { revoked }))

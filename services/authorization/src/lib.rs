@@ -26,7 +26,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     .await?;
     let store = store::Store::new(app.db.clone());
     seed::bootstrap_account_representatives(store.db(), &config.auth.account_representatives).await?;
-    let api = api::AuthorizationApi::new(store);
+    let api = api::AuthorizationApi::new(store, app.draining());
     let readers = api.audit_readers();
     Ok(app
         .map_server(|s| s.add_service(AuthorizationServiceServer::new(api)))
