@@ -22,6 +22,9 @@ pub struct ServiceApp {
     pub kind: ServiceKind,
     /// Its database.
     pub db: DatabaseConnection,
+    /// The same database for plain reads outside transactions: a pool of its own on SQLite
+    /// (see [`crate::db::connect_reader`]), else the same pool as `db`.
+    pub read_db: DatabaseConnection,
     metrics: Metrics,
     admin: TcpListener,
     server: ServiceServer,
@@ -69,6 +72,10 @@ impl ServiceApp {
         let db = crate::db::connect_and_migrate::<M>(&url)
             .await
             .map_err(|e| anyhow::anyhow!("{} service: database: {e}", kind.name()))?;
+        let read_db = crate::db::connect_reader(&url)
+            .await
+            .map_err(|e| anyhow::anyhow!("{} service: database readers: {e}", kind.name()))?
+            .unwrap_or_else(|| db.clone());
         let listener = match listener {
             Some(l) => l,
             None => {
@@ -102,6 +109,7 @@ impl ServiceApp {
         Ok(Self {
             kind,
             db,
+            read_db,
             metrics,
             admin,
             server,

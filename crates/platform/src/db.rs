@@ -37,6 +37,33 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Database::connect(opts).await
 }
 
+/// Connections of a SQLite reader pool (see [`connect_reader`]).
+pub const SQLITE_READERS: u32 = 4;
+
+/// A second pool for plain reads outside transactions, where the main pool cannot serve
+/// them in parallel: SQLite, whose main pool is one connection (one writer; sea-orm's
+/// default, and what keeps read-then-write transactions free of SQLITE_BUSY). In WAL mode
+/// readers do not block the writer nor each other, and each read sees every transaction
+/// committed before it began. The connections are `query_only`: they cannot write.
+/// `None` for PostgreSQL, whose main pool already serves reads in parallel.
+pub async fn connect_reader(url: &str) -> Result<Option<DatabaseConnection>, DbErr> {
+    if sqlite_path(url).is_none() {
+        return Ok(None);
+    }
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
+        .max_connections(SQLITE_READERS)
+        .min_connections(1);
+    opts.map_sqlx_sqlite_opts(|o| {
+        o.busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("query_only", "ON")
+    });
+    Database::connect(opts).await.map(Some)
+}
+
 /// PostgreSQL advisory lock key held while migrating ("SSPMMIGR").
 const MIGRATION_LOCK_KEY: i64 = 0x5353_504d_4d49_4752;
 

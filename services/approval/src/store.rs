@@ -73,6 +73,8 @@ pub enum Decided {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Plain reads outside transactions (see [`Store::with_reader`]).
+    read: DatabaseConnection,
     default_max: i32,
 }
 
@@ -80,9 +82,17 @@ impl Store {
     /// A store on `db`; `default_max` is the default daily limit until one is set.
     pub fn new(db: DatabaseConnection, default_max: u32) -> Self {
         Self {
+            read: db.clone(),
             db,
             default_max: i32::try_from(default_max).unwrap_or(i32::MAX),
         }
+    }
+
+    /// The same store, reading outside transactions from `read` (the service's reader
+    /// pool: `ServiceApp::read_db`).
+    pub fn with_reader(mut self, read: DatabaseConnection) -> Self {
+        self.read = read;
+        self
     }
 
     /// The database.
@@ -149,7 +159,7 @@ impl Store {
         let mut out = Vec::with_capacity(limits.len());
         for a in limits {
             let used = total::Entity::find_by_id((day, a.ledger_scope.to_owned(), a.ledger_target.clone()))
-                .one(&self.db)
+                .one(&self.read)
                 .await?
                 .map_or(0, |t| t.used);
             out.push(Usage { limit: a.limit, used });
@@ -168,7 +178,7 @@ impl Store {
         now: i64,
     ) -> Result<Evaluated, DbErr> {
         if let Some(r) = reservation::Entity::find_by_id(request_id.to_owned())
-            .one(&self.db)
+            .one(&self.read)
             .await?
         {
             return Ok(Evaluated::AlreadyReserved(r));
@@ -229,7 +239,7 @@ impl Store {
                 // The same request was evaluated concurrently and reserved first.
                 tx.rollback().await?;
                 reservation::Entity::find_by_id(request_id.to_owned())
-                    .one(&self.db)
+                    .one(&self.read)
                     .await?
                     .map(Evaluated::AlreadyReserved)
                     .ok_or(e)
@@ -336,14 +346,14 @@ impl Store {
 
     /// A task by id.
     pub async fn task(&self, task_id: &str) -> Result<Option<task::Model>, DbErr> {
-        task::Entity::find_by_id(task_id.to_owned()).one(&self.db).await
+        task::Entity::find_by_id(task_id.to_owned()).one(&self.read).await
     }
 
     /// A request's task.
     pub async fn task_of_request(&self, request_id: &str) -> Result<Option<task::Model>, DbErr> {
         task::Entity::find()
             .filter(task::Column::RequestId.eq(request_id))
-            .one(&self.db)
+            .one(&self.read)
             .await
     }
 
@@ -429,7 +439,7 @@ impl Store {
             .filter(decision::Column::Cursor.gt(cursor))
             .order_by_asc(decision::Column::Cursor)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         let mut out = Vec::with_capacity(events.len());
         for e in events {
@@ -467,7 +477,7 @@ impl Store {
         q.order_by_asc(task::Column::CreateTime)
             .order_by_asc(task::Column::TaskId)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await
     }
 
@@ -518,7 +528,7 @@ impl Store {
 
     /// Every limit that is set, the default first (from config when not set).
     pub async fn limits(&self) -> Result<Vec<daily_limit::Model>, DbErr> {
-        let mut rows = daily_limit::Entity::find().all(&self.db).await?;
+        let mut rows = daily_limit::Entity::find().all(&self.read).await?;
         if !rows.iter().any(|r| r.scope == DEFAULT) {
             rows.push(self.config_default());
         }
@@ -538,7 +548,7 @@ impl Store {
         // not read every business unit's limit.
         let limits = daily_limit::Entity::find()
             .filter(daily_limit::Column::Scope.is_in([DEFAULT, CLUSTER]))
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         let default = limits
             .iter()
@@ -551,7 +561,7 @@ impl Store {
             .filter(total::Column::Day.eq(day))
             .filter(total::Column::Scope.eq(CLUSTER))
             .into_tuple()
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         let mut clusters: Vec<(String, i32, i32)> = limits
             .iter()
@@ -570,7 +580,7 @@ impl Store {
             .column_as(task::Column::TaskId.count(), "n")
             .group_by(task::Column::State)
             .into_tuple()
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         Ok((clusters, tasks))
     }

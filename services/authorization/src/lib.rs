@@ -24,7 +24,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         listener,
     )
     .await?;
-    let store = store::Store::new(app.db.clone());
+    let store = store::Store::new(app.db.clone()).with_reader(app.read_db.clone());
     seed::bootstrap_account_representatives(store.db(), &config.auth.account_representatives).await?;
     let api = api::AuthorizationApi::new(store, app.draining());
     let readers = api.audit_readers();

@@ -15,24 +15,33 @@ use crate::model::Perm;
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Plain reads outside transactions (see [`Store::with_reader`]).
+    read: DatabaseConnection,
 }
 
 impl Store {
     /// A store on `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { read: db.clone(), db }
+    }
+
+    /// The same store, reading outside transactions from `read` (the service's reader
+    /// pool: `ServiceApp::read_db`).
+    pub fn with_reader(mut self, read: DatabaseConnection) -> Self {
+        self.read = read;
+        self
     }
 
     /// One business unit.
     pub async fn business_unit(&self, id: &str) -> Result<Option<business_unit::Model>, DbErr> {
-        business_unit::Entity::find_by_id(id.to_owned()).one(&self.db).await
+        business_unit::Entity::find_by_id(id.to_owned()).one(&self.read).await
     }
 
     /// Whether any business unit has `id` as its partner.
     pub async fn has_customers(&self, id: &str) -> Result<bool, DbErr> {
         Ok(business_unit::Entity::find()
             .filter(business_unit::Column::PartnerId.eq(id))
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .is_some())
     }
@@ -58,7 +67,7 @@ impl Store {
         }
         q.order_by_asc(business_unit::Column::BusinessUnitId)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await
     }
 
@@ -104,7 +113,7 @@ impl Store {
 
     /// One principal.
     pub async fn principal(&self, id: &str) -> Result<Option<principal::Model>, DbErr> {
-        principal::Entity::find_by_id(id.to_owned()).one(&self.db).await
+        principal::Entity::find_by_id(id.to_owned()).one(&self.read).await
     }
 
     /// Inserts a principal; a unique violation means it exists.
@@ -143,7 +152,7 @@ impl Store {
     pub async fn grants_of(&self, principal_id: &str) -> Result<Vec<grant::Model>, DbErr> {
         grant::Entity::find()
             .filter(grant::Column::PrincipalId.eq(principal_id))
-            .all(&self.db)
+            .all(&self.read)
             .await
     }
 
@@ -215,7 +224,7 @@ impl Store {
             .order_by_asc(grant::Column::Permission)
             .offset(offset)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await
     }
 

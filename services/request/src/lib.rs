@@ -36,7 +36,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     let authz = Authz::new(&config, identity.clone())?;
     let readers = authz.audit_readers();
     let workflow = Arc::new(workflow::Workflow::new(
-        store::Store::new(app.db.clone()),
+        store::Store::new(app.db.clone()).with_reader(app.read_db.clone()),
         authz,
         TicketingServiceClient::new(connect_lazy(&endpoint(ServiceKind::Ticketing), &config.clients)?),
         ApprovalServiceClient::new(connect_lazy(&endpoint(ServiceKind::Approval), &config.clients)?),
@@ -45,7 +45,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     ));
     let api = api::RequestApi::new(Arc::clone(&workflow), config.price()?, app.draining());
     let background = workflow.spawn_background();
-    register_figures(&app, store::Store::new(app.db.clone()));
+    register_figures(&app, store::Store::new(app.db.clone()).with_reader(app.read_db.clone()));
     Ok(app
         .map_server(|s| s.add_service(PortRequestServiceServer::new(api)))
         .with_audit(readers)

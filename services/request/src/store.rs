@@ -78,12 +78,21 @@ pub enum Apply {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Plain reads outside transactions (see [`Store::with_reader`]).
+    read: DatabaseConnection,
 }
 
 impl Store {
     /// A store on `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { read: db.clone(), db }
+    }
+
+    /// The same store, reading outside transactions from `read` (the service's reader
+    /// pool: `ServiceApp::read_db`).
+    pub fn with_reader(mut self, read: DatabaseConnection) -> Self {
+        self.read = read;
+        self
     }
 
     /// The database.
@@ -93,7 +102,7 @@ impl Store {
 
     /// A business unit's limits, if SSPM has any on record.
     pub async fn limits(&self, bu: &str) -> Result<Option<limits::Model>, DbErr> {
-        limits::Entity::find_by_id(bu.to_owned()).one(&self.db).await
+        limits::Entity::find_by_id(bu.to_owned()).one(&self.read).await
     }
 
     /// The open request of a business unit (R5: at most one).
@@ -101,14 +110,14 @@ impl Store {
         Ok(request::Entity::find()
             .filter(request::Column::BusinessUnitId.eq(bu))
             .filter(request::Column::State.is_in(open_states()))
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(|r| r.request_id))
     }
 
     /// One request.
     pub async fn request(&self, id: &str) -> Result<Option<request::Model>, DbErr> {
-        request::Entity::find_by_id(id.to_owned()).one(&self.db).await
+        request::Entity::find_by_id(id.to_owned()).one(&self.read).await
     }
 
     /// A request's history, oldest first.
@@ -116,7 +125,7 @@ impl Store {
         history::Entity::find()
             .filter(history::Column::RequestId.eq(id))
             .order_by_asc(history::Column::Id)
-            .all(&self.db)
+            .all(&self.read)
             .await
     }
 
@@ -132,7 +141,7 @@ impl Store {
         let rows = history::Entity::find()
             .filter(history::Column::RequestId.is_in(ids.iter().cloned()))
             .order_by_asc(history::Column::Id)
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         for h in rows {
             out.entry(h.request_id.clone()).or_default().push(h);
@@ -330,11 +339,11 @@ impl Store {
             .group_by(request::Column::State)
             .group_by(request::Column::ApprovalPath)
             .into_tuple()
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         let pending = effect::Entity::find()
             .filter(effect::Column::DoneTime.is_null())
-            .count(&self.db)
+            .count(&self.read)
             .await?;
         Ok((by_state, pending))
     }
@@ -345,7 +354,7 @@ impl Store {
             .filter(effect::Column::RequestId.eq(id))
             .filter(effect::Column::DoneTime.is_null())
             .order_by_asc(effect::Column::Id)
-            .all(&self.db)
+            .all(&self.read)
             .await
     }
 
@@ -395,7 +404,7 @@ impl Store {
             .filter(request::Column::NextAttemptAt.lte(now))
             .order_by_asc(request::Column::NextAttemptAt)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .filter_map(|r| r.next_attempt_at.map(|t| (r.request_id, t)))
@@ -420,7 +429,7 @@ impl Store {
             .filter(request::Column::State.eq(RequestState::UnderReview.as_str()))
             .filter(request::Column::DecidedBy.is_null())
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(|r| r.request_id)
@@ -430,7 +439,7 @@ impl Store {
     /// Where the decision feed resumes.
     pub async fn cursor(&self) -> Result<i64, DbErr> {
         Ok(cursor::Entity::find_by_id("decisions".to_owned())
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map_or(0, |c| c.cursor))
     }
@@ -480,7 +489,7 @@ impl Store {
         q.order_by_desc(request::Column::CreateTime)
             .order_by_desc(request::Column::RequestId)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await
     }
 

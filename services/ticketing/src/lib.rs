@@ -24,7 +24,10 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     .await?;
     let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Ticketing, &config))?;
     let readers = authz.audit_readers();
-    let api = api::TicketingApi::new(store::Store::new(app.db.clone()), authz);
+    let api = api::TicketingApi::new(
+        store::Store::new(app.db.clone()).with_reader(app.read_db.clone()),
+        authz,
+    );
     Ok(app
         .map_server(|s| s.add_service(TicketingServiceServer::new(api)))
         .with_audit(readers))

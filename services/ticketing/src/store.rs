@@ -48,12 +48,21 @@ pub enum Closed {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Plain reads outside transactions (see [`Store::with_reader`]).
+    read: DatabaseConnection,
 }
 
 impl Store {
     /// A store on `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { read: db.clone(), db }
+    }
+
+    /// The same store, reading outside transactions from `read` (the service's reader
+    /// pool: `ServiceApp::read_db`).
+    pub fn with_reader(mut self, read: DatabaseConnection) -> Self {
+        self.read = read;
+        self
     }
 
     async fn with_comments(&self, case: Option<case::Model>) -> Result<Option<CaseRecord>, DbErr> {
@@ -61,7 +70,7 @@ impl Store {
         let comments = comment::Entity::find()
             .filter(comment::Column::CaseId.eq(case.id))
             .order_by_asc(comment::Column::Id)
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         Ok(Some(CaseRecord { case, comments }))
     }
@@ -70,7 +79,7 @@ impl Store {
     pub async fn by_number(&self, number: &str) -> Result<Option<CaseRecord>, DbErr> {
         let c = case::Entity::find()
             .filter(case::Column::CaseNumber.eq(number))
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         self.with_comments(c).await
     }
@@ -79,7 +88,7 @@ impl Store {
     pub async fn by_reference(&self, reference: &str) -> Result<Option<CaseRecord>, DbErr> {
         let c = case::Entity::find()
             .filter(case::Column::ExternalReference.eq(reference))
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         self.with_comments(c).await
     }
@@ -254,7 +263,7 @@ impl Store {
         if let Some(b) = before {
             q = q.filter(case::Column::Id.lt(b));
         }
-        let cases = q.order_by_desc(case::Column::Id).limit(limit).all(&self.db).await?;
+        let cases = q.order_by_desc(case::Column::Id).limit(limit).all(&self.read).await?;
         let mut out = Vec::with_capacity(cases.len());
         for c in cases {
             if let Some(r) = self.with_comments(Some(c)).await? {
