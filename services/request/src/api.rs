@@ -157,12 +157,12 @@ impl PortRequestService for RequestApi {
             .require(&caller.id, pb::Action::ViewPorts, bu.as_str())
             .await?
             .unwrap_or_default();
-        let store = self.wf.store();
-        let limits = store.limits(bu.as_str()).await.map_err(db("loading limits"))?;
-        let open = store
-            .open_request_of(bu.as_str())
+        let (limits, open) = self
+            .wf
+            .store()
+            .limits_and_open_request(bu.as_str())
             .await
-            .map_err(db("loading the open request"))?;
+            .map_err(db("loading limits"))?;
         Ok(Response::new(pb::GetPortLimitsResponse {
             business_unit_id: bu.to_string(),
             limits: Some(limits_pb(limits_of(limits.as_ref()))),

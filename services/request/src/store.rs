@@ -5,8 +5,8 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use sspm_platform::audit;
 use sspm_rules::RequestState;
@@ -103,6 +103,42 @@ impl Store {
     /// A business unit's limits, if SSPM has any on record.
     pub async fn limits(&self, bu: &str) -> Result<Option<limits::Model>, DbErr> {
         limits::Entity::find_by_id(bu.to_owned()).one(&self.read).await
+    }
+
+    /// A business unit's limits and its open request, in one query (GetPortLimits, a hot
+    /// path: each query is a round trip, to the server or to SQLite's thread).
+    pub async fn limits_and_open_request(&self, bu: &str) -> Result<(Option<limits::Model>, Option<String>), DbErr> {
+        let open: Vec<String> = open_states().iter().map(|s| format!("'{s}'")).collect();
+        let sql = format!(
+            "SELECT l.business_unit_id, l.concurrent, l.outbound, l.agentless, l.version, l.update_time, \
+             (SELECT r.request_id FROM port_change_requests r \
+              WHERE r.business_unit_id = $1 AND r.state IN ({}) LIMIT 1) AS open_request_id \
+             FROM (SELECT 1 AS one) AS d LEFT JOIN port_limits l ON l.business_unit_id = $1",
+            open.join(", ")
+        );
+        let row = self
+            .read
+            .query_one_raw(Statement::from_sql_and_values(
+                self.read.get_database_backend(),
+                sql,
+                [bu.into()],
+            ))
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("the limits query answered no row".into()))?;
+        let open_request: Option<String> = row.try_get("", "open_request_id")?;
+        let id: Option<String> = row.try_get("", "business_unit_id")?;
+        let limits = match id {
+            None => None,
+            Some(business_unit_id) => Some(limits::Model {
+                business_unit_id,
+                concurrent: row.try_get("", "concurrent")?,
+                outbound: row.try_get("", "outbound")?,
+                agentless: row.try_get("", "agentless")?,
+                version: row.try_get("", "version")?,
+                update_time: row.try_get("", "update_time")?,
+            }),
+        };
+        Ok((limits, open_request))
     }
 
     /// The open request of a business unit (R5: at most one).
