@@ -30,12 +30,18 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
+                .pragma("mmap_size", SQLITE_MMAP_BYTES)
         });
     } else {
         opts.max_connections(16).min_connections(1);
     }
     Database::connect(opts).await
 }
+
+/// SQLite reads the database through a memory map of up to this size: a connection whose
+/// page cache another connection's write made stale reads the pages from the map instead of
+/// copying them again from the file.
+const SQLITE_MMAP_BYTES: &str = "268435456";
 
 /// Connections of a SQLite reader pool (see [`connect_reader`]).
 pub const SQLITE_READERS: u32 = 4;
@@ -60,6 +66,7 @@ pub async fn connect_reader(url: &str) -> Result<Option<DatabaseConnection>, DbE
         o.busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("query_only", "ON")
+            .pragma("mmap_size", SQLITE_MMAP_BYTES)
     });
     Database::connect(opts).await.map(Some)
 }
