@@ -130,6 +130,9 @@ impl TestSystem {
         // made it has answered, and tests check its effect at once. tests/tests/authz_cache.rs
         // tests the cache itself.
         config.clients.authz_cache_ttl_ms = 0;
+        // Tests drive the system as fast as it answers, as a few users; the per-user rate
+        // limit is tested on its own (tests/tests/admission.rs configures it).
+        config.admission.per_principal_per_second = 0;
         configure(&mut config);
         let mut listeners = HashMap::new();
         let mut addrs = HashMap::new();
