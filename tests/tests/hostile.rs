@@ -932,6 +932,29 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
                         principal_id: String::new(),
                         page_size: size,
                         page_token: token.clone(),
+                        action: 0,
+                    },
+                ))
+                .await,
+            Invalid,
+        );
+    }
+    for (what, action) in [
+        ("ListVisibleBusinessUnits for an unknown action", 99),
+        ("ListVisibleBusinessUnits for a negative action", -1),
+        (
+            "ListVisibleBusinessUnits for a global action",
+            pb::Action::Administer as i32,
+        ),
+    ] {
+        refused(
+            what,
+            authz
+                .list_visible_business_units(s.authed(
+                    PERCY,
+                    pb::ListVisibleBusinessUnitsRequest {
+                        action,
+                        ..Default::default()
                     },
                 ))
                 .await,

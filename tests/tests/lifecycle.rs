@@ -1109,6 +1109,60 @@ async fn administration_and_staff_rpcs(s: &TestSystem) {
         .map(|b| b.business_unit_id)
         .collect();
     assert_eq!(visible, [BASKERVILLE, CLASSICS, LEAGUE, MUSKETEERS]);
+    // With an action: only where Check would allow it (Baskerville has no Monitoring
+    // Gateway; Marguerite may view her business unit, not request changes on it).
+    let allowed = |who: &'static str, action: pb::Action| {
+        let mut authz = s.authorization();
+        async move {
+            authz
+                .list_visible_business_units(s.authed(
+                    who,
+                    pb::ListVisibleBusinessUnitsRequest {
+                        action: action.into(),
+                        page_size: 2,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let first = allowed(PERCY, pb::Action::ViewPorts).await.expect("first page");
+    let ids: Vec<&str> = first
+        .business_units
+        .iter()
+        .map(|b| b.business_unit_id.as_str())
+        .collect();
+    assert_eq!(ids, [CLASSICS, LEAGUE], "a full page despite the unit left out");
+    let rest = authz
+        .list_visible_business_units(s.authed(
+            PERCY,
+            pb::ListVisibleBusinessUnitsRequest {
+                action: pb::Action::ViewPorts.into(),
+                page_size: 2,
+                page_token: first.next_page_token.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("second page")
+        .into_inner();
+    let ids: Vec<&str> = rest
+        .business_units
+        .iter()
+        .map(|b| b.business_unit_id.as_str())
+        .collect();
+    assert_eq!(ids, [MUSKETEERS]);
+    assert!(rest.next_page_token.is_empty());
+    let viewer = allowed(MARGUERITE, pb::Action::ViewPorts).await.expect("viewer");
+    assert_eq!(viewer.business_units.len(), 1);
+    assert_eq!(viewer.business_units[0].business_unit_id, LEAGUE);
+    let requester = allowed(MARGUERITE, pb::Action::RequestPortChange)
+        .await
+        .expect("requester");
+    assert!(requester.business_units.is_empty());
+    let e = allowed(PERCY, pb::Action::DecideApprovals).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "a global action: {e:?}");
     let e = authz
         .get_business_unit(s.authed(
             MARGUERITE,

@@ -23,6 +23,9 @@ pub enum Scenario {
     Limits,
     /// The first page (50) of a random business unit's requests, newest first.
     List,
+    /// The first page (50) of the requests of every business unit the user may see (up to
+    /// 500 of them), newest first.
+    ListAll,
     /// +1 concurrent port on a business unit, approved automatically: the full path through
     /// all four services (case opened, daily limit reserved, limits applied, case closed).
     Create,
@@ -42,6 +45,8 @@ pub enum Op {
     Limits,
     /// See [`Scenario::List`].
     List,
+    /// See [`Scenario::ListAll`].
+    ListAll,
     /// See [`Scenario::Create`].
     Create,
     /// See [`Scenario::Review`].
@@ -55,6 +60,7 @@ impl Op {
             Op::Baseline => "baseline",
             Op::Limits => "limits",
             Op::List => "list",
+            Op::ListAll => "list-all",
             Op::Create => "create",
             Op::Review => "review",
         }
@@ -68,6 +74,7 @@ impl Scenario {
             Scenario::Baseline => &[Op::Baseline],
             Scenario::Limits => &[Op::Limits],
             Scenario::List => &[Op::List],
+            Scenario::ListAll => &[Op::ListAll],
             Scenario::Create => &[Op::Create],
             Scenario::Review => &[Op::Review],
             Scenario::Mixed => &[Op::Limits, Op::List, Op::Create, Op::Review],
@@ -268,6 +275,19 @@ impl Worker {
                         &self.user,
                         pb::ListPortChangeRequestsRequest {
                             business_unit_id: bu,
+                            page_size: 50,
+                            ..Default::default()
+                        },
+                    ))
+                    .await?;
+                Ok(())
+            }
+            Op::ListAll => {
+                self.clients
+                    .request
+                    .list_port_change_requests(authed(
+                        &self.user,
+                        pb::ListPortChangeRequestsRequest {
                             page_size: 50,
                             ..Default::default()
                         },

@@ -361,9 +361,15 @@ impl Authz {
         })
     }
 
-    /// The business units `principal` may see (its own, and a partner's customers), at most
-    /// `max`.
-    pub async fn visible(&self, principal: &PrincipalId, max: usize) -> Result<Vec<BusinessUnit>, Status> {
+    /// The business units `principal` may see (its own, and a partner's customers) and may
+    /// do `action` on, at most `max`: one call per page of 500, not one Check per business
+    /// unit.
+    pub async fn visible(
+        &self,
+        principal: &PrincipalId,
+        action: Action,
+        max: usize,
+    ) -> Result<Vec<BusinessUnit>, Status> {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
@@ -371,6 +377,7 @@ impl Authz {
                 principal_id: principal.to_string(),
                 page_size: 500,
                 page_token: token,
+                action: action.into(),
             };
             let page = self
                 .client

@@ -381,18 +381,13 @@ impl PortRequestService for RequestApi {
         }
         let authz = self.wf.authz();
         let bus: Vec<String> = if req.business_unit_id.is_empty() {
-            // Every business unit the caller may see and holds View on.
-            let mut out = Vec::new();
-            for bu in authz.visible(&caller.id, 500).await? {
-                if authz
-                    .require(&caller.id, pb::Action::ViewPorts, &bu.business_unit_id)
-                    .await
-                    .is_ok()
-                {
-                    out.push(bu.business_unit_id);
-                }
-            }
-            out
+            // Every business unit the caller may see and holds View on, in one call.
+            authz
+                .visible(&caller.id, pb::Action::ViewPorts, 500)
+                .await?
+                .into_iter()
+                .map(|bu| bu.business_unit_id)
+                .collect()
         } else {
             let bu = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
             authz.require(&caller.id, pb::Action::ViewPorts, bu.as_str()).await?;
