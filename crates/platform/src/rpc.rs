@@ -398,19 +398,37 @@ impl Authz {
     /// A business unit's facts as the service sees them (every business unit); `None` when
     /// it does not exist.
     pub async fn business_unit(&self, business_unit_id: &str) -> Result<Option<BusinessUnit>, Status> {
+        // Reused like Check answers (the same cache, under a key no Check has: no principal,
+        // no action), and dropped with them at every change.
+        let key = (String::new(), -1, business_unit_id.to_owned());
+        let cache = self.cache.as_ref();
+        if let Some(found) = cache.and_then(|c| c.get(&key)) {
+            return Ok(found.business_unit);
+        }
+        let generation = cache.map(|c| c.generation());
+        let fetched_at = tokio::time::Instant::now();
         let req = GetBusinessUnitRequest {
             business_unit_id: business_unit_id.to_owned(),
         };
-        match self
+        let found = match self
             .client
             .clone()
             .get_business_unit(self.identity.request(req, None))
             .await
         {
-            Ok(r) => Ok(r.into_inner().business_unit),
-            Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(downstream(AUTHORIZATION, &s)),
+            Ok(r) => r.into_inner().business_unit,
+            Err(s) if s.code() == Code::NotFound => None,
+            Err(s) => return Err(downstream(AUTHORIZATION, &s)),
+        };
+        if let (Some(c), Some(g)) = (cache, generation) {
+            let answer = CheckResponse {
+                allowed: found.is_some(),
+                business_unit: found.clone(),
+                ..Default::default()
+            };
+            c.put(key, g, fetched_at, answer);
         }
+        Ok(found)
     }
 }
 
