@@ -153,6 +153,32 @@ mod schema_tests {
         connect_and_migrate::<Migrator>(url).await.unwrap();
     }
 
+    /// The open-request lookup (every create, every GetPortLimits) reads the R5 partial index,
+    /// not every request of the business unit: its cost must not grow with the history.
+    #[tokio::test]
+    async fn open_request_lookup_uses_the_r5_index_on_sqlite() {
+        let db = connect_and_migrate::<Migrator>(&testing::fresh_sqlite().url)
+            .await
+            .unwrap();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT request_id FROM port_change_requests \
+             WHERE business_unit_id = 'bu-1' AND {} LIMIT 1",
+            crate::store::open_state_sql()
+        );
+        let plan: Vec<String> = db
+            .query_all_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(3).unwrap())
+            .collect();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("ux_requests_one_open_per_business_unit")),
+            "{plan:?}"
+        );
+    }
+
     #[tokio::test]
     async fn r5_is_a_database_constraint_on_sqlite() {
         one_open_request_per_business_unit(&testing::fresh_sqlite().url).await;

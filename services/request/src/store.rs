@@ -108,13 +108,12 @@ impl Store {
     /// A business unit's limits and its open request, in one query (GetPortLimits, a hot
     /// path: each query is a round trip, to the server or to SQLite's thread).
     pub async fn limits_and_open_request(&self, bu: &str) -> Result<(Option<limits::Model>, Option<String>), DbErr> {
-        let open: Vec<String> = open_states().iter().map(|s| format!("'{s}'")).collect();
         let sql = format!(
             "SELECT l.business_unit_id, l.concurrent, l.outbound, l.agentless, l.version, l.update_time, \
              (SELECT r.request_id FROM port_change_requests r \
-              WHERE r.business_unit_id = $1 AND r.state IN ({}) LIMIT 1) AS open_request_id \
+              WHERE r.business_unit_id = $1 AND r.{} LIMIT 1) AS open_request_id \
              FROM (SELECT 1 AS one) AS d LEFT JOIN port_limits l ON l.business_unit_id = $1",
-            open.join(", ")
+            open_state_sql()
         );
         let row = self
             .read
@@ -145,7 +144,7 @@ impl Store {
     pub async fn open_request_of(&self, bu: &str) -> Result<Option<String>, DbErr> {
         Ok(request::Entity::find()
             .filter(request::Column::BusinessUnitId.eq(bu))
-            .filter(request::Column::State.is_in(open_states()))
+            .filter(Expr::cust(open_state_sql()))
             .one(&self.read)
             .await?
             .map(|r| r.request_id))
@@ -560,6 +559,15 @@ impl Store {
         .await?;
         tx.commit().await
     }
+}
+
+/// `state IN ('NEW', ...)` with the open states as literals, exactly as the partial index
+/// of R5 (`ux_requests_one_open_per_business_unit`) is defined: with bound parameters
+/// instead, neither SQLite nor a generic PostgreSQL plan can prove the index applies, and
+/// they scan every request of the business unit.
+pub(crate) fn open_state_sql() -> String {
+    let open: Vec<String> = open_states().iter().map(|s| format!("'{s}'")).collect();
+    format!("state IN ({})", open.join(", "))
 }
 
 fn open_states() -> Vec<&'static str> {
