@@ -11,6 +11,7 @@ use std::time::Duration;
 use sspm_platform::client::{InternalChannel, connect_lazy};
 use sspm_platform::testing::{self, TestDatabase};
 use sspm_platform::{PrincipalKind, ServiceKind, SspmConfig, TokenMinter};
+use sspm_proto::v1 as pb;
 use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
 use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use sspm_proto::v1::port_request_service_client::PortRequestServiceClient;
@@ -302,6 +303,22 @@ impl TestSystem {
             .expect("header value");
         req.metadata_mut().insert("authorization", value);
         req
+    }
+
+    /// The limits of `business_unit`, as `principal` reads them.
+    pub async fn port_limits(&self, principal: &str, business_unit: &str) -> pb::PortLimits {
+        self.requests()
+            .get_port_limits(self.authed(
+                principal,
+                pb::GetPortLimitsRequest {
+                    business_unit_id: business_unit.into(),
+                },
+            ))
+            .await
+            .expect("limits")
+            .into_inner()
+            .limits
+            .expect("limits set")
     }
 
     /// `principal` asks for `concurrent` ports on `business_unit` (request id `request_id`).

@@ -55,18 +55,7 @@ async fn create(
 }
 
 async fn limits(s: &TestSystem, bu: &str) -> pb::PortLimits {
-    s.requests()
-        .get_port_limits(s.authed(
-            PERCY,
-            pb::GetPortLimitsRequest {
-                business_unit_id: bu.into(),
-            },
-        ))
-        .await
-        .expect("limits")
-        .into_inner()
-        .limits
-        .expect("limits set")
+    s.port_limits(PERCY, bu).await
 }
 
 async fn get(s: &TestSystem, id: &str) -> pb::PortChangeRequest {

@@ -53,18 +53,7 @@ fn seed() -> u64 {
 }
 
 async fn limits(s: &TestSystem, bu: &str) -> pb::PortLimits {
-    s.requests()
-        .get_port_limits(s.authed(
-            PERCY,
-            pb::GetPortLimitsRequest {
-                business_unit_id: bu.into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .limits
-        .unwrap()
+    s.port_limits(PERCY, bu).await
 }
 
 async fn requests_in(s: &TestSystem, bu: &str, states: &[S]) -> Vec<pb::PortChangeRequest> {

@@ -14,7 +14,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum as _};
+use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use sspm_platform::SspmConfig;
 use sspm_proto::v1 as pb;
@@ -216,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let outcome = run::run(plan, workers).await;
             let description = json!({
-                "scenario": scenario.to_possible_value().map(|v| v.get_name().to_owned()),
+                "scenario": scenario.name(),
                 "endpoint": target.endpoint,
                 "mode": match rate {
                     Some(r) => format!("open loop at {r}/s, at most {concurrency} in flight"),

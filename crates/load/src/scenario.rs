@@ -15,7 +15,7 @@ use crate::target::{Clients, Token, authed, code_name};
 use crate::tenancy;
 
 /// What a run does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Scenario {
     /// The health check of the request service: the cost of a bare RPC through our stack.
     Baseline,
@@ -36,61 +36,43 @@ pub enum Scenario {
     Mixed,
 }
 
-/// One operation (a scenario other than mixed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    /// See [`Scenario::Baseline`].
-    Baseline,
-    /// See [`Scenario::Limits`].
-    Limits,
-    /// See [`Scenario::List`].
-    List,
-    /// See [`Scenario::ListAll`].
-    ListAll,
-    /// See [`Scenario::Create`].
-    Create,
-    /// See [`Scenario::Review`].
-    Review,
-}
-
-impl Op {
-    /// Its name in reports.
+impl Scenario {
+    /// Its name in reports (as on the command line).
     pub fn name(self) -> &'static str {
         match self {
-            Op::Baseline => "baseline",
-            Op::Limits => "limits",
-            Op::List => "list",
-            Op::ListAll => "list-all",
-            Op::Create => "create",
-            Op::Review => "review",
+            Scenario::Baseline => "baseline",
+            Scenario::Limits => "limits",
+            Scenario::List => "list",
+            Scenario::ListAll => "list-all",
+            Scenario::Create => "create",
+            Scenario::Review => "review",
+            Scenario::Mixed => "mixed",
         }
     }
-}
 
-impl Scenario {
-    /// The operations it uses.
-    pub fn ops(self) -> &'static [Op] {
+    /// The single-operation scenarios it runs.
+    pub fn ops(self) -> &'static [Scenario] {
         match self {
-            Scenario::Baseline => &[Op::Baseline],
-            Scenario::Limits => &[Op::Limits],
-            Scenario::List => &[Op::List],
-            Scenario::ListAll => &[Op::ListAll],
-            Scenario::Create => &[Op::Create],
-            Scenario::Review => &[Op::Review],
-            Scenario::Mixed => &[Op::Limits, Op::List, Op::Create, Op::Review],
+            Scenario::Mixed => &[Scenario::Limits, Scenario::List, Scenario::Create, Scenario::Review],
+            Scenario::Baseline => &[Scenario::Baseline],
+            Scenario::Limits => &[Scenario::Limits],
+            Scenario::List => &[Scenario::List],
+            Scenario::ListAll => &[Scenario::ListAll],
+            Scenario::Create => &[Scenario::Create],
+            Scenario::Review => &[Scenario::Review],
         }
     }
 
-    /// The next operation, drawn with `roll` in 0..100.
-    pub fn pick(self, roll: u32) -> Op {
+    /// The next operation (a single-operation scenario), drawn with `roll` in 0..100.
+    pub fn pick(self, roll: u32) -> Scenario {
         match self {
             Scenario::Mixed => match roll {
-                0..70 => Op::Limits,
-                70..85 => Op::List,
-                85..97 => Op::Create,
-                _ => Op::Review,
+                0..70 => Scenario::Limits,
+                70..85 => Scenario::List,
+                85..97 => Scenario::Create,
+                _ => Scenario::Review,
             },
-            s => s.ops()[0],
+            s => s,
         }
     }
 }
@@ -190,7 +172,7 @@ impl Worker {
     pub async fn prepare(&mut self, scenario: Scenario) -> Result<(), Failure> {
         let ops = scenario.ops();
         let mut units = Vec::new();
-        if ops.contains(&Op::Create) {
+        if ops.contains(&Scenario::Create) {
             units.extend(self.share(self.tenancy.units).map(tenancy::unit));
             if units.is_empty() {
                 return Err(unexpected(
@@ -199,7 +181,7 @@ impl Worker {
                 ));
             }
         }
-        if ops.contains(&Op::Review) {
+        if ops.contains(&Scenario::Review) {
             let review: Vec<String> = self
                 .share(self.tenancy.review_units)
                 .map(tenancy::review_unit)
@@ -249,17 +231,22 @@ impl Worker {
         format!("load-{}-{}-{}", self.run_id, self.index, self.sequence)
     }
 
-    /// Runs one operation.
-    pub async fn run(&mut self, op: Op) -> Result<(), Failure> {
+    /// Runs one operation (for `mixed`: one drawn from the blend; callers that report per
+    /// operation draw it themselves with [`Scenario::pick`]).
+    pub async fn run(&mut self, op: Scenario) -> Result<(), Failure> {
         match op {
-            Op::Baseline => {
+            Scenario::Mixed => {
+                let drawn = Scenario::Mixed.pick(self.roll());
+                Box::pin(self.run(drawn)).await
+            }
+            Scenario::Baseline => {
                 self.clients
                     .health
                     .check(HealthCheckRequest { service: String::new() })
                     .await?;
                 Ok(())
             }
-            Op::Limits => {
+            Scenario::Limits => {
                 let bu = self.random_unit();
                 self.clients
                     .request
@@ -267,7 +254,7 @@ impl Worker {
                     .await?;
                 Ok(())
             }
-            Op::List => {
+            Scenario::List => {
                 let bu = self.random_unit();
                 self.clients
                     .request
@@ -282,7 +269,7 @@ impl Worker {
                     .await?;
                 Ok(())
             }
-            Op::ListAll => {
+            Scenario::ListAll => {
                 self.clients
                     .request
                     .list_port_change_requests(authed(
@@ -295,7 +282,7 @@ impl Worker {
                     .await?;
                 Ok(())
             }
-            Op::Create => {
+            Scenario::Create => {
                 let units: Vec<usize> = self.share(self.tenancy.units).collect();
                 let bu = tenancy::unit(units[self.next_unit % units.len()]);
                 self.next_unit += 1;
@@ -303,7 +290,7 @@ impl Worker {
                     .await
                     .map(|_| ())
             }
-            Op::Review => {
+            Scenario::Review => {
                 let units: Vec<usize> = self.share(self.tenancy.review_units).collect();
                 let bu = tenancy::review_unit(units[self.next_review % units.len()]);
                 self.next_review += 1;
@@ -461,10 +448,10 @@ mod tests {
         for roll in 0..100 {
             *counts.entry(Scenario::Mixed.pick(roll)).or_insert(0) += 1;
         }
-        assert_eq!(counts[&Op::Limits], 70);
-        assert_eq!(counts[&Op::List], 15);
-        assert_eq!(counts[&Op::Create], 12);
-        assert_eq!(counts[&Op::Review], 3);
+        assert_eq!(counts[&Scenario::Limits], 70);
+        assert_eq!(counts[&Scenario::List], 15);
+        assert_eq!(counts[&Scenario::Create], 12);
+        assert_eq!(counts[&Scenario::Review], 3);
         for s in [
             Scenario::Baseline,
             Scenario::Limits,

@@ -200,49 +200,33 @@ pub async fn seed(target: &Target, rep: &str, plan: SeedPlan) -> anyhow::Result<
         tenancy::REVIEW_CLUSTER
     );
 
-    // The business units.
-    let units = plan.tenancy.units;
+    // The business units: customers spread over the clusters, then the review units.
     let clusters = plan.clusters;
-    let t = target.clone();
-    let r = rep.clone();
-    in_parallel("business units", units, plan.concurrency, move |w, i| {
-        let (t, r) = (t.clone(), r.clone());
-        async move {
-            let a = t.clients(w).authorization;
-            call("a business unit", || {
-                let mut a = a.clone();
-                let r = authed(
-                    &r,
-                    business_unit(&tenancy::unit(i), &tenancy::cluster(i, clusters), tenancy::PARTNER),
-                );
-                async move { a.create_business_unit(r).await }
-            })
-            .await
-        }
-    })
-    .await?;
-    let t = target.clone();
-    in_parallel(
-        "review business units",
-        plan.tenancy.review_units,
-        plan.concurrency,
-        move |w, i| {
-            let (t, r) = (t.clone(), rep.clone());
+    type Naming = fn(usize, usize) -> (String, String);
+    let kinds: [(&str, usize, Naming); 2] = [
+        ("business units", plan.tenancy.units, |i, clusters| {
+            (tenancy::unit(i), tenancy::cluster(i, clusters))
+        }),
+        ("review business units", plan.tenancy.review_units, |i, _| {
+            (tenancy::review_unit(i), tenancy::REVIEW_CLUSTER.to_owned())
+        }),
+    ];
+    for (what, n, name) in kinds {
+        let (t, r) = (target.clone(), rep.clone());
+        in_parallel(what, n, plan.concurrency, move |w, i| {
+            let (a, r) = (t.clients(w).authorization, r.clone());
+            let (id, cluster) = name(i, clusters);
+            let message = business_unit(&id, &cluster, tenancy::PARTNER);
             async move {
-                let a = t.clients(w).authorization;
-                call("a review business unit", || {
-                    let mut a = a.clone();
-                    let r = authed(
-                        &r,
-                        business_unit(&tenancy::review_unit(i), tenancy::REVIEW_CLUSTER, tenancy::PARTNER),
-                    );
-                    async move { a.create_business_unit(r).await }
+                call(&id, || {
+                    let (mut a, req) = (a.clone(), authed(&r, message.clone()));
+                    async move { a.create_business_unit(req).await }
                 })
                 .await
             }
-        },
-    )
-    .await?;
+        })
+        .await?;
+    }
 
     // The history: requests approved automatically, spread over the business units; each
     // worker owns a share of them, so no two of its requests meet on one (R5).
@@ -280,7 +264,7 @@ async fn history(target: &Target, netops: Token, plan: SeedPlan) -> anyhow::Resu
                 let mut made = 0;
                 let mut failures = 0;
                 while made < n {
-                    match worker.run(crate::scenario::Op::Create).await {
+                    match worker.run(crate::scenario::Scenario::Create).await {
                         Ok(()) => {
                             made += 1;
                             let d = done.fetch_add(1, Ordering::Relaxed) + 1;

@@ -293,27 +293,39 @@ impl Authz {
         self.cache.as_ref().is_some_and(|c| c.is_active())
     }
 
+    /// The answer under `key`: reused when the cache allows, else from `fetch` (kept unless
+    /// a change came in meanwhile).
+    async fn cached(
+        &self,
+        key: (String, i32, String),
+        fetch: impl Future<Output = Result<CheckResponse, Status>>,
+    ) -> Result<CheckResponse, Status> {
+        let Some(cache) = self.cache.as_ref() else {
+            return fetch.await;
+        };
+        if let Some(answer) = cache.get(&key) {
+            return Ok(answer);
+        }
+        let (generation, fetched_at) = (cache.generation(), tokio::time::Instant::now());
+        let answer = fetch.await?;
+        cache.put(key, generation, fetched_at, answer.clone());
+        Ok(answer)
+    }
+
     /// The answer to `req`: reused when allowed, else from the authorization service.
     async fn check(&self, req: CheckRequest) -> Result<CheckResponse, Status> {
         let key = (req.principal_id.clone(), req.action, req.business_unit_id.clone());
-        let cache = self.cache.as_ref();
-        if let Some(answer) = cache.and_then(|c| c.get(&key)) {
-            return Ok(answer);
-        }
-        let generation = cache.map(|c| c.generation());
-        let fetched_at = tokio::time::Instant::now();
         let on_behalf_of = req.principal_id.clone();
-        let answer = self
-            .client
-            .clone()
-            .check(self.identity.request(req, Some(&on_behalf_of)))
-            .await
-            .map_err(|s| downstream(AUTHORIZATION, &s))?
-            .into_inner();
-        if let (Some(c), Some(g)) = (cache, generation) {
-            c.put(key, g, fetched_at, answer.clone());
-        }
-        Ok(answer)
+        let fetch = async {
+            Ok(self
+                .client
+                .clone()
+                .check(self.identity.request(req, Some(&on_behalf_of)))
+                .await
+                .map_err(|s| downstream(AUTHORIZATION, &s))?
+                .into_inner())
+        };
+        self.cached(key, fetch).await
     }
 
     /// Who may read the audit trail: account representatives (ACTION_ADMINISTER).
@@ -401,34 +413,27 @@ impl Authz {
         // Reused like Check answers (the same cache, under a key no Check has: no principal,
         // no action), and dropped with them at every change.
         let key = (String::new(), -1, business_unit_id.to_owned());
-        let cache = self.cache.as_ref();
-        if let Some(found) = cache.and_then(|c| c.get(&key)) {
-            return Ok(found.business_unit);
-        }
-        let generation = cache.map(|c| c.generation());
-        let fetched_at = tokio::time::Instant::now();
         let req = GetBusinessUnitRequest {
             business_unit_id: business_unit_id.to_owned(),
         };
-        let found = match self
-            .client
-            .clone()
-            .get_business_unit(self.identity.request(req, None))
-            .await
-        {
-            Ok(r) => r.into_inner().business_unit,
-            Err(s) if s.code() == Code::NotFound => None,
-            Err(s) => return Err(downstream(AUTHORIZATION, &s)),
-        };
-        if let (Some(c), Some(g)) = (cache, generation) {
-            let answer = CheckResponse {
-                allowed: found.is_some(),
-                business_unit: found.clone(),
-                ..Default::default()
+        let fetch = async {
+            let found = match self
+                .client
+                .clone()
+                .get_business_unit(self.identity.request(req, None))
+                .await
+            {
+                Ok(r) => r.into_inner().business_unit,
+                Err(s) if s.code() == Code::NotFound => None,
+                Err(s) => return Err(downstream(AUTHORIZATION, &s)),
             };
-            c.put(key, g, fetched_at, answer);
-        }
-        Ok(found)
+            Ok(CheckResponse {
+                allowed: found.is_some(),
+                business_unit: found,
+                ..Default::default()
+            })
+        };
+        Ok(self.cached(key, fetch).await?.business_unit)
     }
 }
 
