@@ -3,6 +3,7 @@
 //! latency percentiles from HDR histograms and errors by gRPC code, for people or (`--json`)
 //! machines. See the README's "Load harness" and BENCHMARKS.md.
 
+mod history;
 mod run;
 mod scenario;
 mod seed;
@@ -82,6 +83,30 @@ enum Command {
         #[arg(long, default_value = "rep@sspm.example")]
         rep: String,
     },
+    /// Write a long history of synthetic requests that are over straight into the request
+    /// service's database, tens of thousands a second (the API path of `seed --requests`
+    /// makes about 150 a second): for measuring with up to millions of stored requests.
+    /// Benchmarks only. Idempotent: it adds what is missing up to --requests.
+    History {
+        /// The request service's database, as it is configured for the service, e.g.
+        /// sqlite:///tmp/sspm-bench/request.db or postgres://postgres@127.0.0.1/sspm_request.
+        /// The service may be running.
+        #[arg(long)]
+        database_url: String,
+        /// Synthetic requests there should be in all (hist-00000000 …).
+        #[arg(long)]
+        requests: usize,
+        /// Spread over the first N load business units (seed them with `seed` first, or the
+        /// requests of the others cannot be listed).
+        #[arg(long, default_value_t = 1000)]
+        business_units: usize,
+        /// Clusters, as given to `seed`.
+        #[arg(long, default_value_t = 100)]
+        clusters: usize,
+        /// Requesters, round robin over the first N load users.
+        #[arg(long, default_value_t = 16)]
+        principals: usize,
+    },
     /// Run a scenario and report what it measured.
     Run {
         /// What to run.
@@ -138,6 +163,22 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::History {
+        database_url,
+        requests,
+        business_units,
+        clusters,
+        principals,
+    } = &cli.command
+    {
+        let plan = history::HistoryPlan {
+            requests: *requests,
+            units: *business_units,
+            clusters: *clusters,
+            principals: *principals,
+        };
+        return history::write(database_url, plan).await.map(|_| ());
+    }
     let config = SspmConfig::load(cli.config.as_deref())?;
     let target = Target::new(&config, cli.endpoint, cli.connections, cli.timeout)?;
     match cli.command {
@@ -161,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
             };
             seed::seed(&target, &rep, plan).await
         }
+        Command::History { .. } => unreachable!("handled before the configuration is loaded"),
         Command::Run {
             scenario,
             size,

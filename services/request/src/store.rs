@@ -13,6 +13,9 @@ use sspm_rules::RequestState;
 
 use crate::entities::{cursor, effect, history, limits, request};
 
+/// Requests per INSERT statement of [`Store::import_history`] (31 columns each).
+const IMPORT_CHUNK: usize = 1000;
+
 /// A history entry to write.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -360,6 +363,67 @@ impl Store {
         write_effects(&tx, id, vec![effect]).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Writes requests that are already over, each with its history (entries with their
+    /// times), in one transaction, and
+    /// one audit event for them all (`request.history_imported`): the bulk path of the load
+    /// harness (`sspm-load history`) for measuring with a long history. Nothing is written
+    /// when any of them cannot be (an id that exists, an open state).
+    pub async fn import_history(
+        &self,
+        requests: Vec<(request::Model, Vec<(i64, Entry)>)>,
+        actor: &str,
+        now: i64,
+    ) -> Result<(), DbErr> {
+        if let Some((r, _)) = requests.iter().find(|(r, _)| RequestState::from_name(&r.state).is_none_or(|s| s.is_open())) {
+            return Err(DbErr::Custom(format!(
+                "request {} is {}: only requests that are over can be imported",
+                r.request_id, r.state
+            )));
+        }
+        let count = requests.len();
+        let mut rows = Vec::with_capacity(count);
+        let mut entries = Vec::with_capacity(count * 2);
+        for (r, history) in requests {
+            entries.extend(history.into_iter().map(|(time, e)| history::ActiveModel {
+                id: NotSet,
+                request_id: Set(r.request_id.clone()),
+                kind: Set(e.kind.to_owned()),
+                time: Set(time),
+                actor: Set(e.actor),
+                from_state: Set(e.from.map(|s| s.as_str().to_owned())),
+                to_state: Set(e.to.as_str().to_owned()),
+                reason: Set(e.reason),
+            }));
+            rows.push(request::ActiveModel::from(r));
+        }
+        let tx = self.db.begin().await?;
+        // Chunks keep each statement under SQLite's limit of bound parameters (32,766).
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            request::Entity::insert_many(rows.by_ref().take(IMPORT_CHUNK))
+                .exec_without_returning(&tx)
+                .await?;
+        }
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            history::Entity::insert_many(entries.by_ref().take(IMPORT_CHUNK * 4))
+                .exec_without_returning(&tx)
+                .await?;
+        }
+        let detail = format!("{count} requests that are over, with their history");
+        audit::record_as(&tx, Some(actor), "request.history_imported", "port_change_requests", &detail, now).await?;
+        tx.commit().await
+    }
+
+    /// How many requests have an id starting with `prefix` (`sspm-load history` resumes after them).
+    pub async fn count_with_prefix(&self, prefix: &str) -> Result<u64, DbErr> {
+        use sea_orm::PaginatorTrait;
+        request::Entity::find()
+            .filter(request::Column::RequestId.starts_with(prefix))
+            .count(&self.read)
+            .await
     }
 
     /// Business figures: the number of requests by state and approval path, and of effects
