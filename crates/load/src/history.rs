@@ -68,6 +68,10 @@ pub async fn write(database_url: &str, plan: HistoryPlan) -> anyhow::Result<usiz
         let rate = (next - have) as f64 / start.elapsed().as_secs_f64().max(1e-3);
         eprint!("\r  {next} of {} ({rate:.0}/s)", plan.requests);
     }
+    store
+        .analyze()
+        .await
+        .map_err(|e| anyhow::anyhow!("refreshing the planner's statistics: {e}"))?;
     let written = plan.requests - have;
     eprintln!(
         "\nhistory: {written} synthetic requests written in {:.1} s",
@@ -164,7 +168,9 @@ mod tests {
     #[tokio::test]
     async fn writes_what_is_missing_and_lists_like_real_requests() {
         let db = testing::fresh_sqlite();
-        sspm_platform::db::connect_and_migrate::<Migrator>(&db.url).await.unwrap();
+        sspm_platform::db::connect_and_migrate::<Migrator>(&db.url)
+            .await
+            .unwrap();
         let plan = HistoryPlan {
             requests: 7,
             units: 3,
@@ -176,12 +182,12 @@ mod tests {
         assert_eq!(write(&db.url, HistoryPlan { requests: 12, ..plan }).await.unwrap(), 5);
 
         let store = Store::new(sspm_platform::db::connect(&db.url).await.unwrap());
-        let unit1 = store
-            .list(Some(&[tenancy::unit(1)]), &[], None, 50)
-            .await
-            .unwrap();
+        let unit1 = store.list(Some(&[tenancy::unit(1)]), &[], None, 50).await.unwrap();
         let ids: Vec<_> = unit1.iter().map(|r| r.request_id.as_str()).collect();
-        assert_eq!(ids, ["hist-00000010", "hist-00000007", "hist-00000004", "hist-00000001"]);
+        assert_eq!(
+            ids,
+            ["hist-00000010", "hist-00000007", "hist-00000004", "hist-00000001"]
+        );
         assert_eq!(unit1[0].before_concurrent, 3);
         assert_eq!(unit1[0].target_concurrent, Some(4));
         let history = store.history("hist-00000010").await.unwrap();

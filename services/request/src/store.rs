@@ -376,7 +376,10 @@ impl Store {
         actor: &str,
         now: i64,
     ) -> Result<(), DbErr> {
-        if let Some((r, _)) = requests.iter().find(|(r, _)| RequestState::from_name(&r.state).is_none_or(|s| s.is_open())) {
+        if let Some((r, _)) = requests
+            .iter()
+            .find(|(r, _)| RequestState::from_name(&r.state).is_none_or(|s| s.is_open()))
+        {
             return Err(DbErr::Custom(format!(
                 "request {} is {}: only requests that are over can be imported",
                 r.request_id, r.state
@@ -413,8 +416,27 @@ impl Store {
                 .await?;
         }
         let detail = format!("{count} requests that are over, with their history");
-        audit::record_as(&tx, Some(actor), "request.history_imported", "port_change_requests", &detail, now).await?;
+        audit::record_as(
+            &tx,
+            Some(actor),
+            "request.history_imported",
+            "port_change_requests",
+            &detail,
+            now,
+        )
+        .await?;
         tx.commit().await
+    }
+
+    /// Refreshes the query planner's statistics of the requests and their history, as after
+    /// any bulk load ([`Store::import_history`]): until autovacuum gets to it, PostgreSQL
+    /// would plan for the table as it was.
+    pub async fn analyze(&self) -> Result<(), DbErr> {
+        let sql = match self.db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => "ANALYZE port_change_requests, request_history",
+            _ => "ANALYZE port_change_requests; ANALYZE request_history",
+        };
+        self.db.execute_unprepared(sql).await.map(|_| ())
     }
 
     /// How many requests have an id starting with `prefix` (`sspm-load history` resumes after them).
