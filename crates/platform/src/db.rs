@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr, SqlErr,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait, RuntimeErr, Select,
+    SqlErr, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -159,11 +159,83 @@ pub fn classify(err: &DbErr) -> DbErrorKind {
     }
 }
 
+/// Lookups by a unique key (a primary key or a unique index) without the `LIMIT ?` of
+/// `Select::one`. SQLite (since 3.46) may optimise a statement for the value bound to its
+/// LIMIT, so it prepares such a statement again at every execution: a cached statement
+/// was parsed and planned anew on every call, an eighth of the request service's CPU under
+/// `create`. A unique key selects one row at most, so the LIMIT says nothing.
+pub trait SelectUnique<M> {
+    /// The row the key selects, if any; an error if it selects more than one.
+    fn unique<C>(self, db: &C) -> impl Future<Output = Result<Option<M>, DbErr>> + Send
+    where
+        C: ConnectionTrait + Sync;
+}
+
+impl<E: EntityTrait> SelectUnique<E::Model> for Select<E> {
+    async fn unique<C>(self, db: &C) -> Result<Option<E::Model>, DbErr>
+    where
+        C: ConnectionTrait + Sync,
+    {
+        let mut rows = self.all(db).await?;
+        if rows.len() > 1 {
+            return Err(DbErr::Custom(format!(
+                "{} rows of {} for one unique key",
+                rows.len(),
+                E::default().table_name()
+            )));
+        }
+        Ok(rows.pop())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{ConnectionTrait, Statement};
 
     use super::*;
+
+    mod pair {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+        #[sea_orm(table_name = "pairs")]
+        pub struct Model {
+            #[sea_orm(primary_key, auto_increment = false)]
+            pub k: String,
+            pub v: String,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    /// `unique` finds the row of a key or none, with no LIMIT in its SQL, and refuses a
+    /// filter that is not a unique key rather than pick one of the rows.
+    #[tokio::test]
+    async fn unique_lookups_have_no_limit_and_refuse_several_rows() {
+        use sea_orm::{ColumnTrait, QueryFilter, QueryTrait};
+        let db = connect("sqlite::memory:").await.unwrap();
+        db.execute_unprepared(
+            "CREATE TABLE pairs (k TEXT PRIMARY KEY, v TEXT NOT NULL); INSERT INTO pairs VALUES ('a', 'x'), ('b', 'x')",
+        )
+        .await
+        .unwrap();
+        let by_key = pair::Entity::find_by_id("a".to_owned());
+        assert!(!by_key.build(DbBackend::Sqlite).to_string().contains("LIMIT"));
+        assert_eq!(by_key.unique(&db).await.unwrap().map(|p| p.v), Some("x".to_owned()));
+        assert_eq!(
+            pair::Entity::find_by_id("z".to_owned()).unique(&db).await.unwrap(),
+            None
+        );
+        let err = pair::Entity::find()
+            .filter(pair::Column::V.eq("x"))
+            .unique(&db)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("2 rows of pairs"), "{err}");
+    }
 
     #[test]
     fn sqlite_paths_are_found_in_urls() {

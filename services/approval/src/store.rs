@@ -14,6 +14,7 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryInsertResult,
 };
 use sspm_platform::audit;
+use sspm_platform::db::SelectUnique;
 use sspm_platform::db::{DbErrorKind, classify};
 
 use crate::entities::{daily_limit, decision, reservation, task, total};
@@ -159,7 +160,7 @@ impl Store {
         let mut out = Vec::with_capacity(limits.len());
         for a in limits {
             let used = total::Entity::find_by_id((day, a.ledger_scope.to_owned(), a.ledger_target.clone()))
-                .one(&self.read)
+                .unique(&self.read)
                 .await?
                 .map_or(0, |t| t.used);
             out.push(Usage { limit: a.limit, used });
@@ -178,7 +179,7 @@ impl Store {
         now: i64,
     ) -> Result<Evaluated, DbErr> {
         if let Some(r) = reservation::Entity::find_by_id(request_id.to_owned())
-            .one(&self.read)
+            .unique(&self.read)
             .await?
         {
             return Ok(Evaluated::AlreadyReserved(r));
@@ -239,7 +240,7 @@ impl Store {
                 // The same request was evaluated concurrently and reserved first.
                 tx.rollback().await?;
                 reservation::Entity::find_by_id(request_id.to_owned())
-                    .one(&self.read)
+                    .unique(&self.read)
                     .await?
                     .map(Evaluated::AlreadyReserved)
                     .ok_or(e)
@@ -290,7 +291,11 @@ impl Store {
             .await?
             .rows_affected
             == 1;
-        if released && let Some(r) = reservation::Entity::find_by_id(request_id.to_owned()).one(&tx).await? {
+        if released
+            && let Some(r) = reservation::Entity::find_by_id(request_id.to_owned())
+                .unique(&tx)
+                .await?
+        {
             for (scope, target) in [(CLUSTER, &r.cluster), (BUSINESS_UNIT, &r.business_unit_id)] {
                 total::Entity::update_many()
                     .col_expr(total::Column::Used, Expr::col(total::Column::Used).sub(r.increase))
@@ -313,7 +318,7 @@ impl Store {
         let tx = self.db.begin().await?;
         let existing = task::Entity::find()
             .filter(task::Column::RequestId.eq(request_id.as_str()))
-            .one(&tx)
+            .unique(&tx)
             .await?;
         if let Some(existing) = existing {
             return Ok(existing);
@@ -346,14 +351,14 @@ impl Store {
 
     /// A task by id.
     pub async fn task(&self, task_id: &str) -> Result<Option<task::Model>, DbErr> {
-        task::Entity::find_by_id(task_id.to_owned()).one(&self.read).await
+        task::Entity::find_by_id(task_id.to_owned()).unique(&self.read).await
     }
 
     /// A request's task.
     pub async fn task_of_request(&self, request_id: &str) -> Result<Option<task::Model>, DbErr> {
         task::Entity::find()
             .filter(task::Column::RequestId.eq(request_id))
-            .one(&self.read)
+            .unique(&self.read)
             .await
     }
 
@@ -400,7 +405,7 @@ impl Store {
             .await?
             .rows_affected
             == 1;
-        let Some(t) = task::Entity::find_by_id(task_id.to_owned()).one(&tx).await? else {
+        let Some(t) = task::Entity::find_by_id(task_id.to_owned()).unique(&tx).await? else {
             tx.rollback().await?;
             return Ok(Decided::NotFound);
         };
@@ -487,7 +492,7 @@ impl Store {
         let before = daily_limit::Entity::find()
             .filter(daily_limit::Column::Scope.eq(l.scope.as_str()))
             .filter(daily_limit::Column::Target.eq(l.target.as_str()))
-            .one(&tx)
+            .unique(&tx)
             .await?
             .map_or_else(|| "none".to_owned(), |b| b.max_daily_increase.to_string());
         let target = limit_target(&l.scope, &l.target);

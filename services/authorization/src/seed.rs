@@ -1,6 +1,7 @@
 //! Start-up registration of account representatives, and the demo tenancy of `sspm up`.
 
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, TransactionTrait};
+use sspm_platform::db::SelectUnique;
 use sspm_platform::rpc::now_micros;
 use sspm_proto::v1::Permission;
 
@@ -20,7 +21,7 @@ pub async fn bootstrap_account_representatives(db: &DatabaseConnection, ids: &[S
         let g = global(id, Permission::AccountRepresentative, "config");
         let held =
             grant::Entity::find_by_id((g.principal_id.clone(), g.business_unit_id.clone(), g.permission.clone()))
-                .one(&tx)
+                .unique(&tx)
                 .await?
                 .is_some();
         if held {

@@ -5,6 +5,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, TransactionTrait,
 };
+use sspm_platform::db::SelectUnique;
 
 use sspm_platform::audit;
 
@@ -34,7 +35,9 @@ impl Store {
 
     /// One business unit.
     pub async fn business_unit(&self, id: &str) -> Result<Option<business_unit::Model>, DbErr> {
-        business_unit::Entity::find_by_id(id.to_owned()).one(&self.read).await
+        business_unit::Entity::find_by_id(id.to_owned())
+            .unique(&self.read)
+            .await
     }
 
     /// Whether any business unit has `id` as its partner.
@@ -86,7 +89,7 @@ impl Store {
     pub async fn update_business_unit(&self, bu: business_unit::Model) -> Result<(), DbErr> {
         let tx = self.db.begin().await?;
         let before = business_unit::Entity::find_by_id(bu.business_unit_id.clone())
-            .one(&tx)
+            .unique(&tx)
             .await?
             .map_or_else(|| "nothing".to_owned(), |b| describe_bu(&b));
         let detail = format!("{before} -> {}", describe_bu(&bu));
@@ -113,7 +116,7 @@ impl Store {
 
     /// One principal.
     pub async fn principal(&self, id: &str) -> Result<Option<principal::Model>, DbErr> {
-        principal::Entity::find_by_id(id.to_owned()).one(&self.read).await
+        principal::Entity::find_by_id(id.to_owned()).unique(&self.read).await
     }
 
     /// Inserts a principal; a unique violation means it exists.
@@ -131,7 +134,7 @@ impl Store {
     pub async fn update_principal(&self, p: &principal::Model, now: i64) -> Result<(), DbErr> {
         let tx = self.db.begin().await?;
         let before = principal::Entity::find_by_id(p.principal_id.clone())
-            .one(&tx)
+            .unique(&tx)
             .await?
             .map_or_else(|| "nothing".to_owned(), |b| describe_principal(&b));
         let detail = format!("{before} -> {}", describe_principal(p));
@@ -169,7 +172,7 @@ impl Store {
         )
         .await?;
         let stored = grant::Entity::find_by_id((g.principal_id, g.business_unit_id, g.permission))
-            .one(&tx)
+            .unique(&tx)
             .await?
             .ok_or_else(|| DbErr::RecordNotFound("grant vanished after insert".into()))?;
         tx.commit().await?;

@@ -9,6 +9,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use sspm_platform::audit;
+use sspm_platform::db::SelectUnique;
 use sspm_rules::RequestState;
 
 use crate::entities::{cursor, effect, history, limits, request};
@@ -105,7 +106,7 @@ impl Store {
 
     /// A business unit's limits, if SSPM has any on record.
     pub async fn limits(&self, bu: &str) -> Result<Option<limits::Model>, DbErr> {
-        limits::Entity::find_by_id(bu.to_owned()).one(&self.read).await
+        limits::Entity::find_by_id(bu.to_owned()).unique(&self.read).await
     }
 
     /// A business unit's limits and its open request, in one query (GetPortLimits, a hot
@@ -148,14 +149,14 @@ impl Store {
         Ok(request::Entity::find()
             .filter(request::Column::BusinessUnitId.eq(bu))
             .filter(Expr::cust(open_state_sql()))
-            .one(&self.read)
+            .unique(&self.read)
             .await?
             .map(|r| r.request_id))
     }
 
     /// One request.
     pub async fn request(&self, id: &str) -> Result<Option<request::Model>, DbErr> {
-        request::Entity::find_by_id(id.to_owned()).one(&self.read).await
+        request::Entity::find_by_id(id.to_owned()).unique(&self.read).await
     }
 
     /// A request's history, oldest first.
@@ -204,7 +205,7 @@ impl Store {
         // unit still being applied, so this sees the limits that request left.
         let now = limits::Entity::find_by_id(bu)
             .lock_exclusive()
-            .one(&tx)
+            .unique(&tx)
             .await?
             .map_or((0, 0, 0), |l| (l.concurrent, l.outbound, l.agentless));
         if now != before {
@@ -296,7 +297,7 @@ impl Store {
         let tx = self.db.begin().await?;
         let Some(r) = request::Entity::find_by_id(id.to_owned())
             .lock_exclusive()
-            .one(&tx)
+            .unique(&tx)
             .await?
             .filter(|r| r.state == from.as_str())
         else {
@@ -305,7 +306,7 @@ impl Store {
         };
         let current = limits::Entity::find_by_id(r.business_unit_id.clone())
             .lock_exclusive()
-            .one(&tx)
+            .unique(&tx)
             .await?;
         let applied = match decide(&r, current.as_ref()) {
             Apply::Limits(new, t) => {
@@ -333,7 +334,7 @@ impl Store {
         let tx = self.db.begin().await?;
         let Some(r) = request::Entity::find_by_id(id.to_owned())
             .lock_exclusive()
-            .one(&tx)
+            .unique(&tx)
             .await?
             .filter(|r| r.reverted_time.is_none() && r.revert_at.is_some())
         else {
@@ -342,7 +343,7 @@ impl Store {
         };
         let Some(current) = limits::Entity::find_by_id(r.business_unit_id.clone())
             .lock_exclusive()
-            .one(&tx)
+            .unique(&tx)
             .await?
         else {
             tx.rollback().await?;
@@ -560,7 +561,7 @@ impl Store {
     /// Where the decision feed resumes.
     pub async fn cursor(&self) -> Result<i64, DbErr> {
         Ok(cursor::Entity::find_by_id("decisions".to_owned())
-            .one(&self.read)
+            .unique(&self.read)
             .await?
             .map_or(0, |c| c.cursor))
     }
@@ -626,7 +627,7 @@ impl Store {
         let tx = self.db.begin().await?;
         let current = limits::Entity::find_by_id(bu.to_owned())
             .lock_exclusive()
-            .one(&tx)
+            .unique(&tx)
             .await?;
         write_limits(
             &tx,

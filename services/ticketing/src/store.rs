@@ -6,6 +6,7 @@ use sea_orm::{
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use sspm_platform::audit;
+use sspm_platform::db::SelectUnique;
 use sspm_platform::db::{DbErrorKind, classify};
 use sspm_rules::CaseNumber;
 
@@ -79,7 +80,7 @@ impl Store {
     pub async fn by_number(&self, number: &str) -> Result<Option<CaseRecord>, DbErr> {
         let c = case::Entity::find()
             .filter(case::Column::CaseNumber.eq(number))
-            .one(&self.read)
+            .unique(&self.read)
             .await?;
         self.with_comments(c).await
     }
@@ -88,7 +89,7 @@ impl Store {
     pub async fn by_reference(&self, reference: &str) -> Result<Option<CaseRecord>, DbErr> {
         let c = case::Entity::find()
             .filter(case::Column::ExternalReference.eq(reference))
-            .one(&self.read)
+            .unique(&self.read)
             .await?;
         self.with_comments(c).await
     }
