@@ -96,30 +96,27 @@ impl Store {
 
     /// Opens a case, or returns the one with the same external reference; `true` when this
     /// call opened it. The case number is formatted from the row id in the same transaction.
+    /// The insert comes first: a repeated call finds the reference taken and reads that case.
     pub async fn open(&self, new: NewCase, now: i64) -> Result<(CaseRecord, bool), DbErr> {
-        if let Some(existing) = self.by_reference(&new.external_reference).await? {
-            return Ok((existing, false));
-        }
-        let reference = new.external_reference.clone();
+        let mut case = case::Model {
+            id: 0,
+            case_number: None,
+            external_reference: new.external_reference,
+            subject: new.subject,
+            description: new.description,
+            business_unit_id: new.business_unit_id,
+            requester: new.requester,
+            status: "NEW".to_owned(),
+            resolution: None,
+            create_time: now,
+            update_time: now,
+            close_time: None,
+        };
         let inserted = async {
             let tx = self.db.begin().await?;
-            let res = case::Entity::insert(case::ActiveModel {
-                id: NotSet,
-                case_number: Set(None),
-                external_reference: Set(new.external_reference),
-                subject: Set(new.subject),
-                description: Set(new.description),
-                business_unit_id: Set(new.business_unit_id),
-                requester: Set(new.requester),
-                status: Set("NEW".to_owned()),
-                resolution: Set(None),
-                create_time: Set(now),
-                update_time: Set(now),
-                close_time: Set(None),
-            })
-            .exec(&tx)
-            .await?;
-            let id = res.last_insert_id;
+            let mut row = case::ActiveModel::from(case.clone());
+            row.id = NotSet;
+            let id = case::Entity::insert(row).exec(&tx).await?.last_insert_id;
             let number = CaseNumber::from_sequence(u64::try_from(id).unwrap_or_default());
             case::Entity::update_many()
                 .col_expr(case::Column::CaseNumber, Expr::val(number.as_str()))
@@ -130,24 +127,29 @@ impl Store {
                 &tx,
                 "case.opened",
                 number.as_str(),
-                &format!("opened for {reference}"),
+                &format!("opened for {}", case.external_reference),
                 now,
             )
             .await?;
-            tx.commit().await
+            tx.commit().await?;
+            Ok::<_, DbErr>((id, number))
         }
         .await;
-        let created = match inserted {
-            Ok(()) => true,
-            // Opened concurrently by another call: that one is the case.
-            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => false,
-            Err(e) => return Err(e),
-        };
-        let case = self
-            .by_reference(&reference)
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound(format!("case {reference} after insert")))?;
-        Ok((case, created))
+        match inserted {
+            Ok((id, number)) => {
+                case.id = id;
+                case.case_number = Some(number.as_str().to_owned());
+                Ok((CaseRecord { case, comments: vec![] }, true))
+            }
+            // Opened before (a retry), or concurrently by another call: that one is the case.
+            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+                let existing = self.by_reference(&case.external_reference).await?.ok_or_else(|| {
+                    DbErr::RecordNotFound(format!("case {} after a unique violation", case.external_reference))
+                })?;
+                Ok((existing, false))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Adds a comment; `false` when a comment with the same `key` is on the case already
@@ -272,5 +274,65 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sspm_platform::db::connect_and_migrate;
+    use sspm_platform::testing;
+
+    use super::*;
+    use crate::migration::Migrator;
+
+    fn new_case(reference: &str) -> NewCase {
+        NewCase {
+            external_reference: reference.to_owned(),
+            subject: "Port change".to_owned(),
+            description: "+1 concurrent".to_owned(),
+            business_unit_id: "bu-1".to_owned(),
+            requester: "alice@example.com".to_owned(),
+        }
+    }
+
+    /// OpenCase is idempotent by external reference, also when the calls race: one case,
+    /// the same number for every caller, and what the opener got is what is stored.
+    async fn opening_twice_gives_one_case(url: &str) {
+        let store = Store::new(connect_and_migrate::<Migrator>(url).await.unwrap());
+        let (first, created) = store.open(new_case("r-1"), 10).await.unwrap();
+        assert!(created);
+        assert_eq!(first.case.status, "NEW");
+        let stored = store.by_reference("r-1").await.unwrap().unwrap();
+        assert_eq!(stored.case, first.case);
+        assert!(stored.comments.is_empty());
+
+        let (again, created) = store.open(new_case("r-1"), 20).await.unwrap();
+        assert!(!created);
+        assert_eq!(again.case, first.case);
+
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let store = store.clone();
+            calls.spawn(async move { store.open(new_case("r-2"), 30).await });
+        }
+        let racing = calls.join_all().await;
+        let numbers: std::collections::BTreeSet<_> = racing
+            .iter()
+            .map(|r| r.as_ref().unwrap().0.case.case_number.clone())
+            .collect();
+        assert_eq!(numbers.len(), 1, "{numbers:?}");
+        assert_eq!(racing.iter().filter(|r| r.as_ref().unwrap().1).count(), 1);
+        assert_ne!(numbers.first().unwrap(), &first.case.case_number);
+    }
+
+    #[tokio::test]
+    async fn opening_twice_gives_one_case_on_sqlite() {
+        opening_twice_gives_one_case(&testing::fresh_sqlite().url).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
+    async fn opening_twice_gives_one_case_on_postgres() {
+        opening_twice_gives_one_case(&testing::fresh_postgres("ticketing").await.url).await;
     }
 }
