@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod ticketing;
+pub use ticketing::{SalesforceAuthFlow, SalesforceConfig, SalesforceStatuses, TicketingBackend, TicketingConfig};
+
 /// Signing key used when none is configured. Fine on a laptop, refused in production.
 pub const DEV_SIGNING_KEY: &str = "sspm-development-signing-key-do-not-use-in-production";
 
@@ -68,6 +71,8 @@ pub struct SspmConfig {
     pub workflow: WorkflowConfig,
     /// What each service admits before a call reaches its handler.
     pub admission: AdmissionConfig,
+    /// The ticketing service's case backend.
+    pub ticketing: TicketingConfig,
 }
 
 /// Admission of calls, per service process.
@@ -406,6 +411,7 @@ impl Default for SspmConfig {
             daily_limits: DailyLimitsConfig::default(),
             workflow: WorkflowConfig::default(),
             admission: AdmissionConfig::default(),
+            ticketing: TicketingConfig::default(),
         }
     }
 }
@@ -476,6 +482,7 @@ impl SspmConfig {
             return Err(invalid("auth.token_ttl_seconds", "must be positive"));
         }
         self.price()?;
+        self.ticketing.validate()?;
         if self.daily_limits.default_max_daily_increase > u32::from(sspm_rules::PortLimit::MAX) {
             return Err(invalid("daily_limits.default_max_daily_increase", "must be 0 to 9999"));
         }

@@ -5,7 +5,10 @@
 
 pub mod api;
 pub mod entities;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake_salesforce;
 pub mod migration;
+pub mod salesforce;
 pub mod store;
 
 use sspm_platform::rpc::{Authz, ServiceIdentity};
@@ -15,6 +18,12 @@ use tokio::net::TcpListener;
 
 /// Connects and migrates the ticketing service's database and binds its listener.
 pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow::Result<ServiceApp> {
+    // The Salesforce client (salesforce.rs) exists; the service does not use it yet. Refuse
+    // rather than keep cases locally when an org was asked for.
+    anyhow::ensure!(
+        config.ticketing.backend == sspm_platform::config::TicketingBackend::Local,
+        "ticketing.backend = \"salesforce\" is not available yet: the ticketing service keeps cases in its own database only (ticketing.backend = \"local\")"
+    );
     let app = ServiceApp::prepare::<migration::Migrator>(
         ServiceKind::Ticketing,
         sspm_proto::service_names::TICKETING,
