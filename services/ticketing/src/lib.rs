@@ -43,6 +43,23 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
 }
 
 #[cfg(test)]
+mod backend_tests {
+    use sspm_platform::config::TicketingBackend;
+
+    /// Asked for an org it cannot use yet, the service does not start (rather than keep the
+    /// cases where nobody looks for them).
+    #[tokio::test]
+    async fn the_salesforce_backend_is_refused_until_it_is_used() {
+        let mut config = sspm_platform::SspmConfig::default();
+        config.ticketing.backend = TicketingBackend::Salesforce;
+        let Err(err) = super::build(config, None).await else {
+            panic!("the service started with backend = salesforce");
+        };
+        assert!(err.to_string().contains("not available yet"), "{err}");
+    }
+}
+
+#[cfg(test)]
 mod schema_tests {
     use sea_orm::ConnectionTrait;
     use sspm_platform::db::{DbErrorKind, classify, connect_and_migrate};
