@@ -225,7 +225,17 @@ impl Cluster {
         logs.sort();
         for log in logs {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<_> = text.lines().rev().take(40).collect();
+            // Without the frames of a backtrace (RUST_BACKTRACE is inherited): the error
+            // itself must show.
+            let tail: Vec<_> = text
+                .lines()
+                .rev()
+                .filter(|l| {
+                    let t = l.trim_start();
+                    !(t.starts_with("at ") || t.split_once(": ").is_some_and(|(n, _)| n.parse::<u32>().is_ok()))
+                })
+                .take(40)
+                .collect();
             eprintln!("---- {} (last lines)", log.display());
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");

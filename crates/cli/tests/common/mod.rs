@@ -25,12 +25,32 @@ impl Drop for Up {
     }
 }
 
+/// Ports for services the tests start: below the kernel's ephemeral range (32768 and up
+/// here), and clear of `.ci/load-smoke`'s 26xxx. A port from the ephemeral range, free when
+/// picked, can become the source port of any outgoing connection before the service binds
+/// it: a service then failed to start with "address in use", now and then.
+const TEST_PORTS: std::ops::Range<u16> = 27_000..32_700;
+
+/// A port nobody listens on, from [`TEST_PORTS`], never handed out twice by this test process
+/// (the tests of one binary run in parallel; binaries start at different points).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = TEST_PORTS.start + u16::try_from(offset).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}");
 }
 
 /// Starts `sspm up --data-dir <data> <args>` with `env`, on free gRPC ports and ephemeral
