@@ -12,6 +12,7 @@
 
 use std::time::Instant;
 
+use sspm_platform::rpc::now_micros;
 use sspm_request::entities::request;
 use sspm_request::store::{Entry, Store};
 use sspm_rules::RequestState;
@@ -148,12 +149,6 @@ fn synthetic(i: usize, plan: HistoryPlan) -> (request::Model, Vec<(i64, Entry)>)
         ),
     ];
     (model, history)
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -390,16 +390,7 @@ impl Store {
         let mut rows = Vec::with_capacity(count);
         let mut entries = Vec::with_capacity(count * 2);
         for (r, history) in requests {
-            entries.extend(history.into_iter().map(|(time, e)| history::ActiveModel {
-                id: NotSet,
-                request_id: Set(r.request_id.clone()),
-                kind: Set(e.kind.to_owned()),
-                time: Set(time),
-                actor: Set(e.actor),
-                from_state: Set(e.from.map(|s| s.as_str().to_owned())),
-                to_state: Set(e.to.as_str().to_owned()),
-                reason: Set(e.reason),
-            }));
+            entries.extend(history.into_iter().map(|(time, e)| history_row(&r.request_id, time, e)));
             rows.push(request::ActiveModel::from(r));
         }
         let tx = self.db.begin().await?;
@@ -718,7 +709,15 @@ async fn write_history(tx: &DatabaseTransaction, id: &str, time: i64, e: Entry) 
         _ => format!("{}: {}", e.to.as_str(), e.reason),
     };
     audit::record_as(tx, Some(&e.actor), action, id, &detail, time).await?;
-    history::Entity::insert(history::ActiveModel {
+    history::Entity::insert(history_row(id, time, e))
+        .exec_without_returning(tx)
+        .await
+        .map(|_| ())
+}
+
+/// The row of history entry `e` of request `id`.
+fn history_row(id: &str, time: i64, e: Entry) -> history::ActiveModel {
+    history::ActiveModel {
         id: NotSet,
         request_id: Set(id.to_owned()),
         kind: Set(e.kind.to_owned()),
@@ -727,10 +726,7 @@ async fn write_history(tx: &DatabaseTransaction, id: &str, time: i64, e: Entry) 
         from_state: Set(e.from.map(|s| s.as_str().to_owned())),
         to_state: Set(e.to.as_str().to_owned()),
         reason: Set(e.reason),
-    })
-    .exec_without_returning(tx)
-    .await
-    .map(|_| ())
+    }
 }
 
 async fn write_effects(tx: &DatabaseTransaction, id: &str, effects: Vec<NewEffect>) -> Result<(), DbErr> {

@@ -191,7 +191,7 @@ impl Salesforce {
             .await?;
         // 201 created, 200 updated (API 46.0 and later answer with the id); older versions
         // answer an update with 204 and no body: read the id by the external id.
-        let (id, created) = match answer.as_ref().and_then(|a| a.get("id")).and_then(Value::as_str) {
+        let (id, created) = match text(&answer, "id") {
             Some(id) => (
                 id.to_owned(),
                 answer
@@ -205,11 +205,7 @@ impl Salesforce {
                     .call("read a case", Method::GET, &format!("{path}?fields=Id"), None, true)
                     .await?
                     .1;
-                let id = found
-                    .as_ref()
-                    .and_then(|f| f.get("Id"))
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| unexpected("open a case", "no case id after the upsert"))?;
+                let id = text(&found, "Id").ok_or_else(|| unexpected("open a case", "no case id after the upsert"))?;
                 (id.to_owned(), false)
             }
         };
@@ -225,10 +221,7 @@ impl Salesforce {
     pub async fn case_number(&self, id: &str) -> Result<String, SalesforceError> {
         let path = format!("/sobjects/Case/{}?fields=CaseNumber", encode_segment(id));
         let (_, answer) = self.call("read a case", Method::GET, &path, None, true).await?;
-        answer
-            .as_ref()
-            .and_then(|a| a.get("CaseNumber"))
-            .and_then(Value::as_str)
+        text(&answer, "CaseNumber")
             .map(str::to_owned)
             .ok_or_else(|| unexpected("read a case", "the case has no CaseNumber"))
     }
@@ -246,10 +239,7 @@ impl Salesforce {
                 false,
             )
             .await?;
-        answer
-            .as_ref()
-            .and_then(|a| a.get("id"))
-            .and_then(Value::as_str)
+        text(&answer, "id")
             .map(str::to_owned)
             .ok_or_else(|| unexpected("comment on a case", "no comment id in the answer"))
     }
@@ -532,13 +522,9 @@ enum Attempt {
     Failed { retry: bool, error: SalesforceError },
 }
 
-impl From<Attempt> for SalesforceError {
-    fn from(a: Attempt) -> Self {
-        match a {
-            Attempt::SessionExpired(_) => SalesforceError::SignIn("the session was refused".to_owned()),
-            Attempt::Failed { error, .. } => error,
-        }
-    }
+/// A text field of a JSON answer.
+fn text<'a>(answer: &'a Option<Value>, name: &str) -> Option<&'a str> {
+    answer.as_ref()?.get(name)?.as_str()
 }
 
 fn unexpected(what: &str, message: &str) -> SalesforceError {
