@@ -201,6 +201,23 @@ pub fn downstream(dependency: &str, status: &Status) -> Status {
     }
 }
 
+/// The delay before retry number `attempt` (1 for the first): exponential from
+/// `initial_ms`, capped at `max_ms`, with equal jitter: half of it fixed, the other half
+/// scaled by `jitter` (uniform in 0..1), so that work that failed together (an outage) does
+/// not all come back at the same moment.
+pub fn backoff_ms(initial_ms: u64, max_ms: u64, attempt: u32, jitter: f64) -> u64 {
+    let exp = attempt.clamp(1, 16) - 1;
+    let ceiling = initial_ms.saturating_mul(1 << exp).min(max_ms);
+    let fixed = ceiling / 2;
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let random = ((ceiling - fixed) as f64 * jitter.clamp(0.0, 1.0)).round() as u64;
+    fixed + random
+}
+
 /// Whether retrying a failed call can succeed.
 pub fn is_transient(status: &Status) -> bool {
     matches!(
@@ -445,6 +462,24 @@ pub fn permission_name(p: Permission) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
+        // Without jitter: the lower half, doubling, capped.
+        let low: Vec<u64> = (1..=9).map(|a| backoff_ms(100, 10_000, a, 0.0)).collect();
+        assert_eq!(low, [50, 100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000]);
+        // With full jitter: the ceiling.
+        assert_eq!(backoff_ms(100, 10_000, 3, 1.0), 400);
+        assert_eq!(backoff_ms(100, 10_000, 40, 1.0), 10_000);
+        // Between: spread over the upper half.
+        assert_eq!(backoff_ms(100, 10_000, 3, 0.5), 300);
+        for attempt in 0..64 {
+            for jitter in [0.0, 0.25, 0.999, 1.0] {
+                let d = backoff_ms(100, 10_000, attempt, jitter);
+                assert!((50..=10_000).contains(&d), "{attempt} {jitter}: {d}");
+            }
+        }
+    }
 
     #[test]
     fn page_tokens_round_trip_and_foreign_tokens_are_refused() {

@@ -217,7 +217,12 @@ impl Workflow {
 
     /// The delay before retry number `attempt` (1 for the first), see [`backoff_ms`].
     fn backoff_ms(&self, attempt: u32) -> u64 {
-        backoff_ms(&self.cfg, attempt, rand::rng().random())
+        sspm_platform::rpc::backoff_ms(
+            self.cfg.retry_initial_ms,
+            self.cfg.retry_max_ms,
+            attempt,
+            rand::rng().random(),
+        )
     }
 
     /// Runs every due step of a request, then schedules its next look (or a retry with
@@ -926,49 +931,4 @@ pub fn rfc3339(micros: i64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// The delay before retry number `attempt` (1 for the first): exponential from
-/// `retry_initial_ms`, capped at `retry_max_ms`, with equal jitter: half of it fixed, the
-/// other half scaled by `jitter` (uniform in 0..1), so that requests that failed together
-/// (an outage) do not all come back at the same moment.
-fn backoff_ms(cfg: &WorkflowConfig, attempt: u32, jitter: f64) -> u64 {
-    let exp = attempt.clamp(1, 16) - 1;
-    let ceiling = cfg.retry_initial_ms.saturating_mul(1 << exp).min(cfg.retry_max_ms);
-    let fixed = ceiling / 2;
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let random = ((ceiling - fixed) as f64 * jitter.clamp(0.0, 1.0)).round() as u64;
-    fixed + random
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
-        let cfg = WorkflowConfig {
-            retry_initial_ms: 100,
-            retry_max_ms: 10_000,
-            ..WorkflowConfig::default()
-        };
-        // Without jitter: the lower half, doubling, capped.
-        let low: Vec<u64> = (1..=9).map(|a| backoff_ms(&cfg, a, 0.0)).collect();
-        assert_eq!(low, [50, 100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000]);
-        // With full jitter: the ceiling.
-        assert_eq!(backoff_ms(&cfg, 3, 1.0), 400);
-        assert_eq!(backoff_ms(&cfg, 40, 1.0), 10_000);
-        // Between: spread over the upper half.
-        assert_eq!(backoff_ms(&cfg, 3, 0.5), 300);
-        for attempt in 0..64 {
-            for jitter in [0.0, 0.25, 0.999, 1.0] {
-                let d = backoff_ms(&cfg, attempt, jitter);
-                assert!((50..=10_000).contains(&d), "{attempt} {jitter}: {d}");
-            }
-        }
-    }
 }

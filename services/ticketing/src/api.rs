@@ -1,6 +1,8 @@
 //! `sspm.v1.TicketingService`. Opening, commenting and closing cases is internal (SSPM
 //! services); users read the cases of business units whose requests they may view.
 
+use std::sync::Arc;
+
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
 use sspm_platform::caller;
 use sspm_platform::error::{db, not_found};
@@ -13,6 +15,7 @@ use sspm_proto::v1::ticketing_service_server::TicketingService;
 use sspm_rules::{BusinessUnitId, CaseNumber, PrincipalId, Text};
 use tonic::{Code, Request, Response, Status};
 
+use crate::org::OrgSync;
 use crate::store::{CaseRecord, Closed, NewCase, Store};
 
 /// The handlers.
@@ -20,12 +23,34 @@ use crate::store::{CaseRecord, Closed, NewCase, Store};
 pub struct TicketingApi {
     store: Store,
     authz: Authz,
+    /// The Salesforce backend, when configured.
+    org: Option<Arc<OrgSync>>,
 }
 
 impl TicketingApi {
     /// Handlers on `store`, asking `authz` about users' access.
     pub fn new(store: Store, authz: Authz) -> Self {
-        Self { store, authz }
+        Self {
+            store,
+            authz,
+            org: None,
+        }
+    }
+
+    /// Handlers whose cases are the org's, recorded in its store.
+    pub fn with_org(org: Arc<OrgSync>, authz: Authz) -> Self {
+        Self {
+            store: org.store().clone(),
+            authz,
+            org: Some(org),
+        }
+    }
+
+    /// A write was made: the org's worker has something to send.
+    fn written(&self) {
+        if let Some(org) = &self.org {
+            org.wake();
+        }
     }
 
     /// May the caller read the cases of `business_unit_id`? Services may read all.
@@ -138,7 +163,10 @@ impl TicketingService for TicketingApi {
             business_unit_id: parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?.to_string(),
             requester: parse_at("requester", PrincipalId::parse(&req.requester))?.to_string(),
         };
-        let (case, created) = self.store.open(new, now_micros()).await.map_err(db("opening a case"))?;
+        let (case, created) = match &self.org {
+            Some(org) => org.open(new).await?,
+            None => self.store.open(new, now_micros()).await.map_err(db("opening a case"))?,
+        };
         if created {
             tracing::info!(case_number = ?case.case.case_number, reference, "case opened");
         }
@@ -160,9 +188,10 @@ impl TicketingService for TicketingApi {
         let key = comment_key(&req.comment_id)?;
         let case = self.case_by_number(&req.case_number).await?;
         self.store
-            .comment(case.case.id, &author, &body, key, now_micros())
+            .comment(&case.case, &author, &body, key, now_micros())
             .await
             .map_err(db("adding a comment"))?;
+        self.written();
         let case = self.case_by_number(&req.case_number).await?;
         Ok(Response::new(pb::AddCaseCommentResponse {
             case: Some(to_pb(case)),
@@ -183,9 +212,10 @@ impl TicketingService for TicketingApi {
         let case = self.case_by_number(&req.case_number).await?;
         let updated = self
             .store
-            .set_status(case.case.id, status_name(status), now_micros())
+            .set_status(&case.case, status_name(status), now_micros())
             .await
             .map_err(db("updating a case"))?;
+        self.written();
         if !updated {
             return Err(Status::failed_precondition(format!(
                 "case {} is closed; its status can no longer change",
@@ -207,17 +237,18 @@ impl TicketingService for TicketingApi {
         let req = request.into_inner();
         let number = parse_at("case_number", CaseNumber::parse(&req.case_number))?;
         let resolution = text("resolution", &req.resolution, "resolution", Text::MAX_LEN)?;
-        match self
+        let closed = self
             .store
             .close(number.as_str(), &resolution, now_micros())
             .await
             .map_err(db("closing a case"))?
-        {
-            None => Err(not_found("case", number.as_str())),
-            Some(Closed::Ok(case)) => Ok(Response::new(pb::CloseCaseResponse {
+            .ok_or_else(|| not_found("case", number.as_str()))?;
+        self.written();
+        match closed {
+            Closed::Ok(case) => Ok(Response::new(pb::CloseCaseResponse {
                 case: Some(to_pb(case)),
             })),
-            Some(Closed::Conflict(case)) => Err(Status::failed_precondition(format!(
+            Closed::Conflict(case) => Err(Status::failed_precondition(format!(
                 "case {} is already closed with another resolution: {:?}",
                 number,
                 case.case.resolution.unwrap_or_default()

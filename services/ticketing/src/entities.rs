@@ -33,6 +33,8 @@ pub mod case {
         pub update_time: i64,
         /// Unix microseconds.
         pub close_time: Option<i64>,
+        /// The org's record id (the Salesforce backend); `None` for a case kept only here.
+        pub org_id: Option<String>,
     }
 
     /// No relations are navigated.
@@ -63,6 +65,46 @@ pub mod comment {
         pub create_time: i64,
         /// The caller's idempotency key, unique per case.
         pub comment_key: Option<String>,
+    }
+
+    /// No relations are navigated.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `org_writes`: writes to the org not carried out yet (the Salesforce backend's outbox).
+pub mod org_write {
+    use sea_orm::entity::prelude::*;
+
+    /// One pending write.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "org_writes")]
+    pub struct Model {
+        /// Order of writes.
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// The case.
+        pub case_id: i64,
+        /// `COMMENT`, `STATUS` or `CLOSE`.
+        pub kind: String,
+        /// The comment as the org gets it, the SSPM status name, or the resolution.
+        pub argument: String,
+        /// Failed attempts so far.
+        pub attempts: i32,
+        /// Unix microseconds: not before.
+        pub next_attempt_time: i64,
+        /// Unix microseconds: a worker holds it until then.
+        pub lease_until: Option<i64>,
+        /// The last attempt at a comment may have added it.
+        pub maybe_done: bool,
+        /// Why the last attempt failed.
+        pub last_error: Option<String>,
+        /// Unix microseconds: the org refused it for good.
+        pub failed_time: Option<i64>,
+        /// Unix microseconds.
+        pub create_time: i64,
     }
 
     /// No relations are navigated.

@@ -69,6 +69,8 @@ struct State {
     cases: Vec<FakeCase>,
     requests: Vec<Recorded>,
     faults: VecDeque<Fault>,
+    /// An outage: every call, sign-in included, answers 503.
+    down: bool,
 }
 
 impl std::fmt::Debug for State {
@@ -147,6 +149,29 @@ impl FakeSalesforce {
         self.lock().faults.extend(faults);
     }
 
+    /// A configuration of the ticketing service for this org: client credentials, and
+    /// quick retries (10 to 40 ms) so that tests need not wait.
+    pub fn config(&self) -> sspm_platform::config::SalesforceConfig {
+        let s = self.lock();
+        sspm_platform::config::SalesforceConfig {
+            login_url: self.url.clone(),
+            client_id: s.client_id.clone(),
+            client_secret: s.client_secret.clone(),
+            external_id_field: s.external_id_field.clone(),
+            timeout_ms: 2_000,
+            max_attempts: 4,
+            retry_initial_ms: 10,
+            retry_max_ms: 40,
+            ..sspm_platform::config::SalesforceConfig::default()
+        }
+    }
+
+    /// Starts (`true`) or ends an outage: while it lasts every call, sign-in included, is
+    /// answered `503 SERVER_UNAVAILABLE` and carried out no further.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
     /// Every request so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.lock().requests.clone()
@@ -213,7 +238,17 @@ async fn handle(
             body: recorded_body.clone(),
             token: token.clone(),
         });
-        if form {
+        if s.down {
+            (
+                errors(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVER_UNAVAILABLE",
+                    "the org is down for maintenance",
+                    &[],
+                ),
+                None,
+            )
+        } else if form {
             (token_endpoint(&mut s, base, recorded_body.unwrap_or_default()), None)
         } else {
             data_api(

@@ -8,22 +8,30 @@ pub mod entities;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake_salesforce;
 pub mod migration;
+pub mod org;
 pub mod salesforce;
 pub mod store;
 
+use std::sync::Arc;
+
+use sspm_platform::config::TicketingBackend;
 use sspm_platform::rpc::{Authz, ServiceIdentity};
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
 use sspm_proto::v1::ticketing_service_server::TicketingServiceServer;
 use tokio::net::TcpListener;
 
-/// Connects and migrates the ticketing service's database and binds its listener.
+/// Connects and migrates the ticketing service's database and binds its listener; with
+/// `ticketing.backend = "salesforce"`, also starts the worker that sends the cases' writes
+/// to the org.
 pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow::Result<ServiceApp> {
-    // The Salesforce client (salesforce.rs) exists; the service does not use it yet. Refuse
-    // rather than keep cases locally when an org was asked for.
-    anyhow::ensure!(
-        config.ticketing.backend == sspm_platform::config::TicketingBackend::Local,
-        "ticketing.backend = \"salesforce\" is not available yet: the ticketing service keeps cases in its own database only (ticketing.backend = \"local\")"
-    );
+    // Checked before anything is bound: a key file that cannot be read stops the start.
+    let org = match config.ticketing.backend {
+        TicketingBackend::Local => None,
+        TicketingBackend::Salesforce => Some(
+            salesforce::Salesforce::new(config.ticketing.salesforce.clone())
+                .map_err(|e| anyhow::anyhow!("ticketing.salesforce: {e}"))?,
+        ),
+    };
     let app = ServiceApp::prepare::<migration::Migrator>(
         ServiceKind::Ticketing,
         sspm_proto::service_names::TICKETING,
@@ -33,30 +41,45 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     .await?;
     let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Ticketing, &config))?;
     let readers = authz.audit_readers();
-    let api = api::TicketingApi::new(
-        store::Store::new(app.db.clone()).with_reader(app.read_db.clone()),
-        authz,
-    );
+    let store = store::Store::new(app.db.clone()).with_reader(app.read_db.clone());
+    let (api, background) = match org {
+        None => (api::TicketingApi::new(store, authz), vec![]),
+        Some(client) => {
+            let sync = Arc::new(org::OrgSync::new(store, client));
+            register_figures(&app, sync.store().clone());
+            let worker = tokio::spawn(Arc::clone(&sync).run());
+            tracing::info!(
+                login_url = config.ticketing.salesforce.login_url,
+                "cases are kept in Salesforce"
+            );
+            (api::TicketingApi::with_org(sync, authz), vec![worker])
+        }
+    };
     Ok(app
         .map_server(|s| s.add_service(TicketingServiceServer::new(api)))
-        .with_audit(readers))
+        .with_audit(readers)
+        .with_background(background))
 }
 
-#[cfg(test)]
-mod backend_tests {
-    use sspm_platform::config::TicketingBackend;
-
-    /// Asked for an org it cannot use yet, the service does not start (rather than keep the
-    /// cases where nobody looks for them).
-    #[tokio::test]
-    async fn the_salesforce_backend_is_refused_until_it_is_used() {
-        let mut config = sspm_platform::SspmConfig::default();
-        config.ticketing.backend = TicketingBackend::Salesforce;
-        let Err(err) = super::build(config, None).await else {
-            panic!("the service started with backend = salesforce");
-        };
-        assert!(err.to_string().contains("not available yet"), "{err}");
-    }
+/// `sspm_ticketing_org_writes{state}`: writes waiting for the Salesforce org (`pending`)
+/// and writes it refused for good (`failed`).
+fn register_figures(app: &ServiceApp, store: store::Store) {
+    let writes = app.metrics().gauge(
+        "sspm.ticketing.org_writes",
+        "Case writes waiting for the Salesforce org (pending) or refused by it for good (failed)",
+    );
+    app.metrics().on_refresh(move || {
+        let (store, writes) = (store.clone(), writes.clone());
+        async move {
+            let backlog = store.org_backlog().await?;
+            let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            writes.set_all([
+                (vec![("state", "pending".to_owned())], count(backlog.pending)),
+                (vec![("state", "failed".to_owned())], count(backlog.failed)),
+            ]);
+            Ok(())
+        }
+    });
 }
 
 #[cfg(test)]

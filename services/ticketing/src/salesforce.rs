@@ -610,17 +610,7 @@ mod tests {
     }
 
     fn config(org: &FakeSalesforce) -> SalesforceConfig {
-        SalesforceConfig {
-            login_url: org.url.clone(),
-            client_id: "key".to_owned(),
-            client_secret: "s3cret".to_owned(),
-            external_id_field: FIELD.to_owned(),
-            timeout_ms: 2_000,
-            max_attempts: 4,
-            retry_initial_ms: 10,
-            retry_max_ms: 40,
-            ..SalesforceConfig::default()
-        }
+        org.config()
     }
 
     fn fields() -> CaseFields {

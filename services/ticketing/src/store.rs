@@ -3,14 +3,15 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 use sspm_platform::audit;
 use sspm_platform::db::SelectUnique;
 use sspm_platform::db::{DbErrorKind, classify};
 use sspm_rules::CaseNumber;
 
-use crate::entities::{case, comment};
+use crate::entities::{case, comment, org_write};
 
 /// A case with its comments.
 #[derive(Debug, Clone)]
@@ -45,18 +46,97 @@ pub enum Closed {
     Conflict(CaseRecord),
 }
 
+/// How the cases' writes reach a Salesforce org (see [`Store::mirroring`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mirror {
+    /// The org has no resolution field: the resolution goes as a comment before closing.
+    pub resolution_as_comment: bool,
+}
+
+/// What the org is sent, in order per case (`org_writes.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrgWriteKind {
+    /// A comment, as the org gets it.
+    Comment,
+    /// A status (an SSPM status name).
+    Status,
+    /// Close with the resolution.
+    Close,
+}
+
+impl OrgWriteKind {
+    /// Stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OrgWriteKind::Comment => "COMMENT",
+            OrgWriteKind::Status => "STATUS",
+            OrgWriteKind::Close => "CLOSE",
+        }
+    }
+
+    /// From its stored name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [OrgWriteKind::Comment, OrgWriteKind::Status, OrgWriteKind::Close]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+}
+
+/// The most a Salesforce case comment holds (`CaseComment.CommentBody`).
+pub const ORG_COMMENT_MAX: usize = 4000;
+
+/// A comment as the org gets it: the text, who wrote it (the org shows the integration user
+/// as its author) and a reference unique to this comment, by which a comment whose answer
+/// was lost is recognised. Cut to [`ORG_COMMENT_MAX`] characters, the reference kept.
+pub fn org_comment(body: &str, author: &str, reference: &str) -> String {
+    let signature = if author == "system" {
+        format!("\n\n— SSPM ({reference})")
+    } else {
+        format!("\n\n— {author}, via SSPM ({reference})")
+    };
+    let room = ORG_COMMENT_MAX.saturating_sub(signature.chars().count());
+    let text: String = if body.chars().count() > room {
+        body.chars().take(room.saturating_sub(1)).chain(['…']).collect()
+    } else {
+        body.to_owned()
+    };
+    text + &signature
+}
+
+/// Pending and failed writes to the org.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrgBacklog {
+    /// Not carried out yet.
+    pub pending: u64,
+    /// Refused by the org for good.
+    pub failed: u64,
+}
+
 /// The ticketing service's database.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
     /// Plain reads outside transactions (see [`Store::with_reader`]).
     read: DatabaseConnection,
+    /// Whether the cases' writes go to an org too.
+    mirror: Option<Mirror>,
 }
 
 impl Store {
     /// A store on `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { read: db.clone(), db }
+        Self {
+            read: db.clone(),
+            db,
+            mirror: None,
+        }
+    }
+
+    /// The same store, queueing every write to a case the org has (one with an `org_id`)
+    /// for the org, in the transaction that writes it here (see [`Store::pending_org_writes`]).
+    pub fn mirroring(mut self, mirror: Mirror) -> Self {
+        self.mirror = Some(mirror);
+        self
     }
 
     /// The same store, reading outside transactions from `read` (the service's reader
@@ -98,9 +178,30 @@ impl Store {
     /// call opened it. The case number is formatted from the row id in the same transaction.
     /// The insert comes first: a repeated call finds the reference taken and reads that case.
     pub async fn open(&self, new: NewCase, now: i64) -> Result<(CaseRecord, bool), DbErr> {
+        self.insert_case(new, None, now).await
+    }
+
+    /// Records the case the org opened (`org_id`, numbered `case_number` by the org), or
+    /// returns the one with the same external reference, as [`Store::open`].
+    pub async fn open_from_org(
+        &self,
+        new: NewCase,
+        org_id: &str,
+        case_number: &str,
+        now: i64,
+    ) -> Result<(CaseRecord, bool), DbErr> {
+        self.insert_case(new, Some((org_id, case_number)), now).await
+    }
+
+    async fn insert_case(
+        &self,
+        new: NewCase,
+        org: Option<(&str, &str)>,
+        now: i64,
+    ) -> Result<(CaseRecord, bool), DbErr> {
         let mut case = case::Model {
             id: 0,
-            case_number: None,
+            case_number: org.map(|(_, number)| number.to_owned()),
             external_reference: new.external_reference,
             subject: new.subject,
             description: new.description,
@@ -111,26 +212,30 @@ impl Store {
             create_time: now,
             update_time: now,
             close_time: None,
+            org_id: org.map(|(id, _)| id.to_owned()),
         };
         let inserted = async {
             let tx = self.db.begin().await?;
             let mut row = case::ActiveModel::from(case.clone());
             row.id = NotSet;
             let id = case::Entity::insert(row).exec(&tx).await?.last_insert_id;
-            let number = CaseNumber::from_sequence(u64::try_from(id).unwrap_or_default());
-            case::Entity::update_many()
-                .col_expr(case::Column::CaseNumber, Expr::val(number.as_str()))
-                .filter(case::Column::Id.eq(id))
-                .exec(&tx)
-                .await?;
-            audit::record(
-                &tx,
-                "case.opened",
-                number.as_str(),
-                &format!("opened for {}", case.external_reference),
-                now,
-            )
-            .await?;
+            let number = match org {
+                Some((_, number)) => number.to_owned(),
+                None => {
+                    let number = CaseNumber::from_sequence(u64::try_from(id).unwrap_or_default());
+                    case::Entity::update_many()
+                        .col_expr(case::Column::CaseNumber, Expr::val(number.as_str()))
+                        .filter(case::Column::Id.eq(id))
+                        .exec(&tx)
+                        .await?;
+                    number.as_str().to_owned()
+                }
+            };
+            let detail = match org {
+                Some((org_id, _)) => format!("opened for {} (Salesforce {org_id})", case.external_reference),
+                None => format!("opened for {}", case.external_reference),
+            };
+            audit::record(&tx, "case.opened", &number, &detail, now).await?;
             tx.commit().await?;
             Ok::<_, DbErr>((id, number))
         }
@@ -138,13 +243,17 @@ impl Store {
         match inserted {
             Ok((id, number)) => {
                 case.id = id;
-                case.case_number = Some(number.as_str().to_owned());
+                case.case_number = Some(number);
                 Ok((CaseRecord { case, comments: vec![] }, true))
             }
             // Opened before (a retry), or concurrently by another call: that one is the case.
             Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
                 let existing = self.by_reference(&case.external_reference).await?.ok_or_else(|| {
-                    DbErr::RecordNotFound(format!("case {} after a unique violation", case.external_reference))
+                    DbErr::Custom(format!(
+                        "case {} cannot be recorded: its number {} is another case's",
+                        case.external_reference,
+                        case.case_number.unwrap_or_default()
+                    ))
                 })?;
                 Ok((existing, false))
             }
@@ -152,42 +261,68 @@ impl Store {
         }
     }
 
+    /// Queues a write for the org in `tx`, when the store mirrors and the case is the org's.
+    async fn queue_for_org(
+        &self,
+        tx: &sea_orm::DatabaseTransaction,
+        case: &case::Model,
+        kind: OrgWriteKind,
+        argument: String,
+        now: i64,
+    ) -> Result<(), DbErr> {
+        if self.mirror.is_none() || case.org_id.is_none() {
+            return Ok(());
+        }
+        org_write::Entity::insert(org_write::ActiveModel {
+            id: NotSet,
+            case_id: Set(case.id),
+            kind: Set(kind.name().to_owned()),
+            argument: Set(argument),
+            attempts: Set(0),
+            next_attempt_time: Set(now),
+            lease_until: Set(None),
+            maybe_done: Set(false),
+            last_error: Set(None),
+            failed_time: Set(None),
+            create_time: Set(now),
+        })
+        .exec(tx)
+        .await?;
+        Ok(())
+    }
+
     /// Adds a comment; `false` when a comment with the same `key` is on the case already
     /// (a retried call), which is left as it is.
     pub async fn comment(
         &self,
-        case_id: i64,
+        case: &case::Model,
         author: &str,
         body: &str,
         key: Option<&str>,
         now: i64,
     ) -> Result<bool, DbErr> {
+        let number = case.case_number.clone().unwrap_or_default();
         let added = async {
             let tx = self.db.begin().await?;
-            comment::Entity::insert(comment::ActiveModel {
+            let id = comment::Entity::insert(comment::ActiveModel {
                 id: NotSet,
-                case_id: Set(case_id),
+                case_id: Set(case.id),
                 author: Set(author.to_owned()),
                 body: Set(body.to_owned()),
                 create_time: Set(now),
                 comment_key: Set(key.map(str::to_owned)),
             })
             .exec(&tx)
-            .await?;
+            .await?
+            .last_insert_id;
             case::Entity::update_many()
                 .col_expr(case::Column::UpdateTime, Expr::val(now))
-                .filter(case::Column::Id.eq(case_id))
+                .filter(case::Column::Id.eq(case.id))
                 .exec(&tx)
                 .await?;
-            let number = CaseNumber::from_sequence(u64::try_from(case_id).unwrap_or_default());
-            audit::record(
-                &tx,
-                "case.commented",
-                number.as_str(),
-                &format!("comment by {author}"),
-                now,
-            )
-            .await?;
+            audit::record(&tx, "case.commented", &number, &format!("comment by {author}"), now).await?;
+            let text = org_comment(body, author, &format!("{number}/{id}"));
+            self.queue_for_org(&tx, case, OrgWriteKind::Comment, text, now).await?;
             tx.commit().await
         }
         .await;
@@ -199,25 +334,20 @@ impl Store {
     }
 
     /// Sets the status of an open case; `false` when the case is closed.
-    pub async fn set_status(&self, case_id: i64, status: &str, now: i64) -> Result<bool, DbErr> {
+    pub async fn set_status(&self, case: &case::Model, status: &str, now: i64) -> Result<bool, DbErr> {
         let tx = self.db.begin().await?;
         let r = case::Entity::update_many()
             .col_expr(case::Column::Status, Expr::val(status))
             .col_expr(case::Column::UpdateTime, Expr::val(now))
-            .filter(case::Column::Id.eq(case_id))
+            .filter(case::Column::Id.eq(case.id))
             .filter(case::Column::Status.ne("CLOSED"))
             .exec(&tx)
             .await?;
         if r.rows_affected == 1 {
-            let number = CaseNumber::from_sequence(u64::try_from(case_id).unwrap_or_default());
-            audit::record(
-                &tx,
-                "case.status_set",
-                number.as_str(),
-                &format!("status {status}"),
-                now,
-            )
-            .await?;
+            let number = case.case_number.clone().unwrap_or_default();
+            audit::record(&tx, "case.status_set", &number, &format!("status {status}"), now).await?;
+            self.queue_for_org(&tx, case, OrgWriteKind::Status, status.to_owned(), now)
+                .await?;
         }
         tx.commit().await?;
         Ok(r.rows_affected == 1)
@@ -226,17 +356,34 @@ impl Store {
     /// Closes a case with a resolution (a no-op when closed with the same one).
     pub async fn close(&self, number: &str, resolution: &str, now: i64) -> Result<Option<Closed>, DbErr> {
         let tx = self.db.begin().await?;
+        let Some(case) = case::Entity::find()
+            .filter(case::Column::CaseNumber.eq(number))
+            .unique(&tx)
+            .await?
+        else {
+            return Ok(None);
+        };
         let r = case::Entity::update_many()
             .col_expr(case::Column::Status, Expr::val("CLOSED"))
             .col_expr(case::Column::Resolution, Expr::val(resolution))
             .col_expr(case::Column::CloseTime, Expr::val(now))
             .col_expr(case::Column::UpdateTime, Expr::val(now))
-            .filter(case::Column::CaseNumber.eq(number))
+            .filter(case::Column::Id.eq(case.id))
             .filter(case::Column::Status.ne("CLOSED"))
             .exec(&tx)
             .await?;
         if r.rows_affected == 1 {
             audit::record(&tx, "case.closed", number, &format!("closed: {resolution}"), now).await?;
+            if self.mirror.is_some_and(|m| m.resolution_as_comment) {
+                let text = org_comment(
+                    &format!("Resolution: {resolution}"),
+                    "system",
+                    &format!("{number}/close"),
+                );
+                self.queue_for_org(&tx, &case, OrgWriteKind::Comment, text, now).await?;
+            }
+            self.queue_for_org(&tx, &case, OrgWriteKind::Close, resolution.to_owned(), now)
+                .await?;
         }
         tx.commit().await?;
         Ok(self.by_number(number).await?.map(|c| {
@@ -274,6 +421,138 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The writes the org may be sent now, in order: of each case only its oldest pending
+    /// write (a case's writes go in the order they were made), when it is due and no worker
+    /// holds it; with the case's org id. Also the earliest time a write that is not due
+    /// yet becomes due.
+    pub async fn due_org_writes(
+        &self,
+        now: i64,
+        limit: u64,
+    ) -> Result<(Vec<(org_write::Model, case::Model)>, Option<i64>), DbErr> {
+        let pending = org_write::Entity::find()
+            .filter(org_write::Column::FailedTime.is_null())
+            .order_by_asc(org_write::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut due = Vec::new();
+        let mut later: Option<i64> = None;
+        for w in pending {
+            if !seen.insert(w.case_id) {
+                continue;
+            }
+            let free_at = w.next_attempt_time.max(w.lease_until.unwrap_or(0));
+            if free_at > now {
+                later = Some(later.map_or(free_at, |l| l.min(free_at)));
+                continue;
+            }
+            if let Some(case) = case::Entity::find_by_id(w.case_id).one(&self.db).await? {
+                due.push((w, case));
+            }
+        }
+        Ok((due, later))
+    }
+
+    /// Takes the write `id` until `lease_until`; `false` when another worker holds it or it
+    /// is done.
+    pub async fn claim_org_write(&self, id: i64, now: i64, lease_until: i64) -> Result<bool, DbErr> {
+        let r = org_write::Entity::update_many()
+            .col_expr(org_write::Column::LeaseUntil, Expr::val(lease_until))
+            .filter(org_write::Column::Id.eq(id))
+            .filter(org_write::Column::FailedTime.is_null())
+            .filter(
+                sea_orm::Condition::any()
+                    .add(org_write::Column::LeaseUntil.is_null())
+                    .add(org_write::Column::LeaseUntil.lte(now)),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected == 1)
+    }
+
+    /// The org took the write `id`.
+    pub async fn org_write_done(&self, id: i64) -> Result<(), DbErr> {
+        org_write::Entity::delete_by_id(id).exec(&self.db).await?;
+        Ok(())
+    }
+
+    /// The write `id` failed for now: try again at `next_attempt_time`.
+    pub async fn org_write_retry(
+        &self,
+        w: &org_write::Model,
+        next_attempt_time: i64,
+        error: &str,
+        maybe_done: bool,
+    ) -> Result<(), DbErr> {
+        org_write::Entity::update_many()
+            .col_expr(org_write::Column::Attempts, Expr::val(w.attempts.saturating_add(1)))
+            .col_expr(org_write::Column::NextAttemptTime, Expr::val(next_attempt_time))
+            .col_expr(org_write::Column::LeaseUntil, Expr::val(Option::<i64>::None))
+            .col_expr(org_write::Column::MaybeDone, Expr::val(w.maybe_done || maybe_done))
+            .col_expr(org_write::Column::LastError, Expr::val(error))
+            .filter(org_write::Column::Id.eq(w.id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// The org refused the write `id` for good: it is kept, with the reason, and not tried
+    /// again; the case's later writes go on.
+    pub async fn org_write_failed(
+        &self,
+        w: &org_write::Model,
+        case_number: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<(), DbErr> {
+        let tx = self.db.begin().await?;
+        org_write::Entity::update_many()
+            .col_expr(org_write::Column::Attempts, Expr::val(w.attempts.saturating_add(1)))
+            .col_expr(org_write::Column::LeaseUntil, Expr::val(Option::<i64>::None))
+            .col_expr(org_write::Column::LastError, Expr::val(error))
+            .col_expr(org_write::Column::FailedTime, Expr::val(now))
+            .filter(org_write::Column::Id.eq(w.id))
+            .exec(&tx)
+            .await?;
+        audit::record(
+            &tx,
+            "case.org_write_failed",
+            case_number,
+            &format!("{} refused by Salesforce: {error}", w.kind),
+            now,
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// How many writes wait for the org, and how many it refused.
+    pub async fn org_backlog(&self) -> Result<OrgBacklog, DbErr> {
+        let count = |failed: bool| {
+            let q = org_write::Entity::find();
+            let q = if failed {
+                q.filter(org_write::Column::FailedTime.is_not_null())
+            } else {
+                q.filter(org_write::Column::FailedTime.is_null())
+            };
+            q.count(&self.read)
+        };
+        Ok(OrgBacklog {
+            pending: count(false).await?,
+            failed: count(true).await?,
+        })
+    }
+
+    /// The writes waiting for the org or refused by it, oldest first (for tests and
+    /// operators' tools).
+    pub async fn org_writes(&self) -> Result<Vec<org_write::Model>, DbErr> {
+        org_write::Entity::find()
+            .order_by_asc(org_write::Column::Id)
+            .all(&self.read)
+            .await
     }
 }
 

@@ -1,10 +1,12 @@
 //! The ticketing service's schema: cases with unique Salesforce-style numbers and unique
-//! external references (idempotent open), and their comments.
+//! external references (idempotent open), and their comments; with the Salesforce backend,
+//! the org's record ids and the outbox of writes the org has not taken yet.
 
 use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_cases;
 mod m20261122_000002_comment_keys;
+mod m20261203_000003_org_mirror;
 
 /// Applies the ticketing service's migrations.
 #[derive(Debug)]
@@ -18,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_comment_keys::Migration),
             // The audit trail, shared by every service.
             Box::new(sspm_platform::audit::Migration),
+            Box::new(m20261203_000003_org_mirror::Migration),
         ]
     }
 }
