@@ -410,6 +410,17 @@ fn data_api(
                     delay,
                 );
             }
+            if text.len() > 4000 {
+                return (
+                    errors(
+                        StatusCode::BAD_REQUEST,
+                        "STRING_TOO_LONG",
+                        "Body: data value too large (max length=4000)",
+                        &["CommentBody"],
+                    ),
+                    delay,
+                );
+            }
             match s.cases.iter_mut().find(|c| c.id == parent) {
                 Some(c) => {
                     c.comments.push(text.to_owned());

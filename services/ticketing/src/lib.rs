@@ -27,10 +27,9 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     // Checked before anything is bound: a key file that cannot be read stops the start.
     let org = match config.ticketing.backend {
         TicketingBackend::Local => None,
-        TicketingBackend::Salesforce => Some(
-            salesforce::Salesforce::new(config.ticketing.salesforce.clone())
-                .map_err(|e| anyhow::anyhow!("ticketing.salesforce: {e}"))?,
-        ),
+        TicketingBackend::Salesforce => {
+            Some(salesforce::Salesforce::new(config.ticketing.salesforce.clone()).map_err(anyhow::Error::msg)?)
+        }
     };
     let app = ServiceApp::prepare::<migration::Migrator>(
         ServiceKind::Ticketing,
@@ -80,6 +79,31 @@ fn register_figures(app: &ServiceApp, store: store::Store) {
             Ok(())
         }
     });
+}
+
+#[cfg(test)]
+mod backend_tests {
+    use sspm_platform::config::{SalesforceAuthFlow, TicketingBackend};
+
+    /// A JWT bearer key that cannot be read stops the start, before anything is bound.
+    #[tokio::test]
+    async fn an_unreadable_key_stops_the_start() {
+        let mut config = sspm_platform::SspmConfig::default();
+        config.ticketing.backend = TicketingBackend::Salesforce;
+        config.ticketing.salesforce.client_id = "key".to_owned();
+        config.ticketing.salesforce.auth_flow = SalesforceAuthFlow::JwtBearer;
+        config.ticketing.salesforce.username = "integration@acme.example".to_owned();
+        config.ticketing.salesforce.private_key_path = Some("/nonexistent/sspm.pem".into());
+        config.validate().unwrap();
+        let Err(err) = super::build(config, None).await else {
+            panic!("the service started without its key");
+        };
+        let text = err.to_string();
+        assert!(
+            text.starts_with("ticketing.salesforce.private_key_path /nonexistent/sspm.pem: "),
+            "{text}"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -825,6 +825,31 @@ mod tests {
         );
     }
 
+    /// The JWT bearer key may be PKCS#8 (`BEGIN PRIVATE KEY`) or PKCS#1 (`BEGIN RSA PRIVATE
+    /// KEY`); anything else is refused with the path.
+    #[test]
+    fn the_jwt_key_is_pkcs8_or_pkcs1_pem() {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+        let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |pem: &[u8]| {
+            let path = dir.path().join("key.pem");
+            std::fs::write(&path, pem).unwrap();
+            SalesforceConfig {
+                auth_flow: SalesforceAuthFlow::JwtBearer,
+                client_id: "key".to_owned(),
+                username: "integration@acme.example".to_owned(),
+                private_key_path: Some(path),
+                ..SalesforceConfig::default()
+            }
+        };
+        Salesforce::new(cfg(private.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes())).unwrap();
+        Salesforce::new(cfg(private.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes())).unwrap();
+        let err = Salesforce::new(cfg(b"-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n")).unwrap_err();
+        assert!(err.contains("not an RSA private key in PEM"), "{err}");
+    }
+
     #[tokio::test]
     async fn the_jwt_bearer_flow_signs_an_assertion_for_the_integration_user() {
         use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};

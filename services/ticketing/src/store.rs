@@ -82,24 +82,28 @@ impl OrgWriteKind {
     }
 }
 
-/// The most a Salesforce case comment holds (`CaseComment.CommentBody`).
-pub const ORG_COMMENT_MAX: usize = 4000;
+/// The most a Salesforce case comment holds (`CaseComment.CommentBody`), in bytes of UTF-8.
+pub const ORG_COMMENT_MAX_BYTES: usize = 4000;
 
 /// A comment as the org gets it: the text, who wrote it (the org shows the integration user
 /// as its author) and a reference unique to this comment, by which a comment whose answer
-/// was lost is recognised. Cut to [`ORG_COMMENT_MAX`] characters, the reference kept.
+/// was lost is recognised. Cut to [`ORG_COMMENT_MAX_BYTES`], the signature kept whole.
 pub fn org_comment(body: &str, author: &str, reference: &str) -> String {
     let signature = if author == "system" {
         format!("\n\n— SSPM ({reference})")
     } else {
         format!("\n\n— {author}, via SSPM ({reference})")
     };
-    let room = ORG_COMMENT_MAX.saturating_sub(signature.chars().count());
-    let text: String = if body.chars().count() > room {
-        body.chars().take(room.saturating_sub(1)).chain(['…']).collect()
+    let room = ORG_COMMENT_MAX_BYTES.saturating_sub(signature.len());
+    let mut text = String::with_capacity(ORG_COMMENT_MAX_BYTES);
+    if body.len() <= room {
+        text.push_str(body);
     } else {
-        body.to_owned()
-    };
+        let keep = room.saturating_sub('…'.len_utf8());
+        let end = (0..=keep).rev().find(|i| body.is_char_boundary(*i)).unwrap_or(0);
+        text.push_str(&body[..end]);
+        text.push('…');
+    }
     text + &signature
 }
 
@@ -602,6 +606,26 @@ mod tests {
         assert_eq!(numbers.len(), 1, "{numbers:?}");
         assert_eq!(racing.iter().filter(|r| r.as_ref().unwrap().1).count(), 1);
         assert_ne!(numbers.first().unwrap(), &first.case.case_number);
+    }
+
+    /// The org's comments hold 4,000 bytes: a longer one is cut on a character boundary,
+    /// its signature (author and reference) kept whole.
+    #[test]
+    fn org_comments_fit_the_org() {
+        assert_eq!(
+            org_comment("Hi", "percy@classics.example", "00001001/7"),
+            "Hi\n\n— percy@classics.example, via SSPM (00001001/7)"
+        );
+        assert_eq!(
+            org_comment("Hi", "system", "00001001/close"),
+            "Hi\n\n— SSPM (00001001/close)"
+        );
+        for body in ["é".repeat(2_100), "x".repeat(5_000), "x".repeat(3_999) + "€€"] {
+            let c = org_comment(&body, "system", "00001001/8");
+            assert!(c.len() <= ORG_COMMENT_MAX_BYTES, "{}", c.len());
+            assert!(c.len() > ORG_COMMENT_MAX_BYTES - 4, "{}", c.len());
+            assert!(c.ends_with("…\n\n— SSPM (00001001/8)"), "{c}");
+        }
     }
 
     #[tokio::test]
