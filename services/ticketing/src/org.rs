@@ -19,13 +19,15 @@ use crate::entities::{case, org_write};
 use crate::salesforce::{CaseFields, Salesforce, SalesforceError};
 use crate::store::{CaseRecord, Mirror, NewCase, OrgWriteKind, Store};
 
-/// How long a worker holds a write it sends: longer than the client's attempts can take.
-fn lease_micros(cfg: &SalesforceConfig) -> i64 {
-    let attempts = u64::from(cfg.max_attempts);
+/// How long a worker holds a write it sends: longer than the client's attempts of two calls
+/// (a comment looked for, then posted) can take. A write in flight when its process stopped
+/// is taken up again after this (6m40s with the defaults).
+pub fn lease_micros(cfg: &SalesforceConfig) -> i64 {
     let most = cfg
         .timeout_ms
         .saturating_add(cfg.retry_max_ms)
-        .saturating_mul(attempts.saturating_add(1));
+        .saturating_mul(u64::from(cfg.max_attempts))
+        .saturating_mul(2);
     i64::try_from(most.saturating_mul(1_000)).unwrap_or(i64::MAX)
 }
 
@@ -143,7 +145,7 @@ impl OrgSync {
             ..Pass::default()
         };
         for (w, case) in due {
-            if !self.store.claim_org_write(w.id, now, now + lease_micros(cfg)).await? {
+            if !self.store.claim_org_write(&w, now, now + lease_micros(cfg)).await? {
                 continue;
             }
             let number = case.case_number.clone().unwrap_or_default();
@@ -477,6 +479,44 @@ mod tests {
     #[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
     async fn an_outage_delays_writes_and_loses_or_repeats_none_on_postgres() {
         an_outage_delays_writes_and_loses_or_repeats_none(&testing::fresh_postgres("ticketing").await.url).await;
+    }
+
+    /// A process that stops while a comment is being sent (here: the worker aborted while
+    /// the org holds its answer) leaves the comment marked as possibly made; whoever takes it
+    /// up after the lease finds it on the case and does not post it again.
+    #[tokio::test]
+    async fn a_comment_in_flight_when_the_process_stopped_is_not_posted_twice() {
+        let org = FakeSalesforce::start("key", "s3cret", FIELD, &[]).await;
+        let (sync, db) = backend(&testing::fresh_sqlite().url, org.config()).await;
+        let sync = Arc::new(sync);
+        let case = sync.open(new_case("r-1")).await.unwrap().0.case;
+        sync.store()
+            .comment(&case, "system", "Under review", None, 10)
+            .await
+            .unwrap();
+        org.fail_next([Fault::Slow(Duration::from_secs(1))]);
+        let worker = tokio::spawn(Arc::clone(&sync).run());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        worker.abort();
+        assert_eq!(org.cases()[0].comments.len(), 1, "the org made the comment");
+        let w = sync.store().org_writes().await.unwrap().remove(0);
+        assert!(w.maybe_done && w.lease_until.is_some(), "{w:?}");
+        // The lease runs out.
+        org_write::Entity::update_many()
+            .col_expr(org_write::Column::LeaseUntil, sea_orm::sea_query::Expr::val(1_i64))
+            .exec(&db)
+            .await
+            .unwrap();
+        org.clear_requests();
+        drain(&sync).await;
+        assert_eq!(org.cases()[0].comments.len(), 1);
+        assert_eq!(
+            calls(&org),
+            [format!(
+                "GET /services/data/v62.0/sobjects/Case/{}/CaseComments",
+                org.cases()[0].id
+            )]
+        );
     }
 
     /// A write the org refuses (here a status its picklist lacks) is kept with the reason,

@@ -461,12 +461,15 @@ impl Store {
         Ok((due, later))
     }
 
-    /// Takes the write `id` until `lease_until`; `false` when another worker holds it or it
-    /// is done.
-    pub async fn claim_org_write(&self, id: i64, now: i64, lease_until: i64) -> Result<bool, DbErr> {
+    /// Takes the write `w` until `lease_until`; `false` when another worker holds it or it
+    /// is done. A comment is marked as possibly made from here on: should this process stop
+    /// while it is being sent, the next attempt looks for it on the case before posting it.
+    pub async fn claim_org_write(&self, w: &org_write::Model, now: i64, lease_until: i64) -> Result<bool, DbErr> {
+        let in_flight = w.maybe_done || w.kind == OrgWriteKind::Comment.name();
         let r = org_write::Entity::update_many()
             .col_expr(org_write::Column::LeaseUntil, Expr::val(lease_until))
-            .filter(org_write::Column::Id.eq(id))
+            .col_expr(org_write::Column::MaybeDone, Expr::val(in_flight))
+            .filter(org_write::Column::Id.eq(w.id))
             .filter(org_write::Column::FailedTime.is_null())
             .filter(
                 sea_orm::Condition::any()
