@@ -147,6 +147,15 @@ impl Salesforce {
         };
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &cfg.ca_path {
+            let certs = sspm_platform::tls::load_certificates(path)
+                .map_err(|e| format!("ticketing.salesforce.ca_path: {e:#}"))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ticketing.salesforce.ca_path {}: {e}", path.display()))?;
+            }
+        }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS for Salesforce: {e}"))?
@@ -848,6 +857,32 @@ mod tests {
         Salesforce::new(cfg(private.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes())).unwrap();
         let err = Salesforce::new(cfg(b"-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n")).unwrap_err();
         assert!(err.contains("not an RSA private key in PEM"), "{err}");
+    }
+
+    /// An extra CA (a TLS-inspecting proxy's) is read at start; a file without a
+    /// certificate is refused with its path.
+    #[test]
+    fn an_extra_ca_is_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("proxy-ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["proxy.example".to_owned()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let cfg = |path: &std::path::Path| SalesforceConfig {
+            client_id: "key".to_owned(),
+            client_secret: "s3cret".to_owned(),
+            ca_path: Some(path.to_owned()),
+            ..SalesforceConfig::default()
+        };
+        Salesforce::new(cfg(&ca)).unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = Salesforce::new(cfg(&empty)).unwrap_err();
+        assert!(
+            err.starts_with("ticketing.salesforce.ca_path: ") && err.contains("empty.pem"),
+            "{err}"
+        );
+        let err = Salesforce::new(cfg(&dir.path().join("missing.pem"))).unwrap_err();
+        assert!(err.contains("missing.pem"), "{err}");
     }
 
     #[tokio::test]

@@ -62,6 +62,9 @@ pub struct SalesforceConfig {
     pub username: String,
     /// The PEM private key the JWT assertion is signed with (JWT bearer).
     pub private_key_path: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for the org's TLS besides the public Web PKI roots: the
+    /// CA of a TLS-inspecting egress proxy. `HTTPS_PROXY` / `NO_PROXY` choose the proxy.
+    pub ca_path: Option<PathBuf>,
     /// The external-id field on Case that holds SSPM's request id: a unique, external-id
     /// text field created for SSPM, e.g. `SSPM_Request_Id__c`.
     pub external_id_field: String,
@@ -93,6 +96,7 @@ impl std::fmt::Debug for SalesforceConfig {
             .field("client_secret", &"<redacted>")
             .field("username", &self.username)
             .field("private_key_path", &self.private_key_path)
+            .field("ca_path", &self.ca_path)
             .field("external_id_field", &self.external_id_field)
             .field("resolution_field", &self.resolution_field)
             .field("origin", &self.origin)
@@ -115,6 +119,7 @@ impl Default for SalesforceConfig {
             client_secret: String::new(),
             username: String::new(),
             private_key_path: None,
+            ca_path: None,
             external_id_field: "SSPM_Request_Id__c".to_owned(),
             resolution_field: String::new(),
             origin: "Web".to_owned(),
