@@ -402,7 +402,7 @@ mod tests {
         let org = FakeSalesforce::start("key", "s3cret", FIELD, &["Resolution__c"]).await;
         let cfg = SalesforceConfig {
             resolution_field: "Resolution__c".to_owned(),
-            timeout_ms: 300,
+            timeout_ms: 1_000,
             ..org.config()
         };
         let (sync, _db) = backend(url, cfg).await;
@@ -441,7 +441,7 @@ mod tests {
 
         org.set_down(false);
         // The comment is made, but its answer comes after the client's deadline.
-        org.fail_next([Fault::Slow(Duration::from_millis(600))]);
+        org.fail_next([Fault::Slow(Duration::from_millis(2_500))]);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let pass = sync.pass().await.unwrap();
         assert_eq!((pass.sent, pass.deferred), (0, 1));
@@ -494,11 +494,18 @@ mod tests {
             .comment(&case, "system", "Under review", None, 10)
             .await
             .unwrap();
-        org.fail_next([Fault::Slow(Duration::from_secs(1))]);
+        org.fail_next([Fault::Slow(Duration::from_secs(30))]);
         let worker = tokio::spawn(Arc::clone(&sync).run());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while org.cases()[0].comments.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the worker never sent the comment"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The org made the comment and holds its answer: the process stops now.
         worker.abort();
-        assert_eq!(org.cases()[0].comments.len(), 1, "the org made the comment");
         let w = sync.store().org_writes().await.unwrap().remove(0);
         assert!(w.maybe_done && w.lease_until.is_some(), "{w:?}");
         // The lease runs out.
