@@ -190,7 +190,10 @@ def kubernetes(site):
                 ref = e["valueFrom"]["secretKeyRef"]
                 if ref["key"] not in example_keys.get(ref["name"], set()):
                     fail(f"kubernetes {name}: {ref} is not in secrets.example.yaml")
-                env[e["name"]] = secret_values[ref["key"]]
+                if ref["key"] in secret_values:
+                    env[e["name"]] = secret_values[ref["key"]]
+                elif not ref.get("optional"):
+                    fail(f"kubernetes {name}: no value for the required secret {ref}")
         mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
         volumes = {v["name"]: v["secret"]["secretName"] for v in dep["spec"]["template"]["spec"]["volumes"]}
         if volumes.get("certs") != "sspm-tls" or mounts.get("certs") != "/certs":
