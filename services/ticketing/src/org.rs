@@ -559,6 +559,29 @@ mod tests {
         assert_eq!(audited, 1);
     }
 
+    /// A case number the org gives that a case kept here already has (cases numbered here
+    /// before the backend was switched) is refused, naming the number, and the other case
+    /// is left as it was.
+    #[tokio::test]
+    async fn an_org_number_taken_here_is_refused_clearly() {
+        let org = FakeSalesforce::start("key", "s3cret", FIELD, &[]).await;
+        let (sync, _db) = backend(&testing::fresh_sqlite().url, org.config()).await;
+        let (local, _) = sync
+            .store()
+            .open_from_org(new_case("old-1"), "500LOCAL", "00001001", 1)
+            .await
+            .unwrap();
+        let err = sync.open(new_case("r-1")).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(
+            err.message().contains("00001001") && err.message().contains("another case's"),
+            "{err:?}"
+        );
+        let kept = sync.store().by_number("00001001").await.unwrap().unwrap();
+        assert_eq!(kept.case, local.case);
+        assert!(sync.store().by_reference("r-1").await.unwrap().is_none());
+    }
+
     /// Writes to cases the org does not have (kept here before the backend was switched)
     /// are not queued.
     #[tokio::test]
