@@ -321,6 +321,93 @@ impl TestSystem {
             .expect("limits set")
     }
 
+    /// The port change request `id`, as `principal` reads it.
+    pub async fn port_change_request(&self, principal: &str, id: &str) -> pb::PortChangeRequest {
+        self.requests()
+            .get_port_change_request(self.authed(principal, pb::GetPortChangeRequestRequest { request_id: id.into() }))
+            .await
+            .expect("get request")
+            .into_inner()
+            .request
+            .expect("request")
+    }
+
+    /// Polls, as `principal`, until the request `id` reaches `state` (background steps), or
+    /// panics after 15 s.
+    pub async fn wait_for_state(
+        &self,
+        principal: &str,
+        id: &str,
+        state: pb::PortChangeRequestState,
+    ) -> pb::PortChangeRequest {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self.port_change_request(principal, id).await;
+            if r.state() == state {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} still {:?}, expected {state:?}: {r:#?}",
+                r.state()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The case numbered `number`, read as a service.
+    pub async fn case(&self, number: &str) -> pb::Case {
+        self.ticketing()
+            .get_case(self.as_service(pb::GetCaseRequest {
+                key: Some(pb::get_case_request::Key::CaseNumber(number.into())),
+            }))
+            .await
+            .expect("case")
+            .into_inner()
+            .case
+            .expect("case set")
+    }
+
+    /// The approval task of `request_id`, read as a service once it exists (it is created in
+    /// the background); panics after 15 s.
+    pub async fn approval_task(&self, request_id: &str) -> pb::ApprovalTask {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self
+                .approval()
+                .get_approval_task(self.as_service(pb::GetApprovalTaskRequest {
+                    key: Some(pb::get_approval_task_request::Key::RequestId(request_id.into())),
+                }))
+                .await;
+            match got {
+                Ok(t) => return t.into_inner().task.expect("task"),
+                Err(e) if e.code() == tonic::Code::NotFound && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("no approval task for {request_id}: {e:?}"),
+            }
+        }
+    }
+
+    /// `approver` decides the approval task of `request_id` once it exists.
+    pub async fn decide(&self, approver: &str, request_id: &str, approve: bool, reason: &str) -> pb::ApprovalTask {
+        let task = self.approval_task(request_id).await;
+        self.approval()
+            .decide_approval_task(self.authed(
+                approver,
+                pb::DecideApprovalTaskRequest {
+                    task_id: task.task_id,
+                    approve,
+                    reason: reason.into(),
+                },
+            ))
+            .await
+            .expect("decide")
+            .into_inner()
+            .task
+            .expect("task")
+    }
+
     /// `principal` asks for `concurrent` ports on `business_unit` (request id `request_id`).
     pub async fn create_concurrent(
         &self,

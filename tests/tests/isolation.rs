@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used)] // scenario bodies: an unwrap is an assertion
 
-use std::time::Duration;
-
 use sspm_e2e::{TestSystem, scenario};
 use sspm_proto::v1 as pb;
 use tonic::Code;
@@ -101,7 +99,7 @@ async fn own(s: &TestSystem, owner: &'static str, bu: &'static str, id: &str, co
     let task_id = if why.is_empty() {
         None
     } else {
-        Some(wait_for_task(s, id).await.task_id)
+        Some(s.approval_task(id).await.task_id)
     };
     Owned {
         owner,
@@ -109,25 +107,6 @@ async fn own(s: &TestSystem, owner: &'static str, bu: &'static str, id: &str, co
         request_id: id.into(),
         case_number: request.case_number,
         task_id,
-    }
-}
-
-async fn wait_for_task(s: &TestSystem, request_id: &str) -> pb::ApprovalTask {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = s
-            .approval()
-            .get_approval_task(s.as_service(pb::GetApprovalTaskRequest {
-                key: Some(pb::get_approval_task_request::Key::RequestId(request_id.into())),
-            }))
-            .await;
-        match got {
-            Ok(t) => return t.into_inner().task.unwrap(),
-            Err(e) if e.code() == Code::NotFound && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("no approval task for {request_id}: {e:?}"),
-        }
     }
 }
 

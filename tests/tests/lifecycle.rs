@@ -58,50 +58,11 @@ async fn limits(s: &TestSystem, bu: &str) -> pb::PortLimits {
     s.port_limits(PERCY, bu).await
 }
 
-async fn get(s: &TestSystem, id: &str) -> pb::PortChangeRequest {
-    s.requests()
-        .get_port_change_request(s.authed(PERCY, pb::GetPortChangeRequestRequest { request_id: id.into() }))
-        .await
-        .expect("get request")
-        .into_inner()
-        .request
-        .expect("request")
-}
-
-/// Polls until the request reaches `state` (background steps), or panics after 15 s.
-async fn wait_for(s: &TestSystem, id: &str, state: S) -> pb::PortChangeRequest {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = get(s, id).await;
-        if r.state() == state {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} still {:?}, expected {state:?}: {r:#?}",
-            r.state()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn case(s: &TestSystem, number: &str) -> pb::Case {
-    s.ticketing()
-        .get_case(s.as_service(pb::GetCaseRequest {
-            key: Some(pb::get_case_request::Key::CaseNumber(number.into())),
-        }))
-        .await
-        .expect("case")
-        .into_inner()
-        .case
-        .expect("case set")
-}
-
 /// Polls until the case is closed (the outbox closes it right after the transition).
 async fn closed_case(s: &TestSystem, number: &str) -> pb::Case {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let c = case(s, number).await;
+        let c = s.case(number).await;
         if c.status() == pb::CaseStatus::Closed {
             return c;
         }
@@ -144,46 +105,6 @@ async fn set_cluster_limit(s: &TestSystem, cluster: &str, max: i32) {
         ))
         .await
         .expect("set daily limit");
-}
-
-async fn decide(s: &TestSystem, request_id: &str, approve: bool, reason: &str) -> pb::ApprovalTask {
-    let task = wait_for_task(s, request_id).await;
-    s.approval()
-        .decide_approval_task(s.authed(
-            NETOPS,
-            pb::DecideApprovalTaskRequest {
-                task_id: task.task_id,
-                approve,
-                reason: reason.into(),
-            },
-        ))
-        .await
-        .expect("decide")
-        .into_inner()
-        .task
-        .expect("task")
-}
-
-async fn wait_for_task(s: &TestSystem, request_id: &str) -> pb::ApprovalTask {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = s
-            .approval()
-            .get_approval_task(s.authed(
-                NETOPS,
-                pb::GetApprovalTaskRequest {
-                    key: Some(pb::get_approval_task_request::Key::RequestId(request_id.into())),
-                },
-            ))
-            .await;
-        match r {
-            Ok(t) => return t.into_inner().task.expect("task"),
-            Err(e) if e.code() == Code::NotFound && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("no approval task for {request_id}: {e:?}"),
-        }
-    }
 }
 
 /// The rule named by a status's ErrorInfo, and its field.
@@ -253,7 +174,7 @@ async fn review_then_approve(s: &TestSystem) {
     assert_eq!(resp.outcome(), pb::CreateOutcome::NeedsInformation);
     let r = resp.request.expect("request");
     assert_eq!(r.state(), S::PendingInformation);
-    let c = case(s, &r.case_number).await;
+    let c = s.case(&r.case_number).await;
     assert_eq!(c.status(), pb::CaseStatus::WaitingOnCustomer);
     assert!(
         c.comments.iter().any(|m| m.body.contains("exceed the daily limit")),
@@ -287,7 +208,7 @@ async fn review_then_approve(s: &TestSystem) {
         .request
         .expect("request");
     assert_eq!(r.state(), S::UnderReview);
-    let task = decide(s, "big-1", true, "fine for the holidays").await;
+    let task = s.decide(NETOPS, "big-1", true, "fine for the holidays").await;
     assert_eq!(task.state(), pb::ApprovalTaskState::Approved);
     assert_eq!(task.justification, "Holiday campaign");
 
@@ -316,7 +237,7 @@ async fn review_then_approve(s: &TestSystem) {
         "{states:?}"
     );
 
-    let r = get(s, "big-1").await;
+    let r = s.port_change_request(PERCY, "big-1").await;
     assert_eq!(r.approval_path(), pb::ApprovalPath::Review);
     let d = r.decision.expect("decision");
     assert_eq!((d.decided_by.as_str(), d.approved), (NETOPS, true));
@@ -344,9 +265,9 @@ async fn review_then_reject(s: &TestSystem) {
     let resp = create(s, PERCY, req).await.expect("create");
     assert_eq!(resp.outcome(), pb::CreateOutcome::SentToReview);
     assert_eq!(resp.request.expect("request").state(), S::UnderReview);
-    let task = decide(s, "big-2", false, "not this quarter").await;
+    let task = s.decide(NETOPS, "big-2", false, "not this quarter").await;
     assert_eq!(task.state(), pb::ApprovalTaskState::Rejected);
-    let r = wait_for(s, "big-2", S::Rejected).await;
+    let r = s.wait_for_state(PERCY, "big-2", S::Rejected).await;
     assert_eq!(r.decision.expect("decision").reason, "not this quarter");
     assert_eq!(
         limits(s, LEAGUE).await.concurrent,
@@ -566,8 +487,8 @@ async fn daily_limit_accounting(s: &TestSystem) {
     let mut big = create_req("d-4", LEAGUE, targets(Some(200), None, None));
     big.justification = "launch".into();
     create(s, PERCY, big).await.expect("d-4");
-    decide(s, "d-4", false, "no").await;
-    wait_for(s, "d-4", S::Rejected).await;
+    s.decide(NETOPS, "d-4", false, "no").await;
+    s.wait_for_state(PERCY, "d-4", S::Rejected).await;
     assert_eq!(usage(s, "C14").await, 30);
     // A per-business-unit limit applies in addition to the cluster's.
     set_cluster_limit(s, "C14", 100).await;
@@ -858,7 +779,7 @@ async fn temporary_change_reverts(s: &TestSystem) {
     // The requester is told on the case too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let c = case(s, &last.case_number).await;
+        let c = s.case(&last.case_number).await;
         if c.comments.iter().any(|m| m.body.contains("reverted")) {
             break;
         }
@@ -1207,7 +1128,7 @@ async fn administration_and_staff_rpcs(s: &TestSystem) {
         let mut req = create_req(&format!("review-{i}"), bu, targets(Some(900), None, None));
         req.justification = "growth".into();
         create(s, PERCY, req).await.expect("create");
-        wait_for_task(s, &format!("review-{i}")).await;
+        s.approval_task(&format!("review-{i}")).await;
     }
     let first = s
         .approval()
@@ -1255,7 +1176,7 @@ async fn administration_and_staff_rpcs(s: &TestSystem) {
         .await
         .expect("cancel");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while wait_for_task(s, "review-1").await.state() != pb::ApprovalTaskState::Withdrawn {
+    while s.approval_task("review-1").await.state() != pb::ApprovalTaskState::Withdrawn {
         assert!(tokio::time::Instant::now() < deadline, "task not withdrawn");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1340,7 +1261,7 @@ async fn outage_recovery(backend: Backend) {
     assert_eq!(rule(&e).0, "R5");
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.start_held(sspm_platform::ServiceKind::Ticketing).await;
-    let r = wait_for(&s, "outage-1", S::Approved).await;
+    let r = s.wait_for_state(PERCY, "outage-1", S::Approved).await;
     assert_eq!(limits(&s, LEAGUE).await.concurrent, 120);
     closed_case(&s, &r.case_number).await;
     let cases = s

@@ -43,16 +43,6 @@ async fn create(s: &TestSystem, req: pb::CreatePortChangeRequestRequest) -> pb::
         .into_inner()
 }
 
-async fn get(s: &TestSystem, id: &str) -> pb::PortChangeRequest {
-    s.requests()
-        .get_port_change_request(s.authed(PERCY, pb::GetPortChangeRequestRequest { request_id: id.into() }))
-        .await
-        .expect("get request")
-        .into_inner()
-        .request
-        .expect("request")
-}
-
 /// Polls until `check` holds, or panics after 20 s saying what it waited for.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -66,62 +56,11 @@ where
     }
 }
 
-async fn wait_for(s: &TestSystem, id: &str, state: S) -> pb::PortChangeRequest {
-    eventually(&format!("{id} to be {state:?}"), || async {
-        get(s, id).await.state() == state
-    })
-    .await;
-    get(s, id).await
-}
-
 /// The org's case of request `id`.
 fn org_case(org: &FakeSalesforce, id: &str) -> Option<FakeCase> {
     org.cases()
         .into_iter()
         .find(|c| c.fields.get(FIELD).and_then(|v| v.as_str()) == Some(id))
-}
-
-async fn local_case(s: &TestSystem, number: &str) -> pb::Case {
-    s.ticketing()
-        .get_case(s.as_service(pb::GetCaseRequest {
-            key: Some(pb::get_case_request::Key::CaseNumber(number.into())),
-        }))
-        .await
-        .expect("case")
-        .into_inner()
-        .case
-        .expect("case set")
-}
-
-async fn decide(s: &TestSystem, request_id: &str, approve: bool, reason: &str) {
-    let find = || async {
-        s.approval()
-            .get_approval_task(s.authed(
-                NETOPS,
-                pb::GetApprovalTaskRequest {
-                    key: Some(pb::get_approval_task_request::Key::RequestId(request_id.into())),
-                },
-            ))
-            .await
-            .ok()
-            .and_then(|t| t.into_inner().task)
-    };
-    eventually(&format!("the approval task of {request_id}"), || async {
-        find().await.is_some()
-    })
-    .await;
-    let task = find().await;
-    s.approval()
-        .decide_approval_task(s.authed(
-            NETOPS,
-            pb::DecideApprovalTaskRequest {
-                task_id: task.unwrap().task_id,
-                approve,
-                reason: reason.into(),
-            },
-        ))
-        .await
-        .expect("decide");
 }
 
 /// Every case SSPM recorded is the org's: same number, closed there, and its comments in
@@ -222,10 +161,10 @@ async fn lifecycle_with_salesforce(backend: Backend) {
         ))
         .await
         .expect("provide information");
-    decide(&s, "sf-review", true, "fine for the holidays").await;
-    let reviewed = wait_for(&s, "sf-review", S::Approved).await;
+    s.decide(NETOPS, "sf-review", true, "fine for the holidays").await;
+    let reviewed = s.wait_for_state(PERCY, "sf-review", S::Approved).await;
     eventually("sf-review's case to be closed here", || async {
-        local_case(&s, &reviewed.case_number).await.status() == pb::CaseStatus::Closed
+        s.case(&reviewed.case_number).await.status() == pb::CaseStatus::Closed
     })
     .await;
     let outage = create(&s, create_req("sf-outage", "bu-league", 120, "")).await;
@@ -241,7 +180,7 @@ async fn lifecycle_with_salesforce(backend: Backend) {
 
     // It comes back: the new request gets its case, the writes arrive.
     org.set_down(false);
-    let outage = wait_for(&s, "sf-outage", S::Approved).await;
+    let outage = s.wait_for_state(PERCY, "sf-outage", S::Approved).await;
     assert_eq!(
         org_case(&org, "sf-outage").expect("opened after the outage").fields["CaseNumber"],
         outage.case_number.as_str()
@@ -250,8 +189,8 @@ async fn lifecycle_with_salesforce(backend: Backend) {
     // Rejected.
     let reject = create(&s, create_req("sf-reject", "bu-league", 900, "New site")).await;
     assert_eq!(reject.outcome(), pb::CreateOutcome::SentToReview);
-    decide(&s, "sf-reject", false, "not this quarter").await;
-    wait_for(&s, "sf-reject", S::Rejected).await;
+    s.decide(NETOPS, "sf-reject", false, "not this quarter").await;
+    s.wait_for_state(PERCY, "sf-reject", S::Rejected).await;
 
     eventually("every write to reach the org", || async {
         pending_org_writes(&s).await == 0.0 && org.cases().iter().all(|c| c.fields["Status"] == "Closed")
@@ -260,8 +199,8 @@ async fn lifecycle_with_salesforce(backend: Backend) {
     let ids = ["sf-auto", "sf-review", "sf-cancel", "sf-outage", "sf-reject"];
     assert_eq!(org.cases().len(), ids.len(), "one case per request, never two");
     for id in ids {
-        let request = get(&s, id).await;
-        let local = local_case(&s, &request.case_number).await;
+        let request = s.port_change_request(PERCY, id).await;
+        let local = s.case(&request.case_number).await;
         assert_mirrored(&local, &org_case(&org, id).unwrap());
     }
     let resolution = |id: &str| {
