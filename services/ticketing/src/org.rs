@@ -121,10 +121,20 @@ impl OrgSync {
             }
             Err(e) => {
                 tracing::error!(reference, case_number = org_case.case_number, error = %e, "cannot record the org's case");
-                Err(Status::failed_precondition(format!(
-                    "Salesforce case {} ({}) cannot be recorded: {e}",
-                    org_case.case_number, org_case.id
-                )))
+                // Only a number another case here has is the caller's to hear about; any
+                // other failure is the database's, answered as such.
+                let taken = self
+                    .store
+                    .by_number(&org_case.case_number)
+                    .await
+                    .is_ok_and(|c| c.is_some_and(|c| c.case.external_reference != reference));
+                if taken {
+                    return Err(Status::failed_precondition(format!(
+                        "Salesforce case {} ({}) cannot be recorded: its number is another case's (kept here before the backend was switched?)",
+                        org_case.case_number, org_case.id
+                    )));
+                }
+                Err(sspm_platform::error::db("recording a case")(e))
             }
         }
     }

@@ -618,10 +618,6 @@ mod tests {
         FakeSalesforce::start("key", "s3cret", FIELD, &["Resolution__c"]).await
     }
 
-    fn config(org: &FakeSalesforce) -> SalesforceConfig {
-        org.config()
-    }
-
     fn fields() -> CaseFields {
         CaseFields {
             subject: "Port change for bu-league: concurrent 100 -> 110".to_owned(),
@@ -638,7 +634,7 @@ mod tests {
     #[tokio::test]
     async fn opening_a_case_is_an_upsert_by_request_id_then_a_read_of_its_number() {
         let org = org().await;
-        let sf = Salesforce::new(config(&org)).unwrap();
+        let sf = Salesforce::new(org.config()).unwrap();
         let case = sf.open_case("r-1", &fields()).await.unwrap();
         assert_eq!(case.case_number, "00001001");
         assert!(case.created);
@@ -678,7 +674,7 @@ mod tests {
     #[tokio::test]
     async fn comments_status_and_closing_with_a_resolution_field() {
         let org = org().await;
-        let mut cfg = config(&org);
+        let mut cfg = org.config();
         cfg.resolution_field = "Resolution__c".to_owned();
         let sf = Salesforce::new(cfg).unwrap();
         let case = sf.open_case("r-2", &fields()).await.unwrap();
@@ -717,7 +713,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_session_signs_in_again_and_retries_once() {
         let org = org().await;
-        let sf = Salesforce::new(config(&org)).unwrap();
+        let sf = Salesforce::new(org.config()).unwrap();
         let case = sf.open_case("r-3", &fields()).await.unwrap();
         org.fail_next([Fault::ExpireSessions]);
         org.clear_requests();
@@ -741,7 +737,7 @@ mod tests {
     #[tokio::test]
     async fn a_503_burst_and_the_request_limit_are_waited_out() {
         let org = org().await;
-        let sf = Salesforce::new(config(&org)).unwrap();
+        let sf = Salesforce::new(org.config()).unwrap();
         org.fail_next([
             Fault::Error(503, "SERVER_UNAVAILABLE"),
             Fault::Error(503, "SERVER_UNAVAILABLE"),
@@ -773,7 +769,7 @@ mod tests {
     #[tokio::test]
     async fn salesforce_error_bodies_become_clear_statuses() {
         let org = org().await;
-        let mut cfg = config(&org);
+        let mut cfg = org.config();
         cfg.statuses.waiting_on_customer = "Waiting on Customer".to_owned();
         let sf = Salesforce::new(cfg).unwrap();
         let case = sf.open_case("r-5", &fields()).await.unwrap();
@@ -794,7 +790,7 @@ mod tests {
         let err = sf.set_status("500nosuchcase", "Working").await.unwrap_err();
         assert_eq!(err.status().code(), tonic::Code::NotFound);
         // A misnamed external-id field is the org's configuration, not a missing case.
-        let mut cfg = config(&org);
+        let mut cfg = org.config();
         cfg.external_id_field = "Wrong__c".to_owned();
         let err = Salesforce::new(cfg)
             .unwrap()
@@ -810,7 +806,7 @@ mod tests {
     #[tokio::test]
     async fn refused_credentials_and_slow_answers() {
         let org = org().await;
-        let mut cfg = config(&org);
+        let mut cfg = org.config();
         cfg.client_secret = "wrong".to_owned();
         let err = Salesforce::new(cfg).unwrap().case_number("500x").await.unwrap_err();
         assert_eq!(
@@ -819,7 +815,7 @@ mod tests {
         );
         assert_eq!(org.tokens_issued(), 0);
 
-        let mut cfg = config(&org);
+        let mut cfg = org.config();
         cfg.timeout_ms = 200;
         cfg.max_attempts = 1;
         let sf = Salesforce::new(cfg).unwrap();
@@ -895,7 +891,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key_path = dir.path().join("sspm-salesforce.pem");
         std::fs::write(&key_path, private.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
-        let mut cfg = config(&org);
+        let mut cfg = org.config();
         cfg.auth_flow = SalesforceAuthFlow::JwtBearer;
         cfg.client_secret.clear();
         cfg.username = "integration@acme.example".to_owned();

@@ -137,7 +137,7 @@ impl Store {
     }
 
     /// The same store, queueing every write to a case the org has (one with an `org_id`)
-    /// for the org, in the transaction that writes it here (see [`Store::pending_org_writes`]).
+    /// for the org, in the transaction that writes it here (see [`Store::due_org_writes`]).
     pub fn mirroring(mut self, mirror: Mirror) -> Self {
         self.mirror = Some(mirror);
         self
@@ -454,10 +454,23 @@ impl Store {
                 later = Some(later.map_or(free_at, |l| l.min(free_at)));
                 continue;
             }
-            if let Some(case) = case::Entity::find_by_id(w.case_id).one(&self.db).await? {
-                due.push((w, case));
-            }
+            due.push(w);
         }
+        if due.is_empty() {
+            return Ok((vec![], later));
+        }
+        // The cases of the due writes, in one query.
+        let cases: std::collections::HashMap<i64, case::Model> = case::Entity::find()
+            .filter(case::Column::Id.is_in(due.iter().map(|w| w.case_id)))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
+        let due = due
+            .into_iter()
+            .filter_map(|w| cases.get(&w.case_id).cloned().map(|c| (w, c)))
+            .collect();
         Ok((due, later))
     }
 
