@@ -27,6 +27,8 @@ pub struct ServiceApp {
     pub read_db: DatabaseConnection,
     metrics: Metrics,
     admin: TcpListener,
+    /// Its settings (the token is redacted in Debug).
+    admin_config: crate::config::AdminConfig,
     server: ServiceServer,
     background: Vec<tokio::task::JoinHandle<()>>,
     draining: tokio::sync::watch::Sender<bool>,
@@ -112,6 +114,7 @@ impl ServiceApp {
             read_db,
             metrics,
             admin,
+            admin_config: config.admin.clone(),
             server,
             background: Vec::new(),
             draining: tokio::sync::watch::Sender::new(false),
@@ -167,6 +170,7 @@ impl ServiceApp {
         let admin = tokio::spawn(crate::metrics::serve_admin(
             self.admin,
             self.metrics.clone(),
+            Some(self.admin_config.bearer_token.clone()),
             async move {
                 let _ = admin_stopped.await;
             },

@@ -73,6 +73,36 @@ pub struct SspmConfig {
     pub admission: AdmissionConfig,
     /// The ticketing service's case backend.
     pub ticketing: TicketingConfig,
+    /// The admin HTTP port of every service (`GET /metrics`).
+    pub admin: AdminConfig,
+}
+
+/// The admin HTTP port (`GET /metrics`): it shows per-cluster budgets and counts, so it is
+/// bound to loopback by default (`services.<name>.admin_listen`) and can require a token.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// When set, `GET /metrics` answers 401 unless the request carries
+    /// `Authorization: Bearer <bearer_token>` (Prometheus: `authorization.credentials`).
+    /// At least 32 bytes. Empty: no token (bind the port to loopback or restrict it with a
+    /// network policy).
+    pub bearer_token: String,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    // Never print secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field(
+                "bearer_token",
+                &if self.bearer_token.is_empty() {
+                    "<none>"
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 /// Admission of calls, per service process.
@@ -412,6 +442,7 @@ impl Default for SspmConfig {
             workflow: WorkflowConfig::default(),
             admission: AdmissionConfig::default(),
             ticketing: TicketingConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -483,6 +514,12 @@ impl SspmConfig {
         }
         self.price()?;
         self.ticketing.validate()?;
+        if !self.admin.bearer_token.is_empty() && self.admin.bearer_token.len() < 32 {
+            return Err(invalid(
+                "admin.bearer_token",
+                "must be at least 32 bytes (or empty: no token)",
+            ));
+        }
         if self.daily_limits.default_max_daily_increase > u32::from(sspm_rules::PortLimit::MAX) {
             return Err(invalid("daily_limits.default_max_daily_increase", "must be 0 to 9999"));
         }

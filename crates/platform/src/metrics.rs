@@ -90,6 +90,7 @@ impl Metrics {
                 .u64_counter("rpc.server.errors")
                 .with_description("RPCs answered with a gRPC status other than OK, by status code")
                 .build(),
+            methods: Methods::default(),
         };
         Ok(Self {
             provider,
@@ -182,18 +183,88 @@ pub struct RpcMetrics {
     duration: Histogram<f64>,
     requests: Counter<u64>,
     errors: Counter<u64>,
+    methods: Methods,
+}
+
+/// The label value of every path that is not one of the server's methods.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// The methods a server serves, as `/package.Service/Method` paths: the closed set that
+/// metric labels and span names are taken from, so that whatever path a caller sends, the
+/// number of series stays that of the methods served (README, "Metrics").
+#[derive(Clone, Debug, Default)]
+pub struct Methods(Arc<std::collections::HashMap<Box<str>, (Arc<str>, Arc<str>)>>);
+
+impl Methods {
+    /// The methods of the services `names` (fully qualified, e.g. `sspm.v1.TicketingService`)
+    /// found in the encoded file descriptor sets `sets`.
+    pub fn of(names: &[&str], sets: &[&[u8]]) -> anyhow::Result<Self> {
+        use prost::Message as _;
+        let mut out = std::collections::HashMap::new();
+        for set in sets {
+            let set = prost_types::FileDescriptorSet::decode(*set)?;
+            for file in set.file {
+                let package = file.package();
+                for service in &file.service {
+                    let full = if package.is_empty() {
+                        service.name().to_owned()
+                    } else {
+                        format!("{package}.{}", service.name())
+                    };
+                    if !names.contains(&full.as_str()) {
+                        continue;
+                    }
+                    let service_label: Arc<str> = Arc::from(full.as_str());
+                    for method in &service.method {
+                        out.insert(
+                            format!("/{full}/{}", method.name()).into_boxed_str(),
+                            (service_label.clone(), Arc::from(method.name())),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(Self(Arc::new(out)))
+    }
+
+    /// The (service, method) labels of `path`; `None` for a path that is not served.
+    pub fn labels(&self, path: &str) -> Option<(&Arc<str>, &Arc<str>)> {
+        self.0.get(path).map(|(s, m)| (s, m))
+    }
+
+    /// How many methods.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl RpcMetrics {
+    /// The same instruments, labelling only `methods` by name (every other path is
+    /// [`UNKNOWN_METHOD`]).
+    pub fn with_methods(mut self, methods: Methods) -> Self {
+        self.methods = methods;
+        self
+    }
+
     /// Records one RPC to `path` (`/package.Service/Method`) answered with `code` after
-    /// `elapsed`.
+    /// `elapsed`. A path the server does not serve is recorded as [`UNKNOWN_METHOD`].
     pub fn record(&self, path: &str, code: i32, elapsed: Duration) {
-        let path = path.trim_start_matches('/');
-        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let (service, method) = match self.methods.labels(path) {
+            Some((s, m)) => (
+                opentelemetry::Value::from(s.clone()),
+                opentelemetry::Value::from(m.clone()),
+            ),
+            None => (UNKNOWN_METHOD.into(), UNKNOWN_METHOD.into()),
+        };
         let mut attributes = vec![
             KeyValue::new("rpc.system", "grpc"),
-            KeyValue::new("rpc.service", service.to_owned()),
-            KeyValue::new("rpc.method", method.to_owned()),
+            KeyValue::new("rpc.service", service),
+            KeyValue::new("rpc.method", method),
         ];
         self.requests.add(1, &attributes);
         attributes.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
@@ -221,22 +292,62 @@ impl Gauge {
     }
 }
 
-/// The admin HTTP server: `GET /metrics` answers the Prometheus text format.
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches(headers: &http::HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().as_bytes())
+    else {
+        return false;
+    };
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The admin HTTP server: `GET /metrics` answers the Prometheus text format; with a
+/// `bearer_token` (config `admin.bearer_token`), only to requests that carry it (401
+/// otherwise). One scrape renders at a time: concurrent scrapes wait for it rather than
+/// each building the whole text.
 pub async fn serve_admin(
     listener: TcpListener,
     metrics: Metrics,
+    bearer_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::response::IntoResponse as _;
     use axum::routing::get;
+    let token: Option<Arc<str>> = bearer_token.filter(|t| !t.is_empty()).map(Arc::from);
+    let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
     let app = axum::Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: http::HeaderMap| {
             let metrics = metrics.clone();
+            let token = token.clone();
+            let one_at_a_time = one_at_a_time.clone();
             async move {
+                if let Some(token) = token
+                    && !bearer_matches(&headers, &token)
+                {
+                    return (
+                        http::StatusCode::UNAUTHORIZED,
+                        [(http::header::WWW_AUTHENTICATE, "Bearer")],
+                        "a bearer token is required (admin.bearer_token)\n",
+                    )
+                        .into_response();
+                }
+                let _turn = one_at_a_time.lock().await;
                 (
                     [(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
                     metrics.render().await,
                 )
+                    .into_response()
             }
         }),
     );
@@ -250,9 +361,10 @@ mod tests {
     #[tokio::test]
     async fn rpc_figures_and_gauges_reach_the_prometheus_text() {
         let m = Metrics::new("sspm-test").unwrap();
-        let rpc = m.rpc();
-        rpc.record("/sspm.v1.X/Get", 0, Duration::from_millis(3));
-        rpc.record("/sspm.v1.X/Get", 5, Duration::from_millis(1));
+        let methods = Methods::of(&["sspm.v1.TicketingService"], &[sspm_proto::FILE_DESCRIPTOR_SET]).unwrap();
+        let rpc = m.rpc().with_methods(methods);
+        rpc.record("/sspm.v1.TicketingService/GetCase", 0, Duration::from_millis(3));
+        rpc.record("/sspm.v1.TicketingService/GetCase", 5, Duration::from_millis(1));
         let g = m.gauge("sspm.things", "Things");
         let set = g.clone();
         m.on_refresh(move || {
@@ -264,7 +376,9 @@ mod tests {
         });
         let text = m.render().await;
         assert!(
-            text.contains(r#"rpc_server_requests_total{rpc_method="Get",rpc_service="sspm.v1.X",rpc_system="grpc""#),
+            text.contains(
+                r#"rpc_server_requests_total{rpc_method="GetCase",rpc_service="sspm.v1.TicketingService",rpc_system="grpc""#
+            ),
             "{text}"
         );
         let line = |prefix: &str| {
@@ -281,6 +395,32 @@ mod tests {
         assert!(text.contains(r#"rpc_grpc_status_code="5""#), "{text}");
         assert_eq!(line(r#"sspm_things{state="open""#), "7");
         assert!(text.contains("rpc_server_duration_seconds_bucket{"), "{text}");
+        m.shutdown();
+    }
+
+    #[tokio::test]
+    async fn paths_that_are_not_served_share_one_label() {
+        let m = Metrics::new("sspm-test").unwrap();
+        let methods = Methods::of(&["sspm.v1.TicketingService"], &[sspm_proto::FILE_DESCRIPTOR_SET]).unwrap();
+        assert!(methods.len() >= 4, "the ticketing methods: {methods:?}");
+        let rpc = m.rpc().with_methods(methods);
+        for i in 0..500 {
+            let junk = format!("/sspm.v1.TicketingService/{}{i}", "x".repeat(6_000));
+            rpc.record(&junk, 16, Duration::from_millis(1));
+        }
+        // A method of another service is not served here either.
+        rpc.record("/sspm.v1.ApprovalService/SetDailyLimit", 16, Duration::from_millis(1));
+        let text = m.render().await;
+        assert!(text.len() < 20_000, "{} bytes of metrics", text.len());
+        assert!(!text.contains("xxxx") && !text.contains("SetDailyLimit"), "{text}");
+        let unknown = text
+            .lines()
+            .find(|l| l.starts_with("rpc_server_requests_total{"))
+            .unwrap();
+        assert!(
+            unknown.contains(r#"rpc_method="unknown",rpc_service="unknown""#) && unknown.ends_with(" 501"),
+            "{unknown}"
+        );
         m.shutdown();
     }
 }

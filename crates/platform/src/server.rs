@@ -16,7 +16,7 @@ use tonic_health::ServingStatus;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::{AuthLayer, RateLimits, TokenVerifier};
-use crate::metrics::RpcMetrics;
+use crate::metrics::{Methods, RpcMetrics, UNKNOWN_METHOD};
 use crate::telemetry::HeaderExtractor;
 
 /// Builds and runs one service's gRPC server.
@@ -147,6 +147,24 @@ impl ServiceServer {
             .add_service(reflection.build_v1()?)
             .add_service(reflection_alpha.build_v1alpha()?);
 
+        // The closed set of paths metric labels and span names come from.
+        let mut served: Vec<&str> = self.services.clone();
+        served.extend([
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]);
+        let methods = Methods::of(
+            &served,
+            &[
+                sspm_proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+        )?;
+        let metrics = self.metrics.map(|m| m.with_methods(methods.clone()));
+
         let addr = self.listener.local_addr()?;
         tracing::info!(service = self.name, %addr, tls = self.tls.is_some(), apis = ?self.listed, "serving");
         let name = self.name;
@@ -160,9 +178,9 @@ impl ServiceServer {
             tracing::info!(service = name, "shutting down: no new calls, finishing in-flight ones");
         };
         let router = tonic::transport::Server::builder()
-            .trace_fn(rpc_span)
+            .trace_fn(move |req| rpc_span(&methods, req))
             .layer(
-                AuthLayer::new(self.verifier, self.metrics)
+                AuthLayer::new(self.verifier, metrics)
                     .with_max_in_flight(self.max_in_flight)
                     .with_rate_limits(self.rate_limits),
             )
@@ -191,9 +209,13 @@ impl ServiceServer {
 }
 
 /// The server span of one RPC, named `package.Service/Method`, child of the caller's span.
-fn rpc_span(req: &http::Request<()>) -> tracing::Span {
-    let path = req.uri().path().trim_start_matches('/');
-    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+/// A path the server does not serve is named `unknown`: span names, like metric labels,
+/// come from a closed set whatever callers send.
+fn rpc_span(methods: &Methods, req: &http::Request<()>) -> tracing::Span {
+    let (service, method) = methods
+        .labels(req.uri().path())
+        .map_or((UNKNOWN_METHOD, UNKNOWN_METHOD), |(s, m)| (&**s, &**m));
+    let path = format!("{service}/{method}");
     let span = if crate::auth::is_public_path(req.uri().path()) {
         // Probes and reflection: not worth a trace each.
         tracing::debug_span!("grpc", otel.name = %path, otel.kind = "server", rpc.system = "grpc", rpc.service = %service, rpc.method = %method)
