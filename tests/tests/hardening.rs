@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use sspm_e2e::{Backend, TestSystem};
 use sspm_platform::ServiceKind;
+use sspm_proto::v1 as pb;
 use tonic::Code;
+use tonic_types::StatusExt as _;
 
 /// An HTTP/2 connection to `addr`, driven in the background; the driver ends with it.
 async fn h2_connect(addr: SocketAddr) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<()>) {
@@ -120,5 +122,447 @@ async fn the_admin_port_can_require_a_bearer_token() {
     let (status, body) = get_metrics(admin, Some(TOKEN)).await;
     assert!(status.contains(" 200"), "{status}");
     assert!(body.contains("rpc_server_requests_total"), "{body}");
+    s.shutdown().await.unwrap();
+}
+
+const PERCY: &str = "percy@classics.example";
+const MARGUERITE: &str = "marguerite@league.example";
+
+fn limits_request(s: &TestSystem, who: &str, bu: &str) -> tonic::Request<pb::GetPortLimitsRequest> {
+    s.authed(
+        who,
+        pb::GetPortLimitsRequest {
+            business_unit_id: bu.into(),
+        },
+    )
+}
+
+/// A gRPC frame holding `message`.
+fn grpc_frame(message: &impl prost::Message) -> bytes::Bytes {
+    let body = message.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(&body);
+    out.into()
+}
+
+/// Finding 1: one user opening ~1,000 streams with headers and no message used to hold
+/// every admission slot until it disconnected. Now such calls hold only that user's own
+/// share (per-principal in-flight bound), take no server-wide slot, and are ended when
+/// their message does not come within the deadline; other tenants are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_only_streams_starve_no_one_and_are_ended_at_their_deadline() {
+    const SHARE: usize = 8;
+    let s = TestSystem::start_configured(Backend::Sqlite, &[], |c| {
+        c.admission.max_in_flight = 20;
+        c.admission.per_principal_max_in_flight = SHARE;
+        c.server.request_message_timeout_ms = 3_000;
+    })
+    .await;
+    let addr = s.addr(ServiceKind::Request);
+    let token = s.token(PERCY);
+    let path = "/sspm.v1.PortRequestService/GetPortLimits";
+
+    // Ten connections of 100 streams each (the server's per-connection maximum), all
+    // headers and no message.
+    let mut held = Vec::new();
+    let mut refused_at_once = 0;
+    let mut drivers = Vec::new();
+    let mut waiting = Vec::new();
+    for _ in 0..10 {
+        let (client, driver) = h2_connect(addr).await;
+        drivers.push(driver);
+        for _ in 0..100 {
+            let mut client = client.clone().ready().await.unwrap();
+            let (response, send) = client
+                .send_request(grpc_headers(addr, path, Some(&token)), false)
+                .unwrap();
+            held.push(send);
+            waiting.push(response);
+        }
+    }
+    let answers = futures_util::future::join_all(
+        waiting
+            .into_iter()
+            .map(|response| tokio::time::timeout(Duration::from_millis(500), response)),
+    )
+    .await;
+    for answer in answers.into_iter().flatten() {
+        assert_eq!(header_status(&answer.unwrap()), Some(Code::ResourceExhausted));
+        refused_at_once += 1;
+    }
+    assert_eq!(
+        refused_at_once,
+        1_000 - SHARE,
+        "all but the user's own share refused at once"
+    );
+
+    // Meanwhile another tenant is served, and health says so.
+    for _ in 0..20 {
+        let limits = s
+            .requests()
+            .get_port_limits(limits_request(&s, MARGUERITE, "bu-league"))
+            .await
+            .expect("another tenant is served while the streams are open");
+        assert!(limits.into_inner().limits.is_some());
+    }
+    // The same user's next call is refused at once with the reason, not queued.
+    let own = s
+        .requests()
+        .get_port_limits(limits_request(&s, PERCY, "bu-league"))
+        .await
+        .unwrap_err();
+    assert_eq!(own.code(), Code::ResourceExhausted, "{own:?}");
+    assert_eq!(own.get_details_error_info().unwrap().reason, "TOO_MANY_IN_FLIGHT");
+
+    // At the deadline the held calls end, and the user is served again.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let again = s
+        .requests()
+        .get_port_limits(limits_request(&s, PERCY, "bu-league"))
+        .await;
+    assert!(again.is_ok(), "after the deadline: {again:?}");
+    drop(held);
+    for d in drivers {
+        d.abort();
+    }
+    s.shutdown().await.unwrap();
+}
+
+/// Finding 1: the held call's own view: it is ended with DEADLINE_EXCEEDED, and a message
+/// sent in time is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_message_must_arrive_within_the_deadline() {
+    let s = TestSystem::start_configured(Backend::Sqlite, &[], |c| {
+        c.server.request_message_timeout_ms = 1_000;
+    })
+    .await;
+    let addr = s.addr(ServiceKind::Request);
+    let token = s.token(PERCY);
+    let path = "/sspm.v1.PortRequestService/GetPortLimits";
+    let (client, driver) = h2_connect(addr).await;
+
+    let mut c = client.clone().ready().await.unwrap();
+    let (late, _send) = c.send_request(grpc_headers(addr, path, Some(&token)), false).unwrap();
+    let started = tokio::time::Instant::now();
+    let late = tokio::time::timeout(Duration::from_secs(10), late)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(header_status(&late), Some(Code::DeadlineExceeded));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // A message that comes a little after its headers, within the deadline, is served.
+    let mut c = client.clone().ready().await.unwrap();
+    let (timely, mut send) = c.send_request(grpc_headers(addr, path, Some(&token)), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send.send_data(
+        grpc_frame(&pb::GetPortLimitsRequest {
+            business_unit_id: "bu-league".into(),
+        }),
+        true,
+    )
+    .unwrap();
+    let timely = timely.await.unwrap();
+    assert_eq!(timely.status(), http::StatusCode::OK);
+    assert_eq!(header_status(&timely), None, "answered by the handler");
+    let mut body = timely.into_body();
+    while body.data().await.is_some() {}
+    let trailers = body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    driver.abort();
+    s.shutdown().await.unwrap();
+}
+
+/// Whether the server closed `tcp` within `within` (end of file or an error on read).
+async fn closed_by_server(tcp: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // The server's HTTP/2 SETTINGS: read on.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Finding 2: thousands of idle connections used to exhaust the file descriptors. Now a
+/// listener holds at most `server.max_connections` (more are closed at once), connections
+/// without a call are closed after `server.idle_timeout_ms`, and the service keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_and_idle_ones_closed() {
+    const CAP: usize = 200;
+    let s = TestSystem::start_configured(Backend::Sqlite, &[], |c| {
+        c.server.max_connections = CAP;
+        c.server.idle_timeout_ms = 1_500;
+    })
+    .await;
+    let addr = s.addr(ServiceKind::Request);
+    // A caller connected before the flood, busy all along.
+    let mut busy = s.requests();
+    busy.get_port_limits(limits_request(&s, MARGUERITE, "bu-league"))
+        .await
+        .unwrap();
+
+    let mut flood = Vec::new();
+    for _ in 0..1_000 {
+        flood.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let closed = futures_util::future::join_all(
+        flood
+            .iter_mut()
+            .map(|tcp| closed_by_server(tcp, Duration::from_millis(700))),
+    )
+    .await;
+    let refused = closed.iter().filter(|c| **c).count();
+    assert!(
+        (1_000 - CAP..=1_000 - CAP + 5).contains(&refused),
+        "{refused} of 1,000 closed at once with a cap of {CAP} (one held by the busy caller)"
+    );
+    // The busy caller is still served, and so is the admin port.
+    busy.get_port_limits(limits_request(&s, MARGUERITE, "bu-league"))
+        .await
+        .unwrap();
+    assert!(
+        s.scrape(ServiceKind::Request)
+            .await
+            .contains("rpc_server_requests_total")
+    );
+
+    // The idle ones are closed by the server after the idle timeout.
+    let kept: Vec<_> = flood
+        .iter_mut()
+        .zip(&closed)
+        .filter(|(_, c)| !**c)
+        .map(|(t, _)| t)
+        .collect();
+    let later = futures_util::future::join_all(
+        kept.into_iter()
+            .map(|tcp| closed_by_server(tcp, Duration::from_secs(6))),
+    )
+    .await;
+    assert!(later.iter().all(|c| *c), "idle connections left open");
+    // New callers get in again.
+    let mut fresh = s.requests();
+    fresh
+        .get_port_limits(limits_request(&s, PERCY, "bu-league"))
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+}
+
+/// Finding 2: the HTTP/2 settings a caller sees are the bounded ones, and a connection past
+/// its age is asked to go (GOAWAY) and, if a call keeps it open, closed after the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_is_bounded_and_old_connections_are_recycled() {
+    let s = TestSystem::start_configured(Backend::Sqlite, &[], |c| {
+        c.server.max_connection_age_ms = 1_000;
+        c.server.max_connection_age_grace_ms = 1_000;
+        c.server.request_message_timeout_ms = 30_000;
+    })
+    .await;
+    let addr = s.addr(ServiceKind::Approval);
+    let token = s.token(PERCY);
+
+    // The settings: one health call, then what the server announced.
+    let (client, idle_driver) = h2_connect(addr).await;
+    let mut c = client.clone().ready().await.unwrap();
+    let (probe, _) = c
+        .send_request(grpc_headers(addr, "/grpc.health.v1.Health/Check", None), true)
+        .unwrap();
+    let _ = probe.await.unwrap();
+    assert_eq!(client.current_max_send_streams(), 100);
+    drop((c, client));
+    // No call open: the GOAWAY at its age ends it.
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), idle_driver)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A call that never completes keeps the connection past its age only for the grace.
+    let (client, busy_driver) = h2_connect(addr).await;
+    let mut c = client.ready().await.unwrap();
+    let (_held, _send) = c
+        .send_request(
+            grpc_headers(addr, "/sspm.v1.ApprovalService/ListApprovalTasks", Some(&token)),
+            false,
+        )
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), busy_driver)
+        .await
+        .unwrap()
+        .unwrap();
+    let lasted = started.elapsed();
+    assert!(
+        lasted >= Duration::from_millis(1_500) && lasted < Duration::from_secs(10),
+        "closed after {lasted:?}: the age is 1 s and the grace 1 s"
+    );
+    s.shutdown().await.unwrap();
+}
+
+/// The field a refusal names, from its `BadRequest` details.
+fn refused_field(e: &tonic::Status) -> String {
+    e.get_details_bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+        .unwrap_or_default()
+}
+
+/// Finding 5: inputs that broke the database layer or could fool a human. A filter of
+/// 40,000 states answered INTERNAL ("too many SQL variables"); a justification with U+202E
+/// was stored and shown reordered; a token valid for years was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_filters_bidi_text_and_long_lived_tokens_are_refused() {
+    let s = TestSystem::start(Backend::Sqlite).await;
+    let many = vec![1; 40_000];
+
+    let e = s
+        .requests()
+        .list_port_change_requests(s.authed(
+            PERCY,
+            pb::ListPortChangeRequestsRequest {
+                states: many.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), refused_field(&e).as_str()),
+        (Code::InvalidArgument, "states"),
+        "{e:?}"
+    );
+    let e = s
+        .ticketing()
+        .list_cases(s.as_service(pb::ListCasesRequest {
+            statuses: many.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), refused_field(&e).as_str()),
+        (Code::InvalidArgument, "statuses"),
+        "{e:?}"
+    );
+    let e = s
+        .approval()
+        .list_approval_tasks(s.authed(
+            "netops@sspm.example",
+            pb::ListApprovalTasksRequest {
+                states: many,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), refused_field(&e).as_str()),
+        (Code::InvalidArgument, "states"),
+        "{e:?}"
+    );
+    // Duplicates are folded, not refused.
+    let folded = s
+        .requests()
+        .list_port_change_requests(s.authed(
+            PERCY,
+            pb::ListPortChangeRequestsRequest {
+                states: vec![1, 1, 1, 2],
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert!(folded.is_ok(), "{folded:?}");
+
+    // Bidirectional overrides in free text: refused, naming the field; nothing stored.
+    let tricky = "Approve: \u{202E}TCEJER\u{202C}";
+    let e = s
+        .requests()
+        .create_port_change_request(s.authed(
+            PERCY,
+            pb::CreatePortChangeRequestRequest {
+                request_id: "bidi-1".into(),
+                business_unit_id: "bu-classics".into(),
+                targets: Some(pb::PortTargets {
+                    concurrent: Some(900),
+                    ..Default::default()
+                }),
+                justification: tricky.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), refused_field(&e).as_str()),
+        (Code::InvalidArgument, "justification"),
+        "{e:?}"
+    );
+    let gone = s
+        .requests()
+        .get_port_change_request(s.authed(
+            PERCY,
+            pb::GetPortChangeRequestRequest {
+                request_id: "bidi-1".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let pending = s.create_concurrent(PERCY, "bidi-2", "bu-classics", 900).await.unwrap();
+    assert_eq!(pending.outcome(), pb::CreateOutcome::NeedsInformation);
+    let e = s
+        .requests()
+        .provide_information(s.authed(
+            PERCY,
+            pb::ProvideInformationRequest {
+                request_id: "bidi-2".into(),
+                justification: "peak\u{2067}season\u{2069}".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), refused_field(&e).as_str()),
+        (Code::InvalidArgument, "justification"),
+        "{e:?}"
+    );
+    assert_eq!(
+        s.port_change_request(PERCY, "bidi-2").await.state(),
+        pb::PortChangeRequestState::PendingInformation
+    );
+
+    // A token that lives longer than auth.max_token_lifetime_seconds, signed with the right key.
+    let percy = sspm_platform::auth::parse_principal(PERCY).unwrap();
+    let long =
+        sspm_platform::TokenMinter::new(&s.config.auth).mint(&percy, sspm_platform::PrincipalKind::User, 400 * 86_400);
+    let mut req = tonic::Request::new(pb::GetPortLimitsRequest {
+        business_unit_id: "bu-league".into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {long}").parse().unwrap());
+    let e = s.requests().get_port_limits(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("lifetime"), "{e:?}");
+    s.shutdown().await.unwrap();
+}
+
+/// Finding 1 (memory): a request message larger than `server.max_request_bytes` is refused
+/// with RESOURCE_EXHAUSTED without being held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_message_is_refused() {
+    let s = TestSystem::start(Backend::Sqlite).await;
+    let e = s
+        .requests()
+        .get_port_limits(limits_request(&s, PERCY, &"x".repeat(2 << 20)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(e.get_details_error_info().unwrap().reason, "REQUEST_TOO_LARGE");
     s.shutdown().await.unwrap();
 }

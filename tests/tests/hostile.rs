@@ -167,7 +167,9 @@ fn forged_tokens(numbered: bool) -> Vec<String> {
     tokens
 }
 
-const HUGE: usize = 1 << 20;
+/// Half the largest request message (`server.max_request_bytes`, 1 MiB): a field this long still
+/// reaches the handler, which must refuse it naming the field.
+const HUGE: usize = 1 << 19;
 
 #[allow(clippy::too_many_lines)] // one block per RPC, in the order of the protos
 async fn every_rpc_refuses_malformed_input(s: &TestSystem) {

@@ -206,7 +206,13 @@ async fn main() -> anyhow::Result<()> {
                 Kind::User => PrincipalKind::User,
                 Kind::Service => PrincipalKind::Service,
             };
-            let token = TokenMinter::new(&config.auth).mint(&id, kind, ttl.unwrap_or(config.auth.token_ttl_seconds));
+            let ttl = ttl.unwrap_or(config.auth.token_ttl_seconds);
+            anyhow::ensure!(
+                ttl <= config.auth.max_token_lifetime_seconds,
+                "--ttl {ttl}: SSPM refuses tokens that live longer than auth.max_token_lifetime_seconds ({} s)",
+                config.auth.max_token_lifetime_seconds
+            );
+            let token = TokenMinter::new(&config.auth).mint(&id, kind, ttl);
             #[allow(clippy::print_stdout)]
             {
                 println!("{token}");

@@ -99,6 +99,8 @@ impl ServiceApp {
             .advertise(api)
             .with_metrics(metrics.rpc())
             .with_max_in_flight(config.admission.max_in_flight)
+            .with_per_principal_in_flight(config.admission.per_principal_max_in_flight)
+            .with_limits(config.server.clone())
             .with_rate_limits(RateLimits::new(
                 config.admission.per_principal_per_second,
                 config.admission.per_principal_burst,

@@ -1,17 +1,20 @@
 //! Bearer tokens (HS256-signed JWTs) and the server layer that admits every RPC except
 //! health and reflection: load shedding, authentication, per-principal rate limits.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sspm_rules::PrincipalId;
 use tonic::Status;
+use tonic::body::Body;
 
 use crate::config::AuthConfig;
 use crate::metrics::RpcMetrics;
@@ -67,6 +70,8 @@ struct Claims {
     aud: String,
     exp: u64,
     iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
     kind: PrincipalKind,
 }
 
@@ -100,11 +105,14 @@ impl From<TokenError> for Status {
     }
 }
 
-/// Verifies tokens with the current key and any previous keys (rotation).
+/// Verifies tokens with the current key and any previous keys (rotation): signature,
+/// issuer, audience, `exp` and `nbf` (within `auth.clock_leeway_seconds`), an `iat` not in
+/// the future, and a lifetime (`exp` − `iat`) of at most `auth.max_token_lifetime_seconds`.
 #[derive(Clone)]
 pub struct TokenVerifier {
     keys: Arc<[DecodingKey]>,
     validation: Validation,
+    max_lifetime: u64,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -124,8 +132,28 @@ impl TokenVerifier {
         validation.set_issuer(&[&cfg.issuer]);
         validation.set_audience(&[&cfg.audience]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        validation.leeway = 30;
-        Self { keys, validation }
+        validation.validate_nbf = true;
+        validation.leeway = cfg.clock_leeway_seconds;
+        Self {
+            keys,
+            validation,
+            max_lifetime: cfg.max_token_lifetime_seconds,
+        }
+    }
+
+    /// The checks on `iat` that the JWT library does not make.
+    fn check_lifetime(&self, claims: &Claims) -> Result<(), TokenError> {
+        if claims.iat > now() + self.validation.leeway {
+            return Err(TokenError::Invalid("issued in the future (iat)".into()));
+        }
+        let lifetime = claims.exp.saturating_sub(claims.iat);
+        if lifetime > self.max_lifetime {
+            return Err(TokenError::Invalid(format!(
+                "its lifetime ({lifetime} s from iat to exp) exceeds the {} s SSPM accepts",
+                self.max_lifetime
+            )));
+        }
+        Ok(())
     }
 
     /// Verifies a raw token.
@@ -135,6 +163,7 @@ impl TokenVerifier {
         for key in self.keys.iter() {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
                 Ok(data) => {
+                    self.check_lifetime(&data.claims)?;
                     let id = PrincipalId::parse(&data.claims.sub)
                         .map_err(|e| TokenError::Invalid(format!("subject: {e}")))?;
                     return Ok(Principal {
@@ -150,6 +179,7 @@ impl TokenVerifier {
                 Err(e) => {
                     return Err(match e.kind() {
                         ErrorKind::ExpiredSignature => TokenError::Expired,
+                        ErrorKind::ImmatureSignature => TokenError::Invalid("not valid yet (nbf)".into()),
                         ErrorKind::InvalidAudience => TokenError::Invalid("wrong audience".into()),
                         ErrorKind::InvalidIssuer => TokenError::Invalid("wrong issuer".into()),
                         ErrorKind::MissingRequiredClaim(c) => TokenError::Invalid(format!("missing claim {c}")),
@@ -206,6 +236,7 @@ impl TokenMinter {
             aud: self.audience.clone(),
             exp: iat + ttl_seconds,
             iat,
+            nbf: None,
             kind,
         };
         // HS256 encoding of a plain struct cannot fail.
@@ -220,16 +251,29 @@ pub fn is_public_path(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
-/// Tower layer that admits every RPC except [`is_public_path`] ones: sheds it with
-/// UNAVAILABLE when the server has its maximum of calls in flight, else authenticates it
-/// (UNAUTHENTICATED if it can't), refuses it with RESOURCE_EXHAUSTED when its principal is
-/// over its rate limit, and puts the [`Principal`] into the request's extensions.
+/// Tower layer that admits every RPC except [`is_public_path`] ones, in this order:
+/// authenticates it (UNAUTHENTICATED if it can't); refuses it with RESOURCE_EXHAUSTED when
+/// its principal is over its rate limit or already has its share of calls under way; waits
+/// for its request message, within a deadline and a size (DEADLINE_EXCEEDED,
+/// RESOURCE_EXHAUSTED); sheds it with UNAVAILABLE when the server has its maximum of calls
+/// being served; and puts the [`Principal`] into the request's extensions. A call holds a
+/// server-wide slot only once its message is there, so callers that send headers and no
+/// message hold nothing but their own share (README, "Bounds on callers").
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: TokenVerifier,
     metrics: Option<RpcMetrics>,
     in_flight: Option<InFlight>,
+    per_principal: Option<PerPrincipal>,
     rate_limits: Option<RateLimits>,
+    request: RequestLimits,
+}
+
+/// What a call's request message may take.
+#[derive(Debug, Clone, Copy)]
+struct RequestLimits {
+    max_bytes: usize,
+    timeout: Duration,
 }
 
 /// Per-principal rate limits (GCRA, one state per user principal); service principals are
@@ -286,21 +330,71 @@ impl RateLimits {
     }
 }
 
-/// The bound on calls in flight: a permit per call, until its response starts.
+/// The bound on calls being served: a permit per call, from the arrival of its request
+/// message until its response starts.
 #[derive(Debug, Clone)]
 struct InFlight {
     permits: Arc<tokio::sync::Semaphore>,
     max: usize,
 }
 
+/// The bound on one user principal's calls under way: a count per principal that has any,
+/// so the table holds at most one entry per call under way.
+#[derive(Debug, Clone)]
+struct PerPrincipal {
+    counts: Arc<Mutex<HashMap<PrincipalId, usize>>>,
+    max: usize,
+}
+
+/// One call counted in [`PerPrincipal`], until dropped.
+#[derive(Debug)]
+struct PrincipalSlot {
+    counts: Arc<Mutex<HashMap<PrincipalId, usize>>>,
+    id: PrincipalId,
+}
+
+impl PerPrincipal {
+    /// A slot for a call of `principal`; `None` when it has its maximum under way.
+    fn acquire(&self, principal: &Principal) -> Option<PrincipalSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(principal.id.clone()).or_default();
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(PrincipalSlot {
+            counts: self.counts.clone(),
+            id: principal.id.clone(),
+        })
+    }
+}
+
+impl Drop for PrincipalSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.id);
+            }
+        }
+    }
+}
+
 impl AuthLayer {
     /// A layer verifying with `verifier` and recording every RPC in `metrics`, if given.
     pub fn new(verifier: TokenVerifier, metrics: Option<RpcMetrics>) -> Self {
+        let defaults = crate::config::ServerLimits::default();
         Self {
             verifier,
             metrics,
             in_flight: None,
+            per_principal: None,
             rate_limits: None,
+            request: RequestLimits {
+                max_bytes: defaults.max_request_bytes,
+                timeout: Duration::from_millis(defaults.request_message_timeout_ms),
+            },
         }
     }
 
@@ -310,12 +404,27 @@ impl AuthLayer {
         self
     }
 
-    /// Sheds calls beyond `max` in flight at once (0: no bound).
+    /// Sheds calls beyond `max` being served at once (0: no bound).
     pub fn with_max_in_flight(mut self, max: usize) -> Self {
         self.in_flight = (max > 0).then(|| InFlight {
             permits: Arc::new(tokio::sync::Semaphore::new(max)),
             max,
         });
+        self
+    }
+
+    /// Refuses a user principal's calls beyond `max` under way at once (0: no bound).
+    pub fn with_per_principal_in_flight(mut self, max: usize) -> Self {
+        self.per_principal = (max > 0).then(|| PerPrincipal {
+            counts: Arc::default(),
+            max,
+        });
+        self
+    }
+
+    /// Request messages of at most `max_bytes`, arriving within `timeout` of the headers.
+    pub fn with_request_limits(mut self, max_bytes: usize, timeout: Duration) -> Self {
+        self.request = RequestLimits { max_bytes, timeout };
         self
     }
 }
@@ -326,10 +435,7 @@ impl<S> tower::Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthService {
             inner,
-            verifier: self.verifier.clone(),
-            metrics: self.metrics.clone(),
-            in_flight: self.in_flight.clone(),
-            rate_limits: self.rate_limits.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -338,24 +444,40 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct AuthService<S> {
     inner: S,
-    verifier: TokenVerifier,
-    metrics: Option<RpcMetrics>,
-    in_flight: Option<InFlight>,
-    rate_limits: Option<RateLimits>,
+    layer: AuthLayer,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+/// The request with its message read in full, within `limits`; the status to end the call
+/// with otherwise.
+async fn read_message(req: http::Request<Body>, limits: RequestLimits) -> Result<http::Request<Body>, Status> {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, limits.max_bytes);
+    match tokio::time::timeout(limits.timeout, limited.collect()).await {
+        Err(_) => Err(crate::error::request_message_timeout(limits.timeout)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(crate::error::request_too_large(limits.max_bytes))
+        }
+        Ok(Err(e)) => Err(Status::cancelled(format!("the request message could not be read: {e}"))),
+        // gRPC requests carry no trailers.
+        Ok(Ok(collected)) => Ok(http::Request::from_parts(
+            parts,
+            Body::new(http_body_util::Full::new(collected.to_bytes())),
+        )),
+    }
+}
+
+impl<S> tower::Service<http::Request<Body>> for AuthService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
-    type Response = http::Response<tonic::body::Body>;
+    type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Self::Response, Infallible>>;
 
@@ -363,14 +485,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         // The clone is ready only after poll_ready; call the instance that was polled.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let verifier = self.verifier.clone();
-        let metrics = self.metrics.clone();
-        let in_flight = self.in_flight.clone();
-        let rate_limits = self.rate_limits.clone();
+        let layer = self.layer.clone();
+        // The call counts as open on its connection until its response body is done, so
+        // the connection is not idle meanwhile (conn.rs).
+        let open_on_conn = crate::conn::conn_info(&req).map(|c| c.activity.call());
         // tonic calls layers before it enters the RPC's span and polls their futures inside
         // it: verify in the future, so the span is the current one.
         Box::pin(async move {
@@ -378,43 +500,65 @@ where
             let span = tracing::Span::current();
             let record = |path: &str, code: i32| {
                 span.record("rpc.grpc.status_code", code);
-                if let Some(m) = &metrics {
+                if let Some(m) = &layer.metrics {
                     m.record(path, code, started.elapsed());
                 }
             };
+            // Held until the response starts.
+            let mut _principal_slot = None;
             let mut _permit = None;
             let mut call = None;
-            if !is_public_path(req.uri().path()) {
-                if let Some(limit) = &in_flight {
+            // A Uri clone shares its bytes: no copy of the path per call.
+            let uri = req.uri().clone();
+            let path = uri.path();
+            if !is_public_path(path) {
+                let principal = match layer.verifier.verify_headers(req.headers()) {
+                    Ok(principal) => principal,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "unauthenticated call refused");
+                        record(path, tonic::Code::Unauthenticated as i32);
+                        return Ok(Status::from(e).into_http());
+                    }
+                };
+                span.record("enduser.id", principal.id.as_str());
+                if let Some(Err(refused)) = layer.rate_limits.as_ref().map(|l| l.check(&principal)) {
+                    tracing::debug!(path, "refused: over the principal's rate limit");
+                    record(path, refused.code() as i32);
+                    return Ok(refused.into_http());
+                }
+                if principal.kind == PrincipalKind::User
+                    && let Some(per) = &layer.per_principal
+                {
+                    match per.acquire(&principal) {
+                        Some(slot) => _principal_slot = Some(slot),
+                        None => {
+                            tracing::debug!(path, "refused: the principal has its share under way");
+                            record(path, tonic::Code::ResourceExhausted as i32);
+                            return Ok(crate::error::too_many_in_flight(principal.id.as_str(), per.max).into_http());
+                        }
+                    }
+                }
+                req = match read_message(req, layer.request).await {
+                    Ok(req) => req,
+                    Err(refused) => {
+                        tracing::debug!(path, status = %refused.message(), "request message refused");
+                        record(path, refused.code() as i32);
+                        return Ok(refused.into_http());
+                    }
+                };
+                if let Some(limit) = &layer.in_flight {
                     match limit.permits.clone().try_acquire_owned() {
                         Ok(permit) => _permit = Some(permit),
                         Err(_) => {
-                            tracing::debug!(path = req.uri().path(), "shed: at capacity");
-                            record(req.uri().path(), tonic::Code::Unavailable as i32);
+                            tracing::debug!(path, "shed: at capacity");
+                            record(path, tonic::Code::Unavailable as i32);
                             return Ok(crate::error::overloaded(limit.max).into_http());
                         }
                     }
                 }
-                match verifier.verify_headers(req.headers()) {
-                    Ok(principal) => {
-                        span.record("enduser.id", principal.id.as_str());
-                        if let Some(Err(refused)) = rate_limits.as_ref().map(|l| l.check(&principal)) {
-                            tracing::debug!(path = req.uri().path(), "refused: over the principal's rate limit");
-                            record(req.uri().path(), refused.code() as i32);
-                            return Ok(refused.into_http());
-                        }
-                        call = Some(crate::audit::CallContext::of(&principal, req.headers()));
-                        req.extensions_mut().insert(principal);
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, path = req.uri().path(), "unauthenticated call refused");
-                        record(req.uri().path(), tonic::Code::Unauthenticated as i32);
-                        return Ok(Status::from(e).into_http());
-                    }
-                }
+                call = Some(crate::audit::CallContext::of(&principal, req.headers()));
+                req.extensions_mut().insert(principal);
             }
-            // A Uri clone shares its bytes: no copy of the path per call.
-            let uri = req.uri().clone();
             // The handler runs in the call's context: who and which trace, for the audit trail.
             let mut response = match call {
                 Some(call) => call.scope(inner.call(req)).await?,
@@ -428,7 +572,7 @@ where
                 .as_ref()
                 .and_then(crate::error::malformed_request)
             {
-                tracing::debug!(path = uri.path(), status = %fault.message(), "malformed request refused");
+                tracing::debug!(path, status = %fault.message(), "malformed request refused");
                 response = fault.into_http();
             }
             // Errors answered at once carry grpc-status in the headers; otherwise it comes
@@ -439,8 +583,17 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .unwrap_or(0);
-            record(uri.path(), code);
-            Ok(response)
+            record(path, code);
+            Ok(match open_on_conn {
+                Some(open) => response.map(|body| {
+                    use http_body_util::BodyExt as _;
+                    Body::new(body.map_frame(move |frame| {
+                        let _open = &open;
+                        frame
+                    }))
+                }),
+                None => response,
+            })
         })
     }
 }
@@ -502,10 +655,50 @@ mod tests {
             aud: c.audience.clone(),
             exp: now() - 120,
             iat: now() - 180,
+            nbf: None,
             kind: PrincipalKind::User,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &minter.key).unwrap();
         assert_eq!(TokenVerifier::new(&c).verify(&token), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn nbf_iat_and_the_lifetime_are_checked() {
+        let c = AuthConfig::default();
+        let minter = TokenMinter::new(&c);
+        let verifier = TokenVerifier::new(&c);
+        let sign = |iat: u64, exp: u64, nbf: Option<u64>| {
+            let claims = Claims {
+                sub: "alice".into(),
+                iss: c.issuer.clone(),
+                aud: c.audience.clone(),
+                exp,
+                iat,
+                nbf,
+                kind: PrincipalKind::User,
+            };
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &minter.key).unwrap()
+        };
+        let t = now();
+        assert!(verifier.verify(&sign(t, t + 60, Some(t))).is_ok());
+        // Within the leeway (5 s by default): accepted; beyond it: refused.
+        assert!(verifier.verify(&sign(t, t + 60, Some(t + 3))).is_ok());
+        assert_eq!(
+            verifier.verify(&sign(t, t + 600, Some(t + 120))),
+            Err(TokenError::Invalid("not valid yet (nbf)".into()))
+        );
+        assert_eq!(
+            verifier.verify(&sign(t + 120, t + 600, None)),
+            Err(TokenError::Invalid("issued in the future (iat)".into()))
+        );
+        let long = verifier.verify(&sign(t, t + 86_401, None)).unwrap_err();
+        assert!(
+            matches!(&long, TokenError::Invalid(m) if m.contains("lifetime")),
+            "{long:?}"
+        );
+        assert!(verifier.verify(&sign(t, t + 86_400, None)).is_ok());
+        // A token expired a few seconds ago is refused: the leeway is small.
+        assert_eq!(verifier.verify(&sign(t - 100, t - 10, None)), Err(TokenError::Expired));
     }
 
     #[test]
@@ -551,8 +744,8 @@ mod tests {
         gate: Arc<tokio::sync::Semaphore>,
     }
 
-    impl tower::Service<http::Request<()>> for Gated {
-        type Response = http::Response<tonic::body::Body>;
+    impl tower::Service<http::Request<Body>> for Gated {
+        type Response = http::Response<Body>;
         type Error = Infallible;
         type Future = BoxFuture<Result<Self::Response, Infallible>>;
 
@@ -560,19 +753,19 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, req: http::Request<()>) -> Self::Future {
+        fn call(&mut self, req: http::Request<Body>) -> Self::Future {
             let gate = self.gate.clone();
             let waits = !req.uri().path().starts_with("/grpc.health.v1.Health/");
             Box::pin(async move {
                 if waits && let Ok(pass) = gate.acquire().await {
                     pass.forget();
                 }
-                Ok(http::Response::new(tonic::body::Body::empty()))
+                Ok(http::Response::new(Body::empty()))
             })
         }
     }
 
-    fn grpc_status(response: &http::Response<tonic::body::Body>) -> Option<i32> {
+    fn grpc_status(response: &http::Response<Body>) -> Option<i32> {
         response.headers().get("grpc-status")?.to_str().ok()?.parse().ok()
     }
 
@@ -586,7 +779,7 @@ mod tests {
             http::Request::builder()
                 .uri(format!("http://sspm{path}"))
                 .header("authorization", format!("Bearer {token}"))
-                .body(())
+                .body(Body::empty())
                 .unwrap()
         };
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -597,10 +790,10 @@ mod tests {
         // Two calls are under way (held by the handler) ...
         let first = tokio::spawn(svc.call(call("/sspm.v1.TicketingService/GetCase")));
         let second = tokio::spawn(svc.call(call("/sspm.v1.TicketingService/GetCase")));
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         // ... so a third is refused at once, with the reason and when to retry.
         let shed = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
+            Duration::from_secs(1),
             svc.call(call("/sspm.v1.TicketingService/GetCase")),
         )
         .await
@@ -635,7 +828,7 @@ mod tests {
             http::Request::builder()
                 .uri("http://sspm/sspm.v1.PortRequestService/GetPortLimits")
                 .header("authorization", format!("Bearer {token}"))
-                .body(())
+                .body(Body::empty())
                 .unwrap()
         };
         let noisy = minter.mint(&alice(), PrincipalKind::User, 60);
@@ -665,7 +858,7 @@ mod tests {
         assert_eq!(details.error_info().unwrap().reason, "RATE_LIMITED");
         let wait = details.retry_info().unwrap().retry_delay.unwrap();
         assert!(
-            wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(1),
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
             "the next token is due within a second: {wait:?}"
         );
 

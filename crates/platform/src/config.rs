@@ -75,6 +75,101 @@ pub struct SspmConfig {
     pub ticketing: TicketingConfig,
     /// The admin HTTP port of every service (`GET /metrics`).
     pub admin: AdminConfig,
+    /// Connection, HTTP/2 and request bounds of every service's gRPC port.
+    pub server: ServerLimits,
+}
+
+/// Bounds of each gRPC listener, after Envoy's edge-proxy recommendations (README,
+/// "Bounds on callers"): what one connection, one stream and one request may hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// Connections open at once per listener; one more is accepted and closed at once (the
+    /// caller can try another replica), so the process never runs out of file descriptors.
+    pub max_connections: usize,
+    /// Streams (calls) open at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window of a stream, in bytes: what a caller may send ahead.
+    pub initial_stream_window_bytes: u32,
+    /// HTTP/2 flow-control window of a connection, in bytes.
+    pub initial_connection_window_bytes: u32,
+    /// Largest header block of a request, in bytes (path, token and metadata).
+    pub max_header_list_bytes: u32,
+    /// Largest request message, in bytes; a larger one is refused with RESOURCE_EXHAUSTED.
+    pub max_request_bytes: usize,
+    /// How long a call may take to send its request message after its headers, in
+    /// milliseconds; a slower one is ended with DEADLINE_EXCEEDED and frees what it held.
+    pub request_message_timeout_ms: u64,
+    /// Interval of HTTP/2 PINGs on a connection, in milliseconds (0: none).
+    pub keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is closed, in milliseconds.
+    pub keepalive_timeout_ms: u64,
+    /// A connection with no call open for this long is closed, in milliseconds (0: never).
+    pub idle_timeout_ms: u64,
+    /// Age at which a connection is asked to go away (HTTP/2 GOAWAY: the caller opens a new
+    /// one, perhaps to another replica), in milliseconds (0: never).
+    pub max_connection_age_ms: u64,
+    /// How long calls may finish after that before the connection is closed, in milliseconds.
+    pub max_connection_age_grace_ms: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_concurrent_streams: 100,
+            initial_stream_window_bytes: 64 * 1024,
+            initial_connection_window_bytes: 1024 * 1024,
+            max_header_list_bytes: 16 * 1024,
+            max_request_bytes: 1024 * 1024,
+            request_message_timeout_ms: 10_000,
+            keepalive_interval_ms: 60_000,
+            keepalive_timeout_ms: 20_000,
+            idle_timeout_ms: 300_000,
+            max_connection_age_ms: 1_800_000,
+            max_connection_age_grace_ms: 60_000,
+        }
+    }
+}
+
+impl ServerLimits {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be positive"));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(invalid("server.max_concurrent_streams", "must be positive"));
+        }
+        // HTTP/2 (RFC 9113 §6.5.2): windows of at least the default 65,535 bytes keep
+        // ordinary messages flowing, and at most 2^31-1.
+        for (key, v) in [
+            ("server.initial_stream_window_bytes", self.initial_stream_window_bytes),
+            (
+                "server.initial_connection_window_bytes",
+                self.initial_connection_window_bytes,
+            ),
+        ] {
+            if !(65_535..=0x7fff_ffff).contains(&v) {
+                return Err(invalid(key, "must be between 65535 and 2147483647"));
+            }
+        }
+        if self.max_header_list_bytes < 4_096 {
+            return Err(invalid("server.max_header_list_bytes", "must be at least 4096"));
+        }
+        if self.max_request_bytes < 4_096 {
+            return Err(invalid("server.max_request_bytes", "must be at least 4096"));
+        }
+        if self.request_message_timeout_ms == 0 {
+            return Err(invalid("server.request_message_timeout_ms", "must be positive"));
+        }
+        if self.keepalive_interval_ms > 0 && self.keepalive_timeout_ms == 0 {
+            return Err(invalid(
+                "server.keepalive_timeout_ms",
+                "must be positive when keepalive_interval_ms is set",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The admin HTTP port (`GET /metrics`): it shows per-cluster budgets and counts, so it is
@@ -109,8 +204,9 @@ impl std::fmt::Debug for AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdmissionConfig {
-    /// Calls under way at once (until their response starts; health and reflection are not
-    /// counted); more are refused at once with UNAVAILABLE. 0: no bound.
+    /// Calls being served at once (from the arrival of their request message until their
+    /// response starts; health and reflection are not counted); more are refused at once
+    /// with UNAVAILABLE. 0: no bound.
     pub max_in_flight: usize,
     /// Calls per second each user principal may make to this service, sustained; more are
     /// refused with RESOURCE_EXHAUSTED and the time to retry. SSPM's own services (service
@@ -119,6 +215,11 @@ pub struct AdmissionConfig {
     pub per_principal_per_second: u32,
     /// Calls a user principal may make at once beyond its sustained rate (the bucket size).
     pub per_principal_burst: u32,
+    /// Calls one user principal may have under way at once, from its headers until its
+    /// response starts (including the wait for its request message); more are refused at
+    /// once with RESOURCE_EXHAUSTED, so one caller cannot hold the others' share of
+    /// `max_in_flight`. SSPM's own services are not bound. 0: no bound.
+    pub per_principal_max_in_flight: usize,
 }
 
 impl Default for AdmissionConfig {
@@ -127,6 +228,7 @@ impl Default for AdmissionConfig {
             max_in_flight: 1_000,
             per_principal_per_second: 100,
             per_principal_burst: 200,
+            per_principal_max_in_flight: 64,
         }
     }
 }
@@ -145,6 +247,11 @@ pub struct AuthConfig {
     pub audience: String,
     /// Lifetime of tokens minted by `sspm token`, in seconds.
     pub token_ttl_seconds: u64,
+    /// Longest lifetime (`exp` − `iat`) of a token SSPM accepts, in seconds: a token minted
+    /// to last longer is refused, whoever signed it.
+    pub max_token_lifetime_seconds: u64,
+    /// Clock difference tolerated when checking `exp`, `nbf` and `iat`, in seconds.
+    pub clock_leeway_seconds: u64,
     /// Principals the authorization service registers as account representatives at
     /// start-up (the bootstrap of administration; further grants go through the API).
     pub account_representatives: Vec<String>,
@@ -162,6 +269,8 @@ impl std::fmt::Debug for AuthConfig {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("token_ttl_seconds", &self.token_ttl_seconds)
+            .field("max_token_lifetime_seconds", &self.max_token_lifetime_seconds)
+            .field("clock_leeway_seconds", &self.clock_leeway_seconds)
             .field("account_representatives", &self.account_representatives)
             .finish()
     }
@@ -175,6 +284,8 @@ impl Default for AuthConfig {
             issuer: "sspm".to_owned(),
             audience: "sspm".to_owned(),
             token_ttl_seconds: 3_600,
+            max_token_lifetime_seconds: 86_400,
+            clock_leeway_seconds: 5,
             account_representatives: Vec::new(),
         }
     }
@@ -443,6 +554,7 @@ impl Default for SspmConfig {
             admission: AdmissionConfig::default(),
             ticketing: TicketingConfig::default(),
             admin: AdminConfig::default(),
+            server: ServerLimits::default(),
         }
     }
 }
@@ -512,8 +624,21 @@ impl SspmConfig {
         if self.auth.token_ttl_seconds == 0 {
             return Err(invalid("auth.token_ttl_seconds", "must be positive"));
         }
+        if self.auth.max_token_lifetime_seconds < 300 {
+            return Err(invalid("auth.max_token_lifetime_seconds", "must be at least 300"));
+        }
+        if self.auth.token_ttl_seconds > self.auth.max_token_lifetime_seconds {
+            return Err(invalid(
+                "auth.token_ttl_seconds",
+                "must not exceed auth.max_token_lifetime_seconds (such tokens would be refused)",
+            ));
+        }
+        if self.auth.clock_leeway_seconds > 300 {
+            return Err(invalid("auth.clock_leeway_seconds", "must be at most 300"));
+        }
         self.price()?;
         self.ticketing.validate()?;
+        self.server.validate()?;
         if !self.admin.bearer_token.is_empty() && self.admin.bearer_token.len() < 32 {
             return Err(invalid(
                 "admin.bearer_token",

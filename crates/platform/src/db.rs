@@ -12,6 +12,10 @@ use sea_orm_migration::MigratorTrait;
 
 /// Connects to `url`: `sqlite://path/file.db?mode=rwc` (the directory is created, WAL and a
 /// busy timeout are enabled) or `postgres://user@host/db`.
+///
+/// SQLite runs with `synchronous=FULL`: in WAL mode every commit syncs the WAL before it
+/// returns, so a transaction a caller was told about survives a power loss or an OS crash
+/// (with `NORMAL` the last commits may roll back; RELIABILITY.md, "Durability").
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
@@ -27,7 +31,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         }
         opts.map_sqlx_sqlite_opts(|o| {
             o.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
                 .pragma("mmap_size", SQLITE_MMAP_BYTES)

@@ -117,6 +117,52 @@ pub fn rate_limited(principal: &str, per_second: u32, wait: std::time::Duration)
     )
 }
 
+/// RESOURCE_EXHAUSTED: `principal` already has `max` calls under way; one can be made as
+/// soon as one of those ends.
+pub fn too_many_in_flight(principal: &str, max: usize) -> Status {
+    retry_later(
+        Code::ResourceExhausted,
+        "TOO_MANY_IN_FLIGHT",
+        ("per_principal_max_in_flight", max.to_string()),
+        std::time::Duration::from_millis(100),
+        format!("{principal} already has {max} calls under way: wait for one to end"),
+    )
+}
+
+/// DEADLINE_EXCEEDED: a call's request message did not arrive within `timeout` of its
+/// headers.
+pub fn request_message_timeout(timeout: std::time::Duration) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        "REQUEST_MESSAGE_TIMEOUT",
+        ERROR_DOMAIN,
+        HashMap::from([("timeout_ms".to_owned(), timeout.as_millis().to_string())]),
+    );
+    Status::with_error_details(
+        Code::DeadlineExceeded,
+        format!(
+            "the request message did not arrive within {} ms of the call's headers",
+            timeout.as_millis()
+        ),
+        details,
+    )
+}
+
+/// RESOURCE_EXHAUSTED: a request message larger than `max` bytes.
+pub fn request_too_large(max: usize) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        "REQUEST_TOO_LARGE",
+        ERROR_DOMAIN,
+        HashMap::from([("max_request_bytes".to_owned(), max.to_string())]),
+    );
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("the request message is larger than {max} bytes"),
+        details,
+    )
+}
+
 /// `code` with an `ErrorInfo` (`reason`, one metadata entry) and a `RetryInfo` delay.
 fn retry_later(
     code: Code,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod authz_cache;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod db;
 pub mod error;
 pub mod metrics;

@@ -193,7 +193,10 @@ pub const UNKNOWN_METHOD: &str = "unknown";
 /// metric labels and span names are taken from, so that whatever path a caller sends, the
 /// number of series stays that of the methods served (README, "Metrics").
 #[derive(Clone, Debug, Default)]
-pub struct Methods(Arc<std::collections::HashMap<Box<str>, (Arc<str>, Arc<str>)>>);
+pub struct Methods(Arc<std::collections::HashMap<Box<str>, MethodLabels>>);
+
+/// The (service, method) labels of one path.
+type MethodLabels = (Arc<str>, Arc<str>);
 
 impl Methods {
     /// The methods of the services `names` (fully qualified, e.g. `sspm.v1.TicketingService`)

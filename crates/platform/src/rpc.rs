@@ -89,6 +89,30 @@ where
     }
 }
 
+/// A repeated enum field used as a filter: each value required and known, duplicates
+/// folded; INVALID_ARGUMENT naming `field` when it lists more values than the enum has (so
+/// a filter never grows a query beyond the enum's size, whatever a caller sends).
+pub fn enum_filter<E>(field: &str, raw: &[i32]) -> Result<Vec<E>, Status>
+where
+    E: TryFrom<i32> + PartialEq + Default,
+{
+    let known = (1..=i32::from(u8::MAX)).filter(|v| E::try_from(*v).is_ok()).count();
+    if raw.len() > known {
+        return Err(invalid(
+            field,
+            format!("lists {} values; there are only {known} to filter by", raw.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, v) in raw.iter().enumerate() {
+        let e: E = required_enum(&format!("{field}[{i}]"), *v)?;
+        if !out.contains(&e) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
 /// Default page size of list RPCs.
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
 /// Largest page size of list RPCs.
@@ -232,6 +256,7 @@ pub fn is_transient(status: &Status) -> bool {
 pub struct ServiceIdentity {
     id: PrincipalId,
     minter: TokenMinter,
+    ttl: u64,
     current: Arc<Mutex<Option<(String, SystemTime)>>>,
 }
 
@@ -244,6 +269,7 @@ impl ServiceIdentity {
         Self {
             id,
             minter: TokenMinter::new(&config.auth),
+            ttl: SERVICE_TOKEN_TTL.min(config.auth.max_token_lifetime_seconds),
             current: Arc::new(Mutex::new(None)),
         }
     }
@@ -259,8 +285,8 @@ impl ServiceIdentity {
         match &*current {
             Some((token, renew_at)) if now < *renew_at => token.clone(),
             _ => {
-                let token = self.minter.mint(&self.id, PrincipalKind::Service, SERVICE_TOKEN_TTL);
-                *current = Some((token.clone(), now + Duration::from_secs(SERVICE_TOKEN_TTL / 2)));
+                let token = self.minter.mint(&self.id, PrincipalKind::Service, self.ttl);
+                *current = Some((token.clone(), now + Duration::from_secs(self.ttl / 2)));
                 token
             }
         }
@@ -493,6 +519,22 @@ mod tests {
         for bad in ["abc", "p1.zz", "p1.a", "p1.ff"] {
             assert_eq!(page_key(bad).unwrap_err().code(), Code::InvalidArgument, "{bad}");
         }
+    }
+
+    #[test]
+    fn enum_filters_are_folded_and_bounded() {
+        use sspm_proto::v1::CaseStatus;
+        let folded: Vec<CaseStatus> = enum_filter("statuses", &[1, 2, 1, 1]).unwrap();
+        assert_eq!(
+            folded,
+            [CaseStatus::try_from(1).unwrap(), CaseStatus::try_from(2).unwrap()]
+        );
+        let e = enum_filter::<CaseStatus>("statuses", &vec![1; 40_000]).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("statuses"), "{e:?}");
+        let e = enum_filter::<CaseStatus>("statuses", &[1, 99]).unwrap_err();
+        assert!(e.message().contains("statuses[1]"), "{e:?}");
+        assert!(enum_filter::<CaseStatus>("statuses", &[0]).is_err(), "unspecified");
     }
 
     #[test]

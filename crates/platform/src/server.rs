@@ -5,17 +5,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use opentelemetry::global;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::{AuthLayer, RateLimits, TokenVerifier};
+use crate::config::ServerLimits;
+use crate::conn::ConnLimits;
 use crate::metrics::{Methods, RpcMetrics, UNKNOWN_METHOD};
 use crate::telemetry::HeaderExtractor;
 
@@ -27,6 +28,8 @@ pub struct ServiceServer {
     metrics: Option<RpcMetrics>,
     max_in_flight: usize,
     rate_limits: Option<RateLimits>,
+    per_principal_in_flight: usize,
+    limits: ServerLimits,
     tls: Option<Arc<rustls::ServerConfig>>,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
@@ -57,6 +60,8 @@ impl ServiceServer {
             metrics: None,
             max_in_flight: 0,
             rate_limits: None,
+            per_principal_in_flight: 0,
+            limits: ServerLimits::default(),
             tls: None,
             routes: RoutesBuilder::default(),
             services: Vec::new(),
@@ -80,6 +85,19 @@ impl ServiceServer {
     /// limit).
     pub fn with_rate_limits(mut self, limits: Option<RateLimits>) -> Self {
         self.rate_limits = limits;
+        self
+    }
+
+    /// Refuses a user principal's calls beyond `max` under way at once with
+    /// RESOURCE_EXHAUSTED (0: no bound).
+    pub fn with_per_principal_in_flight(mut self, max: usize) -> Self {
+        self.per_principal_in_flight = max;
+        self
+    }
+
+    /// Bounds connections, HTTP/2 and request messages by `limits`.
+    pub fn with_limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -177,30 +195,43 @@ impl ServiceServer {
             }
             tracing::info!(service = name, "shutting down: no new calls, finishing in-flight ones");
         };
-        let router = tonic::transport::Server::builder()
+        let limits = &self.limits;
+        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .initial_stream_window_size(limits.initial_stream_window_bytes)
+            .initial_connection_window_size(limits.initial_connection_window_bytes)
+            .http2_max_header_list_size(limits.max_header_list_bytes)
+            .http2_keepalive_interval(ms(limits.keepalive_interval_ms))
+            .http2_keepalive_timeout(ms(limits.keepalive_timeout_ms));
+        if let Some(age) = ms(limits.max_connection_age_ms) {
+            // GOAWAY at this age; the connection itself closes after the grace (conn.rs).
+            builder = builder.max_connection_age(age);
+        }
+        let router = builder
             .trace_fn(move |req| rpc_span(&methods, req))
             .layer(
                 AuthLayer::new(self.verifier, metrics)
                     .with_max_in_flight(self.max_in_flight)
-                    .with_rate_limits(self.rate_limits),
+                    .with_per_principal_in_flight(self.per_principal_in_flight)
+                    .with_rate_limits(self.rate_limits)
+                    .with_request_limits(
+                        limits.max_request_bytes,
+                        Duration::from_millis(limits.request_message_timeout_ms),
+                    ),
             )
             .add_routes(routes.routes());
+        let conns = ConnLimits::new(limits);
         match self.tls {
             Some(config) => {
                 router
-                    .serve_with_incoming_shutdown(crate::tls::incoming(self.listener, config), shutdown)
+                    .serve_with_incoming_shutdown(crate::tls::incoming(self.listener, config, conns), shutdown)
                     .await?
             }
             None => {
-                // Without TCP_NODELAY a response written in several pieces (headers, then
-                // data) waits for the peer's delayed ACK: 40 ms per call. tonic sets it only
-                // on listeners it binds itself.
-                let incoming = TcpListenerStream::new(self.listener).map(|accepted| {
-                    accepted.inspect(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    })
-                });
-                router.serve_with_incoming_shutdown(incoming, shutdown).await?
+                router
+                    .serve_with_incoming_shutdown(crate::conn::incoming(self.listener, conns), shutdown)
+                    .await?
             }
         }
         tracing::info!(service = name, "stopped");

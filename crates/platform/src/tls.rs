@@ -12,7 +12,10 @@ use anyhow::Context;
 use rustls::crypto::{CryptoProvider, ring};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tonic::transport::server::Connected as _;
+
+use crate::conn::{Bounded, ConnLimits, accept_loop};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -83,42 +86,36 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> anyhow::Result<Arc<ru
     Ok(Arc::new(config))
 }
 
-/// The connections of `listener`, each after its TLS handshake. Handshakes run
-/// concurrently (a slow client does not hold up the others) and a failed one is logged and
-/// dropped. Accepting stops, and the listener closes, when the stream is dropped.
+/// The connections of `listener`, each [`Bounded`] by `limits` and then after its TLS
+/// handshake. Handshakes run concurrently (a slow client does not hold up the others) and
+/// a failed one is logged and dropped. Accepting stops, and the listener closes, when the
+/// stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    limits: ConnLimits,
+) -> ReceiverStream<std::io::Result<TlsStream<Bounded>>> {
     let acceptor = TlsAcceptor::from(config);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = tx.closed() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+        let closed = tx.clone();
+        tokio::select! {
+            () = closed.closed() => {}
+            () = accept_loop(listener, limits, |tcp| {
+                let acceptor = acceptor.clone();
+                let to_server = tx.clone();
+                tokio::spawn(async move {
+                    let peer = tcp.connect_info().tcp.remote_addr;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = to_server.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake refused"),
+                        Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
+                });
+                !tx.is_closed()
+            }) => {}
         }
     });
     ReceiverStream::new(rx)

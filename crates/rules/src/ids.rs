@@ -135,8 +135,15 @@ impl fmt::Display for ClusterName {
     }
 }
 
+/// The Unicode `Bidi_Control` characters: marks, embeddings, overrides and isolates. In
+/// text shown to someone deciding ("Approve: U+202E TCEJER") they reorder what is read.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Free text written by a person (a justification, a reason, a comment): trimmed, 1 to
-/// `max` characters, no control characters other than newline and tab.
+/// `max` characters, no control characters other than newline and tab, and no
+/// bidirectional formatting characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Text(String);
 
@@ -160,6 +167,12 @@ impl Text {
         }
         if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
             return Err(InvalidValue(format!("{what} contains control characters")));
+        }
+        if let Some(c) = trimmed.chars().find(|c| is_bidi_control(*c)) {
+            return Err(InvalidValue(format!(
+                "{what} contains the bidirectional formatting character U+{:04X}, which can make text read differently from what it says",
+                u32::from(c)
+            )));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -213,6 +226,24 @@ impl fmt::Display for CaseNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_refuses_controls_and_bidirectional_formatting() {
+        assert!(Text::parse("Holiday campaign\n\tline two — ok ✓", "justification").is_ok());
+        for bad in [
+            "Approve: \u{202E}TCEJER\u{202C}",
+            "a\u{2066}b\u{2069}",
+            "left\u{200F}",
+            "bell\u{7}",
+            "c1\u{85}next",
+            "nul\u{0}",
+        ] {
+            let e = Text::parse(bad, "justification").unwrap_err();
+            assert!(e.0.starts_with("justification contains"), "{bad:?}: {e}");
+        }
+        let e = Text::parse("x\u{202E}", "reason").unwrap_err();
+        assert!(e.0.contains("U+202E"), "{e}");
+    }
 
     #[test]
     fn errors_quote_at_most_64_characters_of_the_input() {

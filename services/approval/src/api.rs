@@ -8,8 +8,8 @@ use std::time::Duration;
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
 use sspm_platform::error::{self, db, not_found, permission_denied};
 use sspm_platform::rpc::{
-    Authz, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at, require_service, required_enum,
-    time_id_key, timestamp, timestamp_opt,
+    Authz, enum_filter, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at, require_service,
+    required_enum, time_id_key, timestamp, timestamp_opt,
 };
 use sspm_platform::{Draining, caller};
 use sspm_proto::v1 as pb;
@@ -326,11 +326,10 @@ impl ApprovalService for ApprovalApi {
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
         let after = page_time_id(&req.page_token)?;
-        let mut states = Vec::new();
-        for (i, raw) in req.states.iter().enumerate() {
-            let s: pb::ApprovalTaskState = required_enum(&format!("states[{i}]"), *raw)?;
-            states.push(s.as_str_name().trim_start_matches("APPROVAL_TASK_STATE_"));
-        }
+        let states: Vec<&str> = enum_filter::<pb::ApprovalTaskState>("states", &req.states)?
+            .into_iter()
+            .map(|s| s.as_str_name().trim_start_matches("APPROVAL_TASK_STATE_"))
+            .collect();
         let cluster = if req.cluster.is_empty() {
             None
         } else {

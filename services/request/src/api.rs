@@ -8,7 +8,7 @@ use sea_orm::sea_query::Expr;
 use sspm_platform::db::{DbErrorKind, classify};
 use sspm_platform::error::{self, db, not_found};
 use sspm_platform::rpc::{
-    invalid, micros_of, next_page_token, now_micros, page_size, page_time_id, parse_at, required_enum, time_id_key,
+    enum_filter, invalid, micros_of, next_page_token, now_micros, page_size, page_time_id, parse_at, time_id_key,
 };
 use sspm_platform::{Draining, caller};
 use sspm_proto::v1 as pb;
@@ -372,8 +372,10 @@ impl PortRequestService for RequestApi {
         let size = page_size(req.page_size)?;
         let after = page_time_id(&req.page_token)?;
         let mut states = Vec::new();
-        for (i, raw) in req.states.iter().enumerate() {
-            let s: pb::PortChangeRequestState = required_enum(&format!("states[{i}]"), *raw)?;
+        for (i, s) in enum_filter::<pb::PortChangeRequestState>("states", &req.states)?
+            .into_iter()
+            .enumerate()
+        {
             let name = s.as_str_name().trim_start_matches("PORT_CHANGE_REQUEST_STATE_");
             let state =
                 RequestState::from_name(name).ok_or_else(|| invalid(&format!("states[{i}]"), "unknown state"))?;

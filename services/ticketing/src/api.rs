@@ -302,11 +302,10 @@ impl TicketingService for TicketingApi {
             self.may_read(&caller, id.as_str()).await?;
             Some(id.to_string())
         };
-        let mut statuses = Vec::new();
-        for (i, raw) in req.statuses.iter().enumerate() {
-            let s: pb::CaseStatus = sspm_platform::rpc::required_enum(&format!("statuses[{i}]"), *raw)?;
-            statuses.push(status_name(s));
-        }
+        let statuses: Vec<_> = sspm_platform::rpc::enum_filter::<pb::CaseStatus>("statuses", &req.statuses)?
+            .into_iter()
+            .map(status_name)
+            .collect();
         let mut rows = self
             .store
             .list(bu.as_deref(), &statuses, before, size + 1)

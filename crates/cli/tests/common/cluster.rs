@@ -143,6 +143,11 @@ impl Cluster {
         self.wait_serving(key).await;
     }
 
+    /// The process id of `kind` (replica 0).
+    pub fn pid(&self, kind: ServiceKind) -> u32 {
+        self.running[&(kind, 0)].id()
+    }
+
     /// Kills `kind` with SIGKILL: no shutdown, in-flight calls and transactions cut short.
     pub fn kill(&mut self, kind: ServiceKind) {
         let mut child = self.running.remove(&(kind, 0)).expect("running");
