@@ -95,7 +95,8 @@ def clean_env():
 
 
 def container_env(site, env, database_key):
-    """The container's environment here: rewritten, its database on this machine's server."""
+    """The container's environment here: rewritten, its database on this machine's server
+    (`database_key` names the one database key it may set; "*" allows every service's)."""
     out = clean_env()
     for key, value in env.items():
         if key == "OTEL_EXPORTER_OTLP_ENDPOINT":
@@ -104,7 +105,7 @@ def container_env(site, env, database_key):
     for service, db in site.databases.items():
         key = f"SSPM__SERVICES__{service.upper()}__DATABASE_URL"
         if key in out:
-            if key != database_key:
+            if database_key != "*" and key != database_key:
                 fail(f"{site.name}: {key} is set in another service's container")
             out[key] = f"{site.postgres.rsplit('/', 1)[0]}/{db}"
     return out
@@ -117,7 +118,7 @@ def compose(site):
     """{service: (environment, command, probes)} from `docker-compose config`."""
     env = dict(os.environ, SSPM_SIGNING_KEY=site.signing_key, SSPM_DB_PASSWORD="unused-here")
     text = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "--profile", "init", "config"],
         capture_output=True, text=True, env=env, check=True,
     ).stdout
     cfg = yaml.safe_load(text)["services"]
@@ -138,6 +139,10 @@ def compose(site):
         if s["environment"].get("SSPM__SERVICES__" + service.upper() + "__DATABASE_URL", "").find(f"/{service}") < 0:
             fail(f"compose {service}: not on its own database")
         out[service] = (s["environment"], s["command"], [test[1:]])
+    init = cfg.get("init")
+    if not init or init.get("profiles") != ["init"]:
+        fail("compose: an `init` service in the `init` profile (run by hand, never by `up`)")
+    out["init"] = (init["environment"], init["command"])
     return out
 
 
@@ -200,6 +205,17 @@ def kubernetes(site):
             fail(f"kubernetes {name}: /certs must be the sspm-tls secret")
         probes = [c[p]["exec"]["command"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
         out[service] = (env, c["command"], probes)
+    job = by_kind.get("Job", {}).get("sspm-init")
+    if not job:
+        fail("kubernetes: the sspm-init Job (kustomization.yaml) that initialises new databases")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    env = dict(config)
+    for e in c["env"]:
+        ref = e["valueFrom"]["secretKeyRef"]
+        if ref["key"] not in example_keys.get(ref["name"], set()):
+            fail(f"kubernetes sspm-init: {ref} is not in secrets.example.yaml")
+        env[e["name"]] = secret_values[ref["key"]]
+    out["init"] = (env, c["command"])
     return out
 
 
@@ -219,6 +235,27 @@ def check(site, deployment, grpcurl):
     procs = {}
     logs = {}
     try:
+        # On databases without SSPM's schema, a service refuses to start and says how to
+        # initialise; then the deployment's init step initialises them.
+        env, command = deployment["init"]
+        ienv = container_env(site, env, "*")
+        first = SERVICES[0]
+        penv = container_env(site, deployment[first][0], f"SSPM__SERVICES__{first.upper()}__DATABASE_URL")
+        out = subprocess.run([str(site.bin / f"sspm-{first}")], env=penv, cwd=site.work,
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode == 0 or "sspm init" not in out.stderr:
+            fail(f"{site.name}: {first} started on an empty database: {out.stderr[-2000:]}")
+        print(f"   {first} on an empty database: refused, naming `sspm init`", flush=True)
+        if command != ["sspm", "init"]:
+            fail(f"{site.name} init: command {command}")
+        for key in (f"SSPM__SERVICES__{s.upper()}__DATABASE_URL" for s in SERVICES):
+            if key not in ienv:
+                fail(f"{site.name} init: no {key}")
+        out = subprocess.run([str(site.bin / "sspm"), "init"], env=ienv, cwd=site.work,
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            fail(f"{site.name}: sspm init: {out.stderr[-2000:]}")
+        print(f"   sspm init: {' / '.join(l.strip() for l in out.stdout.splitlines())}", flush=True)
         for service in SERVICES:
             env, command, probes = deployment[service]
             penv = container_env(site, env, f"SSPM__SERVICES__{service.upper()}__DATABASE_URL")

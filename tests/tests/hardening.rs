@@ -566,3 +566,139 @@ async fn an_oversized_request_message_is_refused() {
     assert_eq!(e.get_details_error_info().unwrap().reason, "REQUEST_TOO_LARGE");
     s.shutdown().await.unwrap();
 }
+
+/// A watch stream of `who` on `request_id`, its first message read.
+async fn watch(
+    s: &TestSystem,
+    who: &str,
+    request_id: &str,
+) -> Result<tonic::Streaming<pb::WatchPortChangeRequestResponse>, tonic::Status> {
+    let mut stream = s
+        .requests()
+        .watch_port_change_request(s.authed(
+            who,
+            pb::WatchPortChangeRequestRequest {
+                request_id: request_id.into(),
+            },
+        ))
+        .await?
+        .into_inner();
+    let first = stream.message().await?.expect("the current state first");
+    assert_eq!(first.request.unwrap().request_id, request_id);
+    Ok(stream)
+}
+
+/// Finding 4: 2,000 watch streams each polled the database every second, without a cap per
+/// user, and a stream opened before its viewer's permission was revoked delivered the next
+/// update. Now streams are bounded per principal and per process, one poller per process
+/// finds other replicas' changes for all of them, and each update is sent only to a caller
+/// still allowed to see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_are_bounded_and_end_when_their_viewer_loses_access() {
+    let s = TestSystem::start_configured(Backend::Sqlite, &[], |c| {
+        c.admission.max_watch_streams = 5;
+        c.admission.per_principal_max_watch_streams = 3;
+        c.workflow.watch_poll_ms = 200;
+    })
+    .await;
+    // A request under review on bu-classics, and one waiting for information on bu-league.
+    let review = s
+        .requests()
+        .create_port_change_request(s.authed(
+            PERCY,
+            pb::CreatePortChangeRequestRequest {
+                request_id: "w-review".into(),
+                business_unit_id: "bu-classics".into(),
+                targets: Some(pb::PortTargets {
+                    concurrent: Some(900),
+                    ..Default::default()
+                }),
+                justification: "peak season".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(review.outcome(), pb::CreateOutcome::SentToReview);
+    let waiting = s.create_concurrent(PERCY, "w-league", "bu-league", 900).await.unwrap();
+    assert_eq!(waiting.outcome(), pb::CreateOutcome::NeedsInformation);
+
+    // Percy's share: 3 streams; the fourth is refused at once.
+    let mut percys = Vec::new();
+    for _ in 0..3 {
+        percys.push(watch(&s, PERCY, "w-review").await.unwrap());
+    }
+    let e = watch(&s, PERCY, "w-league").await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(e.get_details_error_info().unwrap().reason, "TOO_MANY_WATCH_STREAMS");
+    // The process's bound: 5 in all.
+    let mut m1 = watch(&s, MARGUERITE, "w-league").await.unwrap();
+    let _m2 = watch(&s, MARGUERITE, "w-league").await.unwrap();
+    let e = watch(&s, MARGUERITE, "w-league").await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("maximum of 5"), "{e:?}");
+
+    // One poller for all five streams: a few queries a second, not one per stream.
+    let polls = |text: &str| sspm_e2e::metric(text, "sspm_watch_polls", &[]);
+    let t0 = polls(&s.scrape(ServiceKind::Request).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = s.scrape(ServiceKind::Request).await;
+    assert_eq!(sspm_e2e::metric(&after, "sspm_watch_streams", &[]), 5.0, "{after}");
+    let made = polls(&after) - t0;
+    assert!(
+        (1.0..=14.0).contains(&made),
+        "{made} poll queries in 2 s at one per 200 ms"
+    );
+
+    // A change written by another replica (straight into the database: no broadcast in
+    // this process) reaches the streams through the poller.
+    {
+        use sea_orm::ConnectionTrait as _;
+        let url = s.config.services.request.database_url.clone().unwrap();
+        let db = sspm_platform::db::connect(&url).await.unwrap();
+        db.execute_unprepared(
+            "UPDATE port_change_requests SET justification = 'from another replica', \
+             update_time = update_time + 1 WHERE request_id = 'w-league'",
+        )
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(5), m1.message())
+        .await
+        .expect("woken by the poller")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.request.unwrap().justification, "from another replica");
+
+    // Percy loses the right to see bu-classics; the review is then approved. None of his
+    // streams delivers the approval: each ends with NOT_FOUND or PERMISSION_DENIED.
+    s.authorization()
+        .revoke_permission(s.authed(
+            "rep@sspm.example",
+            pb::RevokePermissionRequest {
+                principal_id: PERCY.into(),
+                business_unit_id: "bu-classics".into(),
+                permission: pb::Permission::PortManagementView.into(),
+            },
+        ))
+        .await
+        .unwrap();
+    s.decide("netops@sspm.example", "w-review", true, "capacity is there")
+        .await;
+    for mut stream in percys {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream ends instead of waiting");
+        match next {
+            Err(e) => assert!(matches!(e.code(), Code::NotFound | Code::PermissionDenied), "{e:?}"),
+            Ok(update) => panic!("a revoked viewer got an update: {update:?}"),
+        }
+    }
+    // Closed streams free their slots.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = watch(&s, MARGUERITE, "w-league").await;
+    assert!(again.is_ok(), "{again:?}");
+    s.shutdown().await.unwrap();
+}

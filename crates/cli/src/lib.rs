@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use sspm_authorization::seed::demo;
+use sspm_platform::db::{Found, inspect};
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -46,6 +47,34 @@ pub async fn build_some(
         });
     }
     Ok(apps)
+}
+
+/// `sspm init`: creates SSPM's schema in the databases of `kinds` that have none, and
+/// leaves the others alone; what each held before. The one way to start a production
+/// deployment on empty databases (RELIABILITY.md, "Lost data").
+pub async fn init(config: &SspmConfig, kinds: &[ServiceKind]) -> anyhow::Result<Vec<(ServiceKind, Found)>> {
+    use sspm_platform::db::connect_and_migrate;
+    let mut out = Vec::new();
+    for &kind in kinds {
+        let url = config.database_url(kind);
+        let found = inspect(&url)
+            .await
+            .map_err(|e| anyhow::anyhow!("{} service: database: {e}", kind.name()))?;
+        if found != Found::Initialised {
+            let db = match kind {
+                ServiceKind::Request => connect_and_migrate::<sspm_request::migration::Migrator>(&url).await,
+                ServiceKind::Authorization => {
+                    connect_and_migrate::<sspm_authorization::migration::Migrator>(&url).await
+                }
+                ServiceKind::Approval => connect_and_migrate::<sspm_approval::migration::Migrator>(&url).await,
+                ServiceKind::Ticketing => connect_and_migrate::<sspm_ticketing::migration::Migrator>(&url).await,
+            }
+            .map_err(|e| anyhow::anyhow!("{} service: database: {e}", kind.name()))?;
+            db.close().await?;
+        }
+        out.push((kind, found));
+    }
+    Ok(out)
 }
 
 /// Serves `apps` until `shutdown` completes, then stops them all and waits for in-flight

@@ -50,6 +50,19 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
+    /// Create SSPM's schema in the services' databases that have none (a new deployment),
+    /// and leave those that have it alone. Outside the dev profile a service refuses to
+    /// start on a database without it, so that one whose data was lost is never silently
+    /// started empty: run this once when deploying, never to "fix" such a refusal (restore a
+    /// backup instead).
+    Init {
+        /// Only these services' databases (repeatable; default: all four).
+        #[arg(long = "service", value_enum)]
+        services: Vec<Service>,
+        /// Directory of the SQLite databases (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Write a development CA (ca.pem) and a certificate for the four services
     /// (services.pem, services-key.pem) into a directory, as `sspm up --tls` does; for
     /// docker-compose and local experiments, never for production.
@@ -160,6 +173,28 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!(service = kind.name(), "demo tenancy seeded");
             }
             sspm_cli::run_all(apps, sspm_platform::server::shutdown_signal()).await
+        }
+        Command::Init { services, data_dir } => {
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            let kinds: Vec<ServiceKind> = if services.is_empty() {
+                ServiceKind::ALL.to_vec()
+            } else {
+                services.into_iter().map(ServiceKind::from).collect()
+            };
+            for (kind, found) in sspm_cli::init(&config, &kinds).await? {
+                let what = match found {
+                    sspm_platform::db::Found::Initialised => "already initialised: left as it is",
+                    sspm_platform::db::Found::Nothing => "created and initialised",
+                    sspm_platform::db::Found::Empty => "was empty: initialised",
+                };
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{:<14} {what}", kind.name());
+                }
+            }
+            Ok(())
         }
         Command::Health {
             endpoint,

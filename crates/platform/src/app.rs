@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{RateLimits, TokenVerifier};
 use crate::config::{ServiceKind, SspmConfig};
+use crate::db::Found;
 use crate::metrics::Metrics;
 use crate::server::{ServiceServer, bind, shutdown_signal};
 
@@ -71,6 +72,14 @@ impl ServiceApp {
             );
         }
         let url = config.database_url(kind);
+        check_found(
+            kind,
+            config,
+            &url,
+            crate::db::inspect(&url)
+                .await
+                .map_err(|e| anyhow::anyhow!("{} service: database: {e}", kind.name()))?,
+        )?;
         let db = crate::db::connect_and_migrate::<M>(&url)
             .await
             .map_err(|e| anyhow::anyhow!("{} service: database: {e}", kind.name()))?;
@@ -214,6 +223,41 @@ impl ServiceApp {
     }
 }
 
+/// Whether `kind` may start on a database in the state `found`: a database with SSPM's
+/// schema always; one without only in the dev profile (a loud warning when a SQLite file
+/// was there but held nothing). Otherwise the start is refused (`sspm init` creates the
+/// schema of a new deployment's databases), so
+/// that a lost database is never silently replaced by an empty one (a ticketing service
+/// starting empty would hand out case numbers again).
+pub fn check_found(kind: ServiceKind, config: &SspmConfig, url: &str, found: Found) -> anyhow::Result<()> {
+    let name = kind.name();
+    let shown = crate::db::sqlite_path(url).map_or_else(|| "its PostgreSQL database".to_owned(), |p| p.to_owned());
+    match (found, config.profile) {
+        (Found::Initialised, _) => Ok(()),
+        (Found::Nothing, crate::config::Profile::Dev) => {
+            tracing::info!(service = name, database = %shown, "creating the database");
+            Ok(())
+        }
+        (Found::Empty, crate::config::Profile::Dev) => {
+            if crate::db::sqlite_path(url).is_some() {
+                tracing::error!(
+                    service = name,
+                    database = %shown,
+                    "THE DATABASE FILE EXISTS BUT HOLDS NOTHING: its data is gone (the file was cut, or its WAL lost). \
+                     Starting EMPTY because this is the dev profile; in production this start would be refused. \
+                     Stop now and restore a backup (README, Backups) if the data mattered"
+                );
+            }
+            Ok(())
+        }
+        (_, crate::config::Profile::Production) => Err(anyhow::anyhow!(
+            "{name} service: {shown} holds no SSPM data. If this is a new deployment, initialise it once with \
+             `sspm init` (README, \"Initialising a deployment\"); if it held data, the data is gone: restore it \
+             from a backup (README, Backups) rather than start empty"
+        )),
+    }
+}
+
 /// Command-line arguments every service binary takes.
 #[derive(Debug, Default)]
 pub struct Args {
@@ -269,10 +313,52 @@ where
 
 #[cfg(test)]
 mod tests {
+    use sea_orm::ConnectionTrait as _;
+
     use super::*;
 
     fn args(a: &[&str]) -> Result<Args, String> {
         parse_args(a.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn production_never_starts_on_a_database_without_sspm_data() {
+        let dev = SspmConfig::default();
+        let prod = SspmConfig {
+            profile: crate::config::Profile::Production,
+            ..SspmConfig::default()
+        };
+        let url = "sqlite://data/ticketing.db?mode=rwc";
+        for found in [Found::Nothing, Found::Empty] {
+            let e = check_found(ServiceKind::Ticketing, &prod, url, found)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("ticketing service") && e.contains("sspm init"), "{e}");
+            assert!(e.contains("restore it"), "{e}");
+            assert!(check_found(ServiceKind::Ticketing, &dev, url, found).is_ok());
+        }
+        assert!(check_found(ServiceKind::Ticketing, &prod, url, Found::Initialised).is_ok());
+        let e = check_found(ServiceKind::Request, &prod, "postgres://db/request", Found::Empty)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("its PostgreSQL database"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_file_that_was_cut_is_found_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        assert_eq!(crate::db::inspect(&url).await.unwrap(), Found::Nothing);
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(crate::db::inspect(&url).await.unwrap(), Found::Empty);
+        std::fs::remove_file(&path).unwrap();
+        let db = crate::db::connect(&url).await.unwrap();
+        db.execute_unprepared("CREATE TABLE seaql_migrations (version TEXT)")
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+        assert_eq!(crate::db::inspect(&url).await.unwrap(), Found::Initialised);
     }
 
     #[test]

@@ -220,6 +220,11 @@ pub struct AdmissionConfig {
     /// once with RESOURCE_EXHAUSTED, so one caller cannot hold the others' share of
     /// `max_in_flight`. SSPM's own services are not bound. 0: no bound.
     pub per_principal_max_in_flight: usize,
+    /// Watch streams (`WatchPortChangeRequest`) open at once in the process; more are
+    /// refused with RESOURCE_EXHAUSTED. 0: no bound.
+    pub max_watch_streams: usize,
+    /// Watch streams one principal may have open at once. 0: no bound.
+    pub per_principal_max_watch_streams: usize,
 }
 
 impl Default for AdmissionConfig {
@@ -229,6 +234,8 @@ impl Default for AdmissionConfig {
             per_principal_per_second: 100,
             per_principal_burst: 200,
             per_principal_max_in_flight: 64,
+            max_watch_streams: 1_000,
+            per_principal_max_watch_streams: 16,
         }
     }
 }
@@ -527,6 +534,9 @@ pub struct WorkflowConfig {
     /// How often requests under review are checked against the approval service, besides
     /// the decision feed, in seconds.
     pub review_poll_seconds: u64,
+    /// How often the watched requests are looked up for changes made by other replicas
+    /// (one query for all the process's watch streams), in milliseconds.
+    pub watch_poll_ms: u64,
 }
 
 impl Default for WorkflowConfig {
@@ -536,6 +546,7 @@ impl Default for WorkflowConfig {
             retry_initial_ms: 500,
             retry_max_ms: 30_000,
             review_poll_seconds: 30,
+            watch_poll_ms: 1_000,
         }
     }
 }
@@ -669,6 +680,7 @@ impl SspmConfig {
             || self.workflow.retry_initial_ms == 0
             || self.workflow.retry_max_ms < self.workflow.retry_initial_ms
             || self.workflow.review_poll_seconds == 0
+            || self.workflow.watch_poll_ms == 0
         {
             return Err(invalid(
                 "workflow",

@@ -105,7 +105,70 @@ pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<Database
     }
     M::up(&txn, None).await?;
     txn.commit().await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        warn_unless_durable(&db).await;
+    }
     Ok(db)
+}
+
+/// Says loudly when the PostgreSQL server may acknowledge commits it could lose on a crash
+/// (`fsync` or `synchronous_commit` off): SSPM answers callers only after their commits,
+/// and that is durable only if the server's commits are (RELIABILITY.md, "Durability").
+async fn warn_unless_durable(db: &DatabaseConnection) {
+    for setting in ["fsync", "synchronous_commit"] {
+        let value = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Postgres,
+                format!("SHOW {setting}"),
+            ))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.try_get_by_index::<String>(0).ok());
+        if value.as_deref() == Some("off") {
+            tracing::error!(
+                setting,
+                "PostgreSQL runs with {setting} = off: commits SSPM acknowledges can be lost if the database server crashes"
+            );
+        }
+    }
+}
+
+/// What a service's database held when the service started (before its migrations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// SSPM's schema: the service's data.
+    Initialised,
+    /// No database yet (SQLite: no file).
+    Nothing,
+    /// A database without SSPM's schema: a SQLite file that exists but holds nothing (cut
+    /// to zero bytes, or its WAL lost before a checkpoint), or an empty PostgreSQL
+    /// database (new, or emptied).
+    Empty,
+}
+
+/// What the database at `url` holds, read without changing it.
+pub async fn inspect(url: &str) -> Result<Found, DbErr> {
+    if let Some(path) = sqlite_path(url)
+        && !std::path::Path::new(path).exists()
+    {
+        return Ok(Found::Nothing);
+    }
+    let db = connect(url).await?;
+    let sql = match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'seaql_migrations'"
+        }
+        _ => {
+            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_name = 'seaql_migrations' AND table_schema = current_schema()"
+        }
+    };
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql))
+        .await?;
+    let n: i64 = row.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0);
+    db.close().await?;
+    Ok(if n > 0 { Found::Initialised } else { Found::Empty })
 }
 
 /// The file path of a SQLite URL; `None` for other URLs and in-memory databases.

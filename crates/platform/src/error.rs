@@ -129,6 +129,17 @@ pub fn too_many_in_flight(principal: &str, max: usize) -> Status {
     )
 }
 
+/// RESOURCE_EXHAUSTED: a watch stream beyond the bound configured as `key` (`max`).
+pub fn watch_limit(key: &str, max: usize, message: String) -> Status {
+    retry_later(
+        Code::ResourceExhausted,
+        "TOO_MANY_WATCH_STREAMS",
+        (key, max.to_string()),
+        std::time::Duration::from_secs(1),
+        message,
+    )
+}
+
 /// DEADLINE_EXCEEDED: a call's request message did not arrive within `timeout` of its
 /// headers.
 pub fn request_message_timeout(timeout: std::time::Duration) -> Status {

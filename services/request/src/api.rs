@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sea_orm::sea_query::Expr;
 use sspm_platform::db::{DbErrorKind, classify};
@@ -18,7 +17,7 @@ use sspm_rules::{
     BusinessUnitFacts, BusinessUnitId, Price, PrincipalId, RequestId, RequestState, RequestedTargets, Rule, Text,
     Violation, monthly_cost_change, validate_change, validate_temporary,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -26,6 +25,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::convert::{limits_pb, outcome, request_pb};
 use crate::entities::request;
 use crate::store::{Entry, Inserted, Transition};
+use crate::watch::Watchers;
 use crate::workflow::{Effect, SYSTEM, Workflow, limits_of, state_of};
 
 /// The handlers.
@@ -34,6 +34,7 @@ pub struct RequestApi {
     wf: Arc<Workflow>,
     price: Price,
     draining: Draining,
+    watchers: Arc<Watchers>,
 }
 
 /// The payload of a create call, validated for shape.
@@ -56,10 +57,15 @@ impl CreatePayload {
 }
 
 impl RequestApi {
-    /// Handlers driving requests with `wf`, pricing ports with `price`; watch streams end
-    /// when `draining` starts.
-    pub fn new(wf: Arc<Workflow>, price: Price, draining: Draining) -> Self {
-        Self { wf, price, draining }
+    /// Handlers driving requests with `wf`, pricing ports with `price`; watch streams are
+    /// counted and bounded by `watchers` and end when `draining` starts.
+    pub fn new(wf: Arc<Workflow>, price: Price, draining: Draining, watchers: Arc<Watchers>) -> Self {
+        Self {
+            wf,
+            price,
+            draining,
+            watchers,
+        }
     }
 
     async fn load(&self, id: &str) -> Result<request::Model, Status> {
@@ -526,16 +532,32 @@ impl PortRequestService for RequestApi {
             .load_for(&caller.id, &req.request_id, pb::Action::ViewPorts)
             .await?;
         let id = r.request_id;
+        // Counted (and bounded) until the stream ends; see watch.rs.
+        let slot = self.watchers.open(&caller.id, &id)?;
         let (tx, rx) = mpsc::channel(16);
         let api = self.clone();
         let mut changes = self.wf.subscribe();
         let mut draining = self.draining.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut last: Option<pb::PortChangeRequest> = None;
             loop {
                 match api.current(&id).await {
                     Ok(now) => {
                         if last.as_ref() != Some(&now) {
+                            // The caller may have lost the right to see it since the last
+                            // update: ask again before each (NOT_FOUND or PERMISSION_DENIED
+                            // ends the stream, and nothing more is sent).
+                            if last.is_some()
+                                && let Err(refused) = api
+                                    .wf
+                                    .authz()
+                                    .require(&caller.id, pb::Action::ViewPorts, &now.business_unit_id)
+                                    .await
+                            {
+                                let _ = tx.send(Err(refused)).await;
+                                return;
+                            }
                             let done = finished(&now);
                             if tx
                                 .send(Ok(pb::WatchPortChangeRequestResponse {
@@ -557,17 +579,19 @@ impl PortRequestService for RequestApi {
                         return;
                     }
                 }
-                // Changes made by this replica wake the stream at once; the poll covers
-                // changes made by other replicas.
-                let deadline = tokio::time::sleep(Duration::from_secs(1));
-                tokio::pin!(deadline);
+                // Woken by a change of this request: made here (the workflow's broadcast) or
+                // by another replica (the process's one poller, watch.rs). No poll per stream.
                 loop {
                     tokio::select! {
                         changed = changes.recv() => match changed {
                             Ok(changed) if changed != id => continue,
-                            _ => break,
+                            // Ours, or some were missed (lagged): read it again.
+                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(broadcast::error::RecvError::Closed) => {
+                                let _ = tx.try_send(Err(Draining::status()));
+                                return;
+                            }
                         },
-                        _ = &mut deadline => break,
                         _ = tx.closed() => return,
                         _ = draining.started() => {
                             // Never wait on a watcher that does not read: the drain must end.

@@ -8,6 +8,7 @@ pub mod convert;
 pub mod entities;
 pub mod migration;
 pub mod store;
+pub mod watch;
 pub mod workflow;
 
 use std::sync::Arc;
@@ -43,9 +44,19 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         identity,
         config.workflow.clone(),
     ));
-    let api = api::RequestApi::new(Arc::clone(&workflow), config.price()?, app.draining());
-    let background = workflow.spawn_background();
-    register_figures(&app, store::Store::new(app.db.clone()).with_reader(app.read_db.clone()));
+    let watchers = watch::Watchers::new(
+        config.admission.max_watch_streams,
+        config.admission.per_principal_max_watch_streams,
+    );
+    let api = api::RequestApi::new(Arc::clone(&workflow), config.price()?, app.draining(), watchers.clone());
+    let mut background = workflow.spawn_background();
+    let store = store::Store::new(app.db.clone()).with_reader(app.read_db.clone());
+    background.push(watchers.spawn_poller(
+        store.clone(),
+        Arc::clone(&workflow),
+        std::time::Duration::from_millis(config.workflow.watch_poll_ms),
+    ));
+    register_figures(&app, store, watchers);
     Ok(app
         .map_server(|s| s.add_service(PortRequestServiceServer::new(api)))
         .with_audit(readers)
@@ -53,8 +64,10 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
 }
 
 /// `sspm_requests{state, approval_path}`: requests by state, and approved ones by path
-/// (automatic or reviewed); `sspm_outbox_pending`: calls to other services not yet made.
-fn register_figures(app: &ServiceApp, store: store::Store) {
+/// (automatic or reviewed); `sspm_outbox_pending`: calls to other services not yet made;
+/// `sspm_watch_streams` and `sspm_watch_polls`: watch streams open, and the queries made
+/// for all of them (watch.rs).
+fn register_figures(app: &ServiceApp, store: store::Store, watchers: Arc<watch::Watchers>) {
     let requests = app
         .metrics()
         .gauge("sspm.requests", "Port change requests by state and approval path");
@@ -62,8 +75,18 @@ fn register_figures(app: &ServiceApp, store: store::Store) {
         "sspm.outbox.pending",
         "Calls to other services decided but not yet carried out (retried with backoff)",
     );
+    let streams = app.metrics().gauge(
+        "sspm.watch.streams",
+        "WatchPortChangeRequest streams open in this process",
+    );
+    let polls = app.metrics().gauge(
+        "sspm.watch.polls",
+        "Queries made since start to find changes of watched requests (one per poll for all streams)",
+    );
     app.metrics().on_refresh(move || {
         let (store, requests, pending) = (store.clone(), requests.clone(), pending.clone());
+        streams.set_all([(vec![], i64::try_from(watchers.streams()).unwrap_or(i64::MAX))]);
+        polls.set_all([(vec![], i64::try_from(watchers.polls()).unwrap_or(i64::MAX))]);
         async move {
             let (rows, waiting) = store.figures().await?;
             // Every state appears, at zero if no request is in it, so alerts see it.

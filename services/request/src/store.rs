@@ -9,7 +9,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use sspm_platform::audit;
-use sspm_platform::db::SelectUnique;
+use sspm_platform::db::{DbErrorKind, SelectUnique, classify};
 use sspm_rules::RequestState;
 
 use crate::entities::{cursor, effect, history, limits, request};
@@ -76,6 +76,15 @@ pub enum Apply {
     Limits(limits::Model, Transition),
     /// The change cannot be applied: make this transition (to FAILED).
     Fail(Transition),
+}
+
+/// What [`Store::set_case_number`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaseLink {
+    /// The request has the number (now, or it had it already).
+    Linked,
+    /// Another request, named, has that number: nothing was recorded.
+    HeldByAnother(String),
 }
 
 /// The request service's database.
@@ -154,6 +163,21 @@ impl Store {
             .map(|r| r.request_id))
     }
 
+    /// The `update_time` of each of the requests `ids` that exists (the watch poller).
+    pub async fn update_times(&self, ids: &[String]) -> Result<Vec<(String, i64)>, DbErr> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        request::Entity::find()
+            .select_only()
+            .column(request::Column::RequestId)
+            .column(request::Column::UpdateTime)
+            .filter(request::Column::RequestId.is_in(ids.iter().cloned()))
+            .into_tuple::<(String, i64)>()
+            .all(&self.read)
+            .await
+    }
+
     /// One request.
     pub async fn request(&self, id: &str) -> Result<Option<request::Model>, DbErr> {
         request::Entity::find_by_id(id.to_owned()).unique(&self.read).await
@@ -217,22 +241,37 @@ impl Store {
         Ok(Inserted::Done)
     }
 
-    /// Records the case number of a request that has none.
-    pub async fn set_case_number(&self, id: &str, number: &str, now: i64) -> Result<(), DbErr> {
+    /// Records the case number of a request that has none; [`CaseLink::HeldByAnother`] (and
+    /// nothing recorded) when another request already has that number, which the unique
+    /// index on `case_number` enforces whatever the replicas.
+    pub async fn set_case_number(&self, id: &str, number: &str, now: i64) -> Result<CaseLink, DbErr> {
         let tx = self.db.begin().await?;
-        let set = request::Entity::update_many()
+        let updated = request::Entity::update_many()
             .col_expr(request::Column::CaseNumber, Expr::val(number))
             .col_expr(request::Column::UpdateTime, Expr::val(now))
             .filter(request::Column::RequestId.eq(id))
             .filter(request::Column::CaseNumber.is_null())
             .exec(&tx)
-            .await?
-            .rows_affected
-            == 1;
+            .await;
+        let set = match updated {
+            Ok(r) => r.rows_affected == 1,
+            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+                tx.rollback().await?;
+                let holder = request::Entity::find()
+                    .filter(request::Column::CaseNumber.eq(number))
+                    .unique(&self.db)
+                    .await?
+                    .map(|r| r.request_id)
+                    .unwrap_or_default();
+                return Ok(CaseLink::HeldByAnother(holder));
+            }
+            Err(e) => return Err(e),
+        };
         if set {
             audit::record(&tx, "request.case_linked", id, &format!("case {number}"), now).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(CaseLink::Linked)
     }
 
     /// Records a decision on an open request in `state` that has none yet; whether it did.

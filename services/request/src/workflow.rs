@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 use tracing::Instrument;
 
 use crate::entities::{effect, limits, request};
-use crate::store::{Apply, Entry, NewEffect, Store, Transition};
+use crate::store::{Apply, CaseLink, Entry, NewEffect, Store, Transition};
 
 /// The actor of SSPM's own steps.
 pub const SYSTEM: &str = "system";
@@ -355,10 +355,29 @@ impl Workflow {
             .into_inner()
             .case
             .ok_or_else(|| StepError::Retry("ticketing service answered without a case".into()))?;
-        self.store
+        match self
+            .store
             .set_case_number(&r.request_id, &case.case_number, now_micros())
-            .await?;
-        Ok(())
+            .await?
+        {
+            CaseLink::Linked => Ok(()),
+            // The ticketing service handed out a number it had given before: it lost its
+            // cases (a truncated or restored database). Linking would show this request
+            // another's case; refuse, say so loudly, and retry with backoff until an
+            // operator has repaired the ticketing service (RELIABILITY.md, "Lost data").
+            CaseLink::HeldByAnother(holder) => {
+                tracing::error!(
+                    request_id = %r.request_id,
+                    case_number = %case.case_number,
+                    held_by = %holder,
+                    "the ticketing service gave this request a case number another request already holds: it has lost cases; the request waits, unlinked"
+                );
+                Err(StepError::Retry(format!(
+                    "the ticketing service answered case {} for this request, but request {holder} already holds it: the ticketing service has lost cases",
+                    case.case_number
+                )))
+            }
+        }
     }
 
     async fn evaluate(&self, r: &request::Model) -> Result<(), StepError> {

@@ -217,6 +217,18 @@ impl Cluster {
         self.dir.path().join(format!("{start:02}-{}.log", kind.name()))
     }
 
+    /// The directory of the SQLite databases.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Everything `kind` wrote to its logs, over all its starts.
+    pub fn logs_of(&self, kind: ServiceKind) -> String {
+        (1..=self.starts)
+            .filter_map(|start| std::fs::read_to_string(self.log_path(kind, start)).ok())
+            .collect()
+    }
+
     /// Prints every process's log (on failure, to see what the services said).
     pub fn print_logs(&self) {
         let Ok(entries) = std::fs::read_dir(self.dir.path()) else {

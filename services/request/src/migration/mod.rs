@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_requests;
 mod m20261122_000002_index_state;
+mod m20261203_000003_unique_case_number;
 
 /// Applies the request service's migrations.
 #[derive(Debug)]
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_index_state::Migration),
             // The audit trail, shared by every service.
             Box::new(sspm_platform::audit::Migration),
+            Box::new(m20261203_000003_unique_case_number::Migration),
         ]
     }
 }
