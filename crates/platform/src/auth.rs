@@ -126,7 +126,8 @@ impl TokenVerifier {
     pub fn new(cfg: &AuthConfig) -> Self {
         let keys = std::iter::once(&cfg.signing_key)
             .chain(&cfg.previous_keys)
-            .map(|k| DecodingKey::from_secret(k.as_bytes()))
+            // Only an empty secret is refused, and configuration refuses keys under 32 bytes.
+            .filter_map(|k| DecodingKey::from_secret(k.as_bytes()).ok())
             .collect();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[&cfg.issuer]);
@@ -206,7 +207,9 @@ impl TokenVerifier {
 /// Mints tokens with the current signing key (development, tests, `sspm token`).
 #[derive(Clone)]
 pub struct TokenMinter {
-    key: EncodingKey,
+    /// `None` only for an empty key, which configuration refuses (tokens would be empty,
+    /// and refused everywhere).
+    key: Option<EncodingKey>,
     issuer: String,
     audience: String,
 }
@@ -221,7 +224,7 @@ impl TokenMinter {
     /// A minter for the configured signing key, issuer and audience.
     pub fn new(cfg: &AuthConfig) -> Self {
         Self {
-            key: EncodingKey::from_secret(cfg.signing_key.as_bytes()),
+            key: EncodingKey::from_secret(cfg.signing_key.as_bytes()).ok(),
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
         }
@@ -240,7 +243,10 @@ impl TokenMinter {
             kind,
         };
         // HS256 encoding of a plain struct cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key).unwrap_or_default()
+        self.key
+            .as_ref()
+            .and_then(|key| jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -658,7 +664,8 @@ mod tests {
             nbf: None,
             kind: PrincipalKind::User,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &minter.key).unwrap();
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, minter.key.as_ref().unwrap()).unwrap();
         assert_eq!(TokenVerifier::new(&c).verify(&token), Err(TokenError::Expired));
     }
 
@@ -677,7 +684,7 @@ mod tests {
                 nbf,
                 kind: PrincipalKind::User,
             };
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &minter.key).unwrap()
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, minter.key.as_ref().unwrap()).unwrap()
         };
         let t = now();
         assert!(verifier.verify(&sign(t, t + 60, Some(t))).is_ok());
