@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use sspm_authorization::seed::demo;
-use sspm_platform::db::{Found, inspect};
+use sspm_platform::db::{Found, connect_and_inspect};
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -53,25 +53,23 @@ pub async fn build_some(
 /// leaves the others alone; what each held before. The one way to start a production
 /// deployment on empty databases (RELIABILITY.md, "Lost data").
 pub async fn init(config: &SspmConfig, kinds: &[ServiceKind]) -> anyhow::Result<Vec<(ServiceKind, Found)>> {
-    use sspm_platform::db::connect_and_migrate;
+    use sspm_platform::db::migrate;
     let mut out = Vec::new();
     for &kind in kinds {
-        let url = config.database_url(kind);
-        let found = inspect(&url)
+        let database = |e: sspm_platform::db::DbErr| anyhow::anyhow!("{} service: database: {e}", kind.name());
+        let (db, found) = connect_and_inspect(&config.database_url(kind))
             .await
-            .map_err(|e| anyhow::anyhow!("{} service: database: {e}", kind.name()))?;
+            .map_err(database)?;
         if found != Found::Initialised {
-            let db = match kind {
-                ServiceKind::Request => connect_and_migrate::<sspm_request::migration::Migrator>(&url).await,
-                ServiceKind::Authorization => {
-                    connect_and_migrate::<sspm_authorization::migration::Migrator>(&url).await
-                }
-                ServiceKind::Approval => connect_and_migrate::<sspm_approval::migration::Migrator>(&url).await,
-                ServiceKind::Ticketing => connect_and_migrate::<sspm_ticketing::migration::Migrator>(&url).await,
+            match kind {
+                ServiceKind::Request => migrate::<sspm_request::migration::Migrator>(&db).await,
+                ServiceKind::Authorization => migrate::<sspm_authorization::migration::Migrator>(&db).await,
+                ServiceKind::Approval => migrate::<sspm_approval::migration::Migrator>(&db).await,
+                ServiceKind::Ticketing => migrate::<sspm_ticketing::migration::Migrator>(&db).await,
             }
-            .map_err(|e| anyhow::anyhow!("{} service: database: {e}", kind.name()))?;
-            db.close().await?;
+            .map_err(database)?;
         }
+        db.close().await?;
         out.push((kind, found));
     }
     Ok(out)

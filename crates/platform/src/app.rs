@@ -72,17 +72,10 @@ impl ServiceApp {
             );
         }
         let url = config.database_url(kind);
-        check_found(
-            kind,
-            config,
-            &url,
-            crate::db::inspect(&url)
-                .await
-                .map_err(|e| anyhow::anyhow!("{} service: database: {e}", kind.name()))?,
-        )?;
-        let db = crate::db::connect_and_migrate::<M>(&url)
-            .await
-            .map_err(|e| anyhow::anyhow!("{} service: database: {e}", kind.name()))?;
+        let database = |e: sea_orm::DbErr| anyhow::anyhow!("{} service: database: {e}", kind.name());
+        let (db, found) = crate::db::connect_and_inspect(&url).await.map_err(database)?;
+        check_found(kind, config, &url, found)?;
+        crate::db::migrate::<M>(&db).await.map_err(database)?;
         let read_db = crate::db::connect_reader(&url)
             .await
             .map_err(|e| anyhow::anyhow!("{} service: database readers: {e}", kind.name()))?
@@ -349,16 +342,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        assert_eq!(crate::db::inspect(&url).await.unwrap(), Found::Nothing);
+        let found = || async {
+            let (db, found) = crate::db::connect_and_inspect(&url).await.unwrap();
+            db.close().await.unwrap();
+            found
+        };
+        assert_eq!(found().await, Found::Nothing);
+        std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"").unwrap();
-        assert_eq!(crate::db::inspect(&url).await.unwrap(), Found::Empty);
+        assert_eq!(found().await, Found::Empty);
         std::fs::remove_file(&path).unwrap();
         let db = crate::db::connect(&url).await.unwrap();
         db.execute_unprepared("CREATE TABLE seaql_migrations (version TEXT)")
             .await
             .unwrap();
         db.close().await.unwrap();
-        assert_eq!(crate::db::inspect(&url).await.unwrap(), Found::Initialised);
+        assert_eq!(found().await, Found::Initialised);
     }
 
     #[test]

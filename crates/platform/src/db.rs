@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait, RuntimeErr, Select,
-    SqlErr, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, RuntimeErr, Select, SqlErr,
+    TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
+
+/// The database error of every SSPM database call.
+pub use sea_orm::DbErr;
 
 /// Connects to `url`: `sqlite://path/file.db?mode=rwc` (the directory is created, WAL and a
 /// busy timeout are enabled) or `postgres://user@host/db`.
@@ -78,11 +81,17 @@ pub async fn connect_reader(url: &str) -> Result<Option<DatabaseConnection>, DbE
 /// PostgreSQL advisory lock key held while migrating ("SSPMMIGR").
 const MIGRATION_LOCK_KEY: i64 = 0x5353_504d_4d49_4752;
 
-/// Connects and applies every pending migration of `M`, all or nothing, in one transaction
-/// that first takes a lock, so replicas starting together migrate one after the other (the
-/// later ones find nothing left to do).
+/// Connects and applies every pending migration of `M` (see [`migrate`]).
 pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbErr> {
     let db = connect(url).await?;
+    migrate::<M>(&db).await?;
+    Ok(db)
+}
+
+/// Applies every pending migration of `M`, all or nothing, in one transaction that first
+/// takes a lock, so replicas starting together migrate one after the other (the later ones
+/// find nothing left to do).
+pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> Result<(), DbErr> {
     if db.get_database_backend() == DbBackend::Sqlite {
         // The transaction's first statement writes, so it waits (busy timeout) for any
         // other writer and then holds SQLite's write lock until it commits.
@@ -106,9 +115,9 @@ pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<Database
     M::up(&txn, None).await?;
     txn.commit().await?;
     if db.get_database_backend() == DbBackend::Postgres {
-        warn_unless_durable(&db).await;
+        warn_unless_durable(db).await;
     }
-    Ok(db)
+    Ok(())
 }
 
 /// Says loudly when the PostgreSQL server may acknowledge commits it could lose on a crash
@@ -147,13 +156,11 @@ pub enum Found {
     Empty,
 }
 
-/// What the database at `url` holds, read without changing it.
-pub async fn inspect(url: &str) -> Result<Found, DbErr> {
-    if let Some(path) = sqlite_path(url)
-        && !std::path::Path::new(path).exists()
-    {
-        return Ok(Found::Nothing);
-    }
+/// Connects to `url` and reads what the database held before this start (SQLite: whether
+/// the file was there), so the caller can refuse it before migrating; one connection for
+/// both.
+pub async fn connect_and_inspect(url: &str) -> Result<(DatabaseConnection, Found), DbErr> {
+    let existed = sqlite_path(url).is_none_or(|path| std::path::Path::new(path).exists());
     let db = connect(url).await?;
     let sql = match db.get_database_backend() {
         DbBackend::Sqlite => {
@@ -167,8 +174,12 @@ pub async fn inspect(url: &str) -> Result<Found, DbErr> {
         .query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql))
         .await?;
     let n: i64 = row.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0);
-    db.close().await?;
-    Ok(if n > 0 { Found::Initialised } else { Found::Empty })
+    let found = match (n > 0, existed) {
+        (true, _) => Found::Initialised,
+        (false, true) => Found::Empty,
+        (false, false) => Found::Nothing,
+    };
+    Ok((db, found))
 }
 
 /// The file path of a SQLite URL; `None` for other URLs and in-memory databases.
