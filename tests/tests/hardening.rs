@@ -406,11 +406,37 @@ async fn http2_is_bounded_and_old_connections_are_recycled() {
     s.shutdown().await.unwrap();
 }
 
-/// The field a refusal names, from its `BadRequest` details.
-fn refused_field(e: &tonic::Status) -> String {
-    e.get_details_bad_request()
+/// Asserts that `e` is INVALID_ARGUMENT naming `field` in its `BadRequest` details.
+fn refused_naming(e: &tonic::Status, field: &str) {
+    let named = e
+        .get_details_bad_request()
         .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    assert_eq!((e.code(), named.as_str()), (Code::InvalidArgument, field), "{e:?}");
+}
+
+/// A create by `who` of `concurrent` ports on `bu`, with `justification`.
+fn create_justified(
+    s: &TestSystem,
+    who: &str,
+    id: &str,
+    bu: &str,
+    concurrent: i32,
+    justification: &str,
+) -> tonic::Request<pb::CreatePortChangeRequestRequest> {
+    s.authed(
+        who,
+        pb::CreatePortChangeRequestRequest {
+            request_id: id.into(),
+            business_unit_id: bu.into(),
+            targets: Some(pb::PortTargets {
+                concurrent: Some(concurrent),
+                ..Default::default()
+            }),
+            justification: justification.into(),
+            ..Default::default()
+        },
+    )
 }
 
 /// Finding 5: inputs that broke the database layer or could fool a human. A filter of
@@ -432,11 +458,7 @@ async fn oversized_filters_bidi_text_and_long_lived_tokens_are_refused() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(
-        (e.code(), refused_field(&e).as_str()),
-        (Code::InvalidArgument, "states"),
-        "{e:?}"
-    );
+    refused_naming(&e, "states");
     let e = s
         .ticketing()
         .list_cases(s.as_service(pb::ListCasesRequest {
@@ -445,11 +467,7 @@ async fn oversized_filters_bidi_text_and_long_lived_tokens_are_refused() {
         }))
         .await
         .unwrap_err();
-    assert_eq!(
-        (e.code(), refused_field(&e).as_str()),
-        (Code::InvalidArgument, "statuses"),
-        "{e:?}"
-    );
+    refused_naming(&e, "statuses");
     let e = s
         .approval()
         .list_approval_tasks(s.authed(
@@ -461,11 +479,7 @@ async fn oversized_filters_bidi_text_and_long_lived_tokens_are_refused() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(
-        (e.code(), refused_field(&e).as_str()),
-        (Code::InvalidArgument, "states"),
-        "{e:?}"
-    );
+    refused_naming(&e, "states");
     // Duplicates are folded, not refused.
     let folded = s
         .requests()
@@ -483,26 +497,10 @@ async fn oversized_filters_bidi_text_and_long_lived_tokens_are_refused() {
     let tricky = "Approve: \u{202E}TCEJER\u{202C}";
     let e = s
         .requests()
-        .create_port_change_request(s.authed(
-            PERCY,
-            pb::CreatePortChangeRequestRequest {
-                request_id: "bidi-1".into(),
-                business_unit_id: "bu-classics".into(),
-                targets: Some(pb::PortTargets {
-                    concurrent: Some(900),
-                    ..Default::default()
-                }),
-                justification: tricky.into(),
-                ..Default::default()
-            },
-        ))
+        .create_port_change_request(create_justified(&s, PERCY, "bidi-1", "bu-classics", 900, tricky))
         .await
         .unwrap_err();
-    assert_eq!(
-        (e.code(), refused_field(&e).as_str()),
-        (Code::InvalidArgument, "justification"),
-        "{e:?}"
-    );
+    refused_naming(&e, "justification");
     let gone = s
         .requests()
         .get_port_change_request(s.authed(
@@ -527,11 +525,7 @@ async fn oversized_filters_bidi_text_and_long_lived_tokens_are_refused() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(
-        (e.code(), refused_field(&e).as_str()),
-        (Code::InvalidArgument, "justification"),
-        "{e:?}"
-    );
+    refused_naming(&e, "justification");
     assert_eq!(
         s.port_change_request(PERCY, "bidi-2").await.state(),
         pb::PortChangeRequestState::PendingInformation
@@ -604,18 +598,13 @@ async fn watch_streams_are_bounded_and_end_when_their_viewer_loses_access() {
     // A request under review on bu-classics, and one waiting for information on bu-league.
     let review = s
         .requests()
-        .create_port_change_request(s.authed(
+        .create_port_change_request(create_justified(
+            &s,
             PERCY,
-            pb::CreatePortChangeRequestRequest {
-                request_id: "w-review".into(),
-                business_unit_id: "bu-classics".into(),
-                targets: Some(pb::PortTargets {
-                    concurrent: Some(900),
-                    ..Default::default()
-                }),
-                justification: "peak season".into(),
-                ..Default::default()
-            },
+            "w-review",
+            "bu-classics",
+            900,
+            "peak season",
         ))
         .await
         .unwrap()

@@ -25,18 +25,7 @@ use sspm_proto::v1 as pb;
 const PERCY: &str = "percy@classics.example";
 
 fn create(id: &str, concurrent: i32) -> tonic::Request<pb::CreatePortChangeRequestRequest> {
-    authed(
-        PERCY,
-        pb::CreatePortChangeRequestRequest {
-            request_id: id.into(),
-            business_unit_id: "bu-league".into(),
-            targets: Some(pb::PortTargets {
-                concurrent: Some(concurrent),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
+    common::create_concurrent(PERCY, id, "bu-league", concurrent)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,18 +20,7 @@ use sspm_proto::v1 as pb;
 const PERCY: &str = "percy@classics.example";
 
 fn create(id: &str, bu: &str, concurrent: i32) -> tonic::Request<pb::CreatePortChangeRequestRequest> {
-    authed(
-        PERCY,
-        pb::CreatePortChangeRequestRequest {
-            request_id: id.into(),
-            business_unit_id: bu.into(),
-            targets: Some(pb::PortTargets {
-                concurrent: Some(concurrent),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
+    common::create_concurrent(PERCY, id, bu, concurrent)
 }
 
 async fn request(cluster: &Cluster, id: &str) -> pb::PortChangeRequest {

@@ -132,6 +132,11 @@ impl Default for ServerLimits {
     }
 }
 
+/// A duration in milliseconds where 0 means "none" (timeouts and intervals that can be off).
+pub fn optional_ms(ms: u64) -> Option<std::time::Duration> {
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
+}
+
 impl ServerLimits {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_connections == 0 {

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::Sender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::ServerLimits;
@@ -31,7 +33,7 @@ pub struct ConnLimits {
 impl ConnLimits {
     /// The bounds `limits` sets.
     pub fn new(limits: &ServerLimits) -> Self {
-        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+        let ms = crate::config::optional_ms;
         Self {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             max_connections: limits.max_connections,
@@ -192,8 +194,8 @@ impl AsyncWrite for Bounded {
 const ACCEPT_BACKOFF: (u64, u64) = (10, 1_000);
 
 /// Accepts connections on `listener`, each one [`Bounded`] by `limits`, handing each to
-/// `deliver` until it returns false.
-pub async fn accept_loop(listener: TcpListener, limits: ConnLimits, mut deliver: impl FnMut(Bounded) -> bool) {
+/// `deliver`.
+async fn accept_loop(listener: TcpListener, limits: ConnLimits, mut deliver: impl FnMut(Bounded)) {
     let mut failures = 0u32;
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -233,40 +235,41 @@ pub async fn accept_loop(listener: TcpListener, limits: ConnLimits, mut deliver:
             idle: limits.idle.map(|idle| (idle, Box::pin(tokio::time::sleep(idle)))),
             close_at: limits.close_at_age.map(|d| Box::pin(tokio::time::sleep(d))),
         };
-        if !deliver(conn) {
-            return;
-        }
+        deliver(conn);
     }
 }
 
-/// The [`Bounded`] connections of `listener`, for tonic's `serve_with_incoming`: accepting
-/// stops, and the listener closes, when the stream is dropped.
-pub fn incoming(
+/// The connections of `listener` for tonic's `serve_with_incoming`, each [`Bounded`] by
+/// `limits` and handed to `deliver` with the sender of the stream (which may prepare it
+/// first, a TLS handshake say). Accepting stops, and the listener closes, when the stream
+/// is dropped.
+pub fn incoming_with<T: Send + 'static>(
     listener: TcpListener,
     limits: ConnLimits,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Bounded>> {
+    mut deliver: impl FnMut(Bounded, &Sender<std::io::Result<T>>) + Send + 'static,
+) -> ReceiverStream<std::io::Result<T>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         let closed = tx.clone();
         tokio::select! {
             () = closed.closed() => {}
-            () = accept_loop(listener, limits, |conn| {
-                // Full: the server is behind; the connection waits its turn. Closed: stop.
-                match tx.try_send(Ok(conn)) {
-                    Ok(()) => true,
-                    Err(tokio::sync::mpsc::error::TrySendError::Full(Ok(conn))) => {
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            let _ = tx.send(Ok(conn)).await;
-                        });
-                        true
-                    }
-                    Err(_) => false,
-                }
-            }) => {}
+            () = accept_loop(listener, limits, |conn| deliver(conn, &tx)) => {}
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    ReceiverStream::new(rx)
+}
+
+/// The plaintext [`Bounded`] connections of `listener` (see [`incoming_with`]).
+pub fn incoming(listener: TcpListener, limits: ConnLimits) -> ReceiverStream<std::io::Result<Bounded>> {
+    incoming_with(listener, limits, |conn, tx| {
+        // Full: the server is behind; the connection waits its turn.
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(conn)) = tx.try_send(Ok(conn)) {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(conn).await;
+            });
+        }
+    })
 }
 
 /// The [`ConnInfo`] of a request's connection, plain or TLS.

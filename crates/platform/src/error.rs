@@ -143,48 +143,48 @@ pub fn watch_limit(key: &str, max: usize, message: String) -> Status {
 /// DEADLINE_EXCEEDED: a call's request message did not arrive within `timeout` of its
 /// headers.
 pub fn request_message_timeout(timeout: std::time::Duration) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(
-        "REQUEST_MESSAGE_TIMEOUT",
-        ERROR_DOMAIN,
-        HashMap::from([("timeout_ms".to_owned(), timeout.as_millis().to_string())]),
-    );
-    Status::with_error_details(
+    with_reason(
         Code::DeadlineExceeded,
+        "REQUEST_MESSAGE_TIMEOUT",
+        ("timeout_ms", timeout.as_millis().to_string()),
+        None,
         format!(
             "the request message did not arrive within {} ms of the call's headers",
             timeout.as_millis()
         ),
-        details,
     )
 }
 
 /// RESOURCE_EXHAUSTED: a request message larger than `max` bytes.
 pub fn request_too_large(max: usize) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(
-        "REQUEST_TOO_LARGE",
-        ERROR_DOMAIN,
-        HashMap::from([("max_request_bytes".to_owned(), max.to_string())]),
-    );
-    Status::with_error_details(
+    with_reason(
         Code::ResourceExhausted,
+        "REQUEST_TOO_LARGE",
+        ("max_request_bytes", max.to_string()),
+        None,
         format!("the request message is larger than {max} bytes"),
-        details,
     )
 }
 
 /// `code` with an `ErrorInfo` (`reason`, one metadata entry) and a `RetryInfo` delay.
-fn retry_later(
+fn retry_later(code: Code, reason: &str, entry: (&str, String), delay: std::time::Duration, message: String) -> Status {
+    with_reason(code, reason, entry, Some(delay), message)
+}
+
+/// `code` with an `ErrorInfo` (`reason`, one metadata entry) and, when given, a
+/// `RetryInfo` delay.
+fn with_reason(
     code: Code,
     reason: &str,
     (key, value): (&str, String),
-    delay: std::time::Duration,
+    delay: Option<std::time::Duration>,
     message: String,
 ) -> Status {
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, ERROR_DOMAIN, HashMap::from([(key.to_owned(), value)]));
-    details.set_retry_info(Some(delay));
+    if delay.is_some() {
+        details.set_retry_info(delay);
+    }
     Status::with_error_details(code, message, details)
 }
 

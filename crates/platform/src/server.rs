@@ -196,7 +196,7 @@ impl ServiceServer {
             tracing::info!(service = name, "shutting down: no new calls, finishing in-flight ones");
         };
         let limits = &self.limits;
-        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+        let ms = crate::config::optional_ms;
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(limits.max_concurrent_streams)
             .initial_stream_window_size(limits.initial_stream_window_bytes)
@@ -243,10 +243,11 @@ impl ServiceServer {
 /// A path the server does not serve is named `unknown`: span names, like metric labels,
 /// come from a closed set whatever callers send.
 fn rpc_span(methods: &Methods, req: &http::Request<()>) -> tracing::Span {
-    let (service, method) = methods
-        .labels(req.uri().path())
-        .map_or((UNKNOWN_METHOD, UNKNOWN_METHOD), |(s, m)| (&**s, &**m));
-    let path = format!("{service}/{method}");
+    // A served path is its own name, `package.Service/Method`: no allocation per call.
+    let (path, service, method) = match methods.labels(req.uri().path()) {
+        Some((s, m)) => (req.uri().path().trim_start_matches('/'), &**s, &**m),
+        None => (UNKNOWN_METHOD, UNKNOWN_METHOD, UNKNOWN_METHOD),
+    };
     let span = if crate::auth::is_public_path(req.uri().path()) {
         // Probes and reflection: not worth a trace each.
         tracing::debug_span!("grpc", otel.name = %path, otel.kind = "server", rpc.system = "grpc", rpc.service = %service, rpc.method = %method)

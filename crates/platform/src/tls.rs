@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tonic::transport::server::Connected as _;
 
-use crate::conn::{Bounded, ConnLimits, accept_loop};
+use crate::conn::{Bounded, ConnLimits, incoming_with};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -96,29 +96,20 @@ pub fn incoming(
     limits: ConnLimits,
 ) -> ReceiverStream<std::io::Result<TlsStream<Bounded>>> {
     let acceptor = TlsAcceptor::from(config);
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        let closed = tx.clone();
-        tokio::select! {
-            () = closed.closed() => {}
-            () = accept_loop(listener, limits, |tcp| {
-                let acceptor = acceptor.clone();
-                let to_server = tx.clone();
-                tokio::spawn(async move {
-                    let peer = tcp.connect_info().tcp.remote_addr;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = to_server.send(Ok(tls)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake refused"),
-                        Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
-                    }
-                });
-                !tx.is_closed()
-            }) => {}
-        }
-    });
-    ReceiverStream::new(rx)
+    incoming_with(listener, limits, move |tcp, tx| {
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let peer = tcp.connect_info().tcp.remote_addr;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send(Ok(tls)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake refused"),
+                Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+            }
+        });
+    })
 }
 
 /// The client TLS settings of internal calls: trust the CA (PEM) at `ca_path`.

@@ -97,6 +97,27 @@ pub fn authed<T>(principal: &str, message: T) -> tonic::Request<T> {
     req
 }
 
+/// A create by `principal` of request `id` on `business_unit` for `concurrent` ports.
+pub fn create_concurrent(
+    principal: &str,
+    id: &str,
+    business_unit: &str,
+    concurrent: i32,
+) -> tonic::Request<sspm_proto::v1::CreatePortChangeRequestRequest> {
+    authed(
+        principal,
+        sspm_proto::v1::CreatePortChangeRequestRequest {
+            request_id: id.into(),
+            business_unit_id: business_unit.into(),
+            targets: Some(sspm_proto::v1::PortTargets {
+                concurrent: Some(concurrent),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
 /// Retries `attempt` until it answers, for at most 60 s (the binary may still be building
 /// its databases).
 pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
