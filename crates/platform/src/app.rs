@@ -97,7 +97,7 @@ impl ServiceApp {
             )
         })?;
         let metrics = Metrics::new(&format!("sspm-{}", kind.name()))?;
-        let mut server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(&config.auth))
+        let mut server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(config).map_err(|e| anyhow::anyhow!("{} service: {e:#}", kind.name()))?)
             .advertise(api)
             .with_metrics(metrics.rpc())
             .with_max_in_flight(config.admission.max_in_flight)

@@ -19,7 +19,7 @@ use sspm_proto::v1::{CheckResponse, WatchAuthorizationChangesRequest};
 use tokio::time::Instant;
 
 use crate::client::InternalChannel;
-use crate::rpc::ServiceIdentity;
+use crate::identity::ServiceIdentity;
 
 /// Principal, action, business unit.
 type Key = (String, i32, String);

@@ -16,7 +16,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tower::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::auth::Principal;
+use crate::identity::Principal;
 use crate::config::{ClientConfig, LoadBalancing};
 use crate::telemetry::MetadataInjector;
 
@@ -35,7 +35,7 @@ impl Interceptor for OutgoingInterceptor {
         // Without OpenTelemetry spans (export off) the call still continues the caller's
         // trace, so the next service's audit events name the same trace id.
         if !req.metadata().contains_key("traceparent")
-            && let Some(call) = crate::audit::CallContext::current().filter(|c| !c.trace_id.is_empty())
+            && let Some(call) = crate::identity::CallContext::current().filter(|c| !c.trace_id.is_empty())
         {
             let span = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -245,18 +245,29 @@ impl Default for AdmissionConfig {
     }
 }
 
-/// Bearer-token settings (HS256-signed JWTs).
+/// Bearer tokens: who a caller is (README, "Identity").
+///
+/// Users' tokens come from the organisation's identity provider ([`UsersConfig`]); each
+/// SSPM service signs its own service tokens with its own Ed25519 key
+/// (`service_keys_dir`). The development profile adds an HS256 key (`signing_key`) for
+/// development user tokens (`sspm token`), which the production profile refuses.
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// The key tokens are signed and verified with; at least 32 bytes.
+    /// Development only: the HS256 key of development user tokens, at least 32 bytes;
+    /// empty means the built-in development key in the dev profile. The production profile
+    /// refuses it.
     pub signing_key: String,
-    /// Former keys still accepted for verification during a rotation.
+    /// Development only: former HS256 keys still accepted during a rotation.
     pub previous_keys: Vec<String>,
-    /// `iss` of minted tokens, required on verified ones.
+    /// `iss` of service tokens and development tokens, required on them.
     pub issuer: String,
-    /// `aud` of minted tokens, required on verified ones.
+    /// `aud` of service tokens and development tokens, required on them.
     pub audience: String,
+    /// The directory of the services' key pairs (`sspm keys`): `<service>.pub.pem` of all
+    /// four, and `<service>.key.pem` of each service this process runs. Empty: the dev
+    /// profile derives development key pairs from the signing key; production requires it.
+    pub service_keys_dir: Option<PathBuf>,
     /// Lifetime of tokens minted by `sspm token`, in seconds.
     pub token_ttl_seconds: u64,
     /// Longest lifetime (`exp` − `iat`) of a token SSPM accepts, in seconds: a token minted
@@ -267,7 +278,149 @@ pub struct AuthConfig {
     /// Principals the authorization service registers as account representatives at
     /// start-up (the bootstrap of administration; further grants go through the API).
     pub account_representatives: Vec<String>,
+    /// User tokens issued by the organisation's identity provider.
+    pub users: UsersConfig,
 }
+
+impl AuthConfig {
+    /// The HS256 development key in effect: the configured one, else the built-in one in
+    /// the dev profile; `None` in production (which refuses a configured one).
+    pub fn dev_key(&self, profile: Profile) -> Option<&str> {
+        match profile {
+            Profile::Production => None,
+            Profile::Dev if self.signing_key.is_empty() => Some(DEV_SIGNING_KEY),
+            Profile::Dev => Some(&self.signing_key),
+        }
+    }
+}
+
+/// How user tokens from an identity provider are verified: their signature against the
+/// provider's published keys (a JWKS), their issuer and audience, and which claim names
+/// the user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsersConfig {
+    /// The OIDC issuer: its keys are found through `<issuer_url>/.well-known/openid-configuration`
+    /// (`jwks_uri`), and tokens must name it as `iss` unless `issuer` says otherwise.
+    pub issuer_url: String,
+    /// A JWKS file instead of an issuer URL (re-read at every refresh, so replacing the
+    /// file rotates the keys).
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` user tokens must carry; defaults to `issuer_url`. Required with `jwks_file`.
+    pub issuer: String,
+    /// The `aud` user tokens must carry (one of, when the token lists several).
+    pub audience: String,
+    /// The claim whose value is the SSPM principal id, e.g. `sub` or `email`.
+    pub subject_claim: String,
+    /// The signature algorithms accepted (asymmetric only): RS256, RS384, RS512, PS256,
+    /// PS384, PS512, ES256, ES384, EdDSA.
+    pub algorithms: Vec<String>,
+    /// How often the keys are fetched again, in seconds.
+    pub refresh_seconds: u64,
+    /// A token naming a key not in the set fetches the keys again, at most this often, in
+    /// seconds (a caller inventing key ids cannot make SSPM hammer the provider).
+    pub min_refresh_interval_seconds: u64,
+    /// How long a fetch of the discovery document or the keys may take, in milliseconds.
+    pub fetch_timeout_ms: u64,
+    /// Largest discovery document or key set accepted, in bytes.
+    pub max_document_bytes: usize,
+    /// PEM certificates trusted for the issuer's HTTPS besides the public roots (a private
+    /// identity provider).
+    pub ca_path: Option<PathBuf>,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            issuer_url: String::new(),
+            jwks_file: None,
+            issuer: String::new(),
+            audience: String::new(),
+            subject_claim: "sub".to_owned(),
+            algorithms: vec!["RS256".to_owned(), "ES256".to_owned(), "EdDSA".to_owned()],
+            refresh_seconds: 300,
+            min_refresh_interval_seconds: 10,
+            fetch_timeout_ms: 5_000,
+            max_document_bytes: 1024 * 1024,
+            ca_path: None,
+        }
+    }
+}
+
+impl UsersConfig {
+    /// Whether an identity provider is configured.
+    pub fn configured(&self) -> bool {
+        !self.issuer_url.is_empty() || self.jwks_file.is_some()
+    }
+
+    /// The `iss` required on user tokens.
+    pub fn expected_issuer(&self) -> &str {
+        if self.issuer.is_empty() { &self.issuer_url } else { &self.issuer }
+    }
+
+    fn validate(&self, profile: Profile) -> Result<(), ConfigError> {
+        if !self.configured() {
+            if profile == Profile::Production {
+                return Err(invalid(
+                    "auth.users",
+                    "the production profile requires an identity provider: set auth.users.issuer_url (OIDC) or auth.users.jwks_file, and auth.users.audience",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.issuer_url.is_empty() && self.jwks_file.is_some() {
+            return Err(invalid("auth.users", "set issuer_url or jwks_file, not both"));
+        }
+        if !self.issuer_url.is_empty() {
+            let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|p| self.issuer_url.starts_with(p));
+            if !self.issuer_url.starts_with("https://") && !(loopback && profile == Profile::Dev) {
+                return Err(invalid(
+                    "auth.users.issuer_url",
+                    "must be an https:// URL (plain http only to a loopback address in the dev profile): keys fetched in the clear could be anyone's",
+                ));
+            }
+        }
+        if self.expected_issuer().is_empty() {
+            return Err(invalid("auth.users.issuer", "is required with jwks_file: the iss user tokens must carry"));
+        }
+        if self.audience.is_empty() {
+            return Err(invalid("auth.users.audience", "is required: the aud user tokens must carry"));
+        }
+        if self.subject_claim.is_empty() {
+            return Err(invalid("auth.users.subject_claim", "must name a claim, e.g. sub or email"));
+        }
+        if self.algorithms.is_empty() {
+            return Err(invalid("auth.users.algorithms", "must list at least one algorithm"));
+        }
+        for a in &self.algorithms {
+            if !USER_ALGORITHMS.contains(&a.as_str()) {
+                return Err(invalid(
+                    "auth.users.algorithms",
+                    format!("{a} is not accepted: use {}", USER_ALGORITHMS.join(", ")),
+                ));
+            }
+        }
+        if self.refresh_seconds < 10 || self.min_refresh_interval_seconds == 0 {
+            return Err(invalid(
+                "auth.users.refresh_seconds",
+                "must be at least 10, and min_refresh_interval_seconds at least 1",
+            ));
+        }
+        if self.fetch_timeout_ms == 0 || self.max_document_bytes < 1024 {
+            return Err(invalid(
+                "auth.users.fetch_timeout_ms",
+                "must be positive, and max_document_bytes at least 1024",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The asymmetric algorithms user tokens may be signed with (never HS*: a symmetric key
+/// would let whoever verifies also sign).
+pub const USER_ALGORITHMS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
 impl std::fmt::Debug for AuthConfig {
     // Never print secrets.
@@ -280,10 +433,12 @@ impl std::fmt::Debug for AuthConfig {
             )
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("service_keys_dir", &self.service_keys_dir)
             .field("token_ttl_seconds", &self.token_ttl_seconds)
             .field("max_token_lifetime_seconds", &self.max_token_lifetime_seconds)
             .field("clock_leeway_seconds", &self.clock_leeway_seconds)
             .field("account_representatives", &self.account_representatives)
+            .field("users", &self.users)
             .finish()
     }
 }
@@ -291,14 +446,16 @@ impl std::fmt::Debug for AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            signing_key: DEV_SIGNING_KEY.to_owned(),
+            signing_key: String::new(),
             previous_keys: Vec::new(),
             issuer: "sspm".to_owned(),
             audience: "sspm".to_owned(),
+            service_keys_dir: None,
             token_ttl_seconds: 3_600,
             max_token_lifetime_seconds: 86_400,
             clock_leeway_seconds: 5,
             account_representatives: Vec::new(),
+            users: UsersConfig::default(),
         }
     }
 }
@@ -607,6 +764,7 @@ impl SspmConfig {
             .list_separator(",")
             .with_list_parse_key("auth.previous_keys")
             .with_list_parse_key("auth.account_representatives")
+            .with_list_parse_key("auth.users.algorithms")
             .try_parsing(true)
             .source(env);
         let cfg: SspmConfig = builder.add_source(environment).build()?.try_deserialize()?;
@@ -616,7 +774,7 @@ impl SspmConfig {
 
     /// Checks values that types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.auth.signing_key.len() < 32 {
+        if !self.auth.signing_key.is_empty() && self.auth.signing_key.len() < 32 {
             return Err(invalid("auth.signing_key", "must be at least 32 bytes"));
         }
         if let Some(i) = self.auth.previous_keys.iter().position(|k| k.len() < 32) {
@@ -625,15 +783,21 @@ impl SspmConfig {
                 "must be at least 32 bytes",
             ));
         }
-        if self.profile == Profile::Production
-            && (self.auth.signing_key == DEV_SIGNING_KEY
-                || self.auth.previous_keys.iter().any(|k| k == DEV_SIGNING_KEY))
-        {
-            return Err(invalid(
-                "auth.signing_key",
-                "the built-in development key is refused in the production profile; set SSPM__AUTH__SIGNING_KEY",
-            ));
+        if self.profile == Profile::Production {
+            if !self.auth.signing_key.is_empty() || !self.auth.previous_keys.is_empty() {
+                return Err(invalid(
+                    "auth.signing_key",
+                    "the production profile refuses HS256 development tokens: unset auth.signing_key and auth.previous_keys, and configure auth.users (README, \"Identity\")",
+                ));
+            }
+            if self.auth.service_keys_dir.is_none() {
+                return Err(invalid(
+                    "auth.service_keys_dir",
+                    "the production profile requires each service's own key pair: run `sspm keys --out DIR` and set auth.service_keys_dir",
+                ));
+            }
         }
+        self.auth.users.validate(self.profile)?;
         if self.auth.issuer.is_empty() || self.auth.audience.is_empty() {
             return Err(invalid("auth", "issuer and audience must not be empty"));
         }
@@ -889,17 +1053,36 @@ default_max_daily_increase = 40
     }
 
     #[test]
-    fn production_refuses_the_development_key() {
-        let err = SspmConfig::load_from(None, env(&[("SSPM__PROFILE", "production")])).unwrap_err();
-        assert!(err.to_string().contains("development key"), "{err}");
+    fn production_refuses_development_identity_and_requires_a_provider_and_service_keys() {
+        let production = ("SSPM__PROFILE", "production");
+        // HS256 development tokens: refused, whatever the key.
         let key = ("SSPM__AUTH__SIGNING_KEY", "a-real-secret-of-at-least-32-bytes!!");
-        let err = SspmConfig::load_from(None, env(&[("SSPM__PROFILE", "production"), key])).unwrap_err();
+        let err = SspmConfig::load_from(None, env(&[production, key])).unwrap_err();
+        assert!(err.to_string().contains("refuses HS256"), "{err}");
+        // Each service's own key pair is required.
+        let err = SspmConfig::load_from(None, env(&[production])).unwrap_err();
+        assert!(err.to_string().contains("auth.service_keys_dir"), "{err}");
+        let keys = ("SSPM__AUTH__SERVICE_KEYS_DIR", "/keys");
+        // An identity provider is required; its issuer is https.
+        let err = SspmConfig::load_from(None, env(&[production, keys])).unwrap_err();
+        assert!(err.to_string().contains("identity provider"), "{err}");
+        let audience = ("SSPM__AUTH__USERS__AUDIENCE", "sspm");
+        let plain = ("SSPM__AUTH__USERS__ISSUER_URL", "http://127.0.0.1:8080/realms/x");
+        let err = SspmConfig::load_from(None, env(&[production, keys, plain, audience])).unwrap_err();
+        assert!(err.to_string().contains("https"), "{err}");
+        let issuer = ("SSPM__AUTH__USERS__ISSUER_URL", "https://login.example/realms/x");
+        let err = SspmConfig::load_from(None, env(&[production, keys, issuer])).unwrap_err();
+        assert!(err.to_string().contains("auth.users.audience"), "{err}");
+        let err = SspmConfig::load_from(None, env(&[production, keys, issuer, audience])).unwrap_err();
         assert!(err.to_string().contains("requires TLS"), "{err}");
-        let mut vars = vec![
-            ("SSPM__PROFILE".to_owned(), "production".to_owned()),
-            (key.0.to_owned(), key.1.to_owned()),
-            ("SSPM__CLIENTS__CA_PATH".to_owned(), "/certs/ca.pem".to_owned()),
-        ];
+        let hs = ("SSPM__AUTH__USERS__ALGORITHMS", "RS256,HS256");
+        let err = SspmConfig::load_from(None, env(&[production, keys, issuer, audience, hs])).unwrap_err();
+        assert!(err.to_string().contains("HS256 is not accepted"), "{err}");
+        let mut vars: Vec<(String, String)> = [production, keys, issuer, audience]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        vars.push(("SSPM__CLIENTS__CA_PATH".to_owned(), "/certs/ca.pem".to_owned()));
         for kind in ServiceKind::ALL {
             let name = kind.name().to_uppercase();
             vars.push((
@@ -913,6 +1096,7 @@ default_max_daily_increase = 40
         }
         let ok = SspmConfig::load_from(None, Some(vars.into_iter().collect())).unwrap();
         assert_eq!(ok.services.approval.endpoint(), "https://127.0.0.1:50053");
+        assert_eq!(ok.auth.dev_key(ok.profile), None, "no development key in production");
     }
 
     #[test]

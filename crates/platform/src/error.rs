@@ -75,6 +75,18 @@ pub fn permission_denied(message: impl Into<String>, missing: &[&str]) -> Status
     Status::with_error_details(Code::PermissionDenied, message, details)
 }
 
+/// PERMISSION_DENIED: `caller` is not among the callers of `rpc` in the caller table
+/// (README, "Who may call what"), whatever its permissions.
+pub fn caller_not_allowed(rpc: &str, caller: &str, message: String) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        "CALLER_NOT_ALLOWED",
+        ERROR_DOMAIN,
+        HashMap::from([("rpc".to_owned(), rpc.to_owned()), ("caller".to_owned(), caller.to_owned())]),
+    );
+    Status::with_error_details(Code::PermissionDenied, message, details)
+}
+
 /// UNAVAILABLE: a dependency (another service, the database) cannot be reached; retrying
 /// the same call later can succeed.
 pub fn unavailable(dependency: &str, message: impl std::fmt::Display) -> Status {

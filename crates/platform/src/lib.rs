@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod db;
 pub mod error;
+pub mod identity;
 pub mod metrics;
 pub mod rpc;
 pub mod server;
@@ -19,7 +20,7 @@ pub mod testing;
 pub mod tls;
 
 pub use app::{Draining, ServiceApp};
-pub use auth::{Principal, PrincipalKind, TokenMinter, TokenVerifier, caller};
+pub use identity::{Principal, PrincipalKind, ServiceIdentity, TokenMinter, TokenVerifier, caller};
 pub use config::{ServiceKind, SspmConfig};
 pub use metrics::Metrics;
 pub use server::ServiceServer;

@@ -1,7 +1,7 @@
 //! What every handler needs: timestamps, input checks, pagination, the service's own
 //! identity for internal calls, and the client of the authorization service.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
@@ -12,14 +12,13 @@ use sspm_proto::v1::{
 use sspm_rules::{InvalidValue, PrincipalId, Rule, Violation};
 use tonic::{Code, Status};
 
-use crate::auth::{Principal, PrincipalKind, TokenMinter};
+use crate::identity::Principal;
 use crate::authz_cache::CheckCache;
 use crate::client::{InternalChannel, connect_lazy};
 use crate::config::{ServiceKind, SspmConfig};
 use crate::error;
 
-/// Metadata key naming the end user an internal call is made for (audit and logs).
-pub const ON_BEHALF_OF: &str = "x-sspm-on-behalf-of";
+pub use crate::identity::{ON_BEHALF_OF, ServiceIdentity};
 
 /// Now, in Unix microseconds (how every SSPM database stores time).
 pub fn now_micros() -> i64 {
@@ -202,18 +201,6 @@ pub fn foreign_token() -> Status {
     invalid("page_token", "not a page token issued by this RPC")
 }
 
-/// PERMISSION_DENIED unless the caller is an SSPM service (internal RPCs).
-pub fn require_service(caller: &Principal, rpc: &str) -> Result<(), Status> {
-    if caller.kind == PrincipalKind::Service {
-        Ok(())
-    } else {
-        Err(error::permission_denied(
-            format!("{rpc} is internal: only SSPM services may call it"),
-            &["SERVICE"],
-        ))
-    }
-}
-
 /// A downstream failure as this service's answer: UNAVAILABLE when retrying can help,
 /// INTERNAL otherwise (the downstream service refusing us is a bug or a misconfiguration).
 pub fn downstream(dependency: &str, status: &Status) -> Status {
@@ -248,61 +235,6 @@ pub fn is_transient(status: &Status) -> bool {
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted | Code::ResourceExhausted
     ) || (status.code() == Code::Unknown && status.message().contains("transport"))
-}
-
-/// The identity of an SSPM service for its internal calls: a service token it mints with the
-/// shared key, renewed before it expires.
-#[derive(Debug, Clone)]
-pub struct ServiceIdentity {
-    id: PrincipalId,
-    minter: TokenMinter,
-    ttl: u64,
-    current: Arc<Mutex<Option<(String, SystemTime)>>>,
-}
-
-const SERVICE_TOKEN_TTL: u64 = 3_600;
-
-impl ServiceIdentity {
-    /// The identity `svc-<name>` of `kind`.
-    pub fn new(kind: ServiceKind, config: &SspmConfig) -> Self {
-        let id = PrincipalId::parse(&format!("svc-{}", kind.name())).unwrap_or_else(|_| unreachable!());
-        Self {
-            id,
-            minter: TokenMinter::new(&config.auth),
-            ttl: SERVICE_TOKEN_TTL.min(config.auth.max_token_lifetime_seconds),
-            current: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    /// The principal id.
-    pub fn id(&self) -> &PrincipalId {
-        &self.id
-    }
-
-    fn token(&self) -> String {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let now = SystemTime::now();
-        match &*current {
-            Some((token, renew_at)) if now < *renew_at => token.clone(),
-            _ => {
-                let token = self.minter.mint(&self.id, PrincipalKind::Service, self.ttl);
-                *current = Some((token.clone(), now + Duration::from_secs(self.ttl / 2)));
-                token
-            }
-        }
-    }
-
-    /// A request to another service made by this service, for `on_behalf_of` when given.
-    pub fn request<T>(&self, message: T, on_behalf_of: Option<&str>) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(message);
-        if let Ok(v) = format!("Bearer {}", self.token()).parse() {
-            req.metadata_mut().insert("authorization", v);
-        }
-        if let Some(v) = on_behalf_of.and_then(|p| p.parse().ok()) {
-            req.metadata_mut().insert(ON_BEHALF_OF, v);
-        }
-        req
-    }
 }
 
 /// The authorization service, as the other services ask it.

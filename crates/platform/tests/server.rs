@@ -8,9 +8,9 @@
 
 use opentelemetry::trace::{SpanKind, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-use sspm_platform::auth::{PrincipalKind, TokenMinter, TokenVerifier, caller};
+use sspm_platform::auth::{TokenMinter, TokenVerifier, caller};
 use sspm_platform::client::{connect_lazy, on_behalf_of};
-use sspm_platform::config::{AuthConfig, ClientConfig};
+use sspm_platform::config::{ClientConfig, SspmConfig};
 use sspm_platform::{ServiceServer, error};
 use sspm_proto::v1::ticketing_service_client::TicketingServiceClient;
 use sspm_proto::v1::ticketing_service_server::{TicketingService, TicketingServiceServer};
@@ -79,12 +79,12 @@ async fn server_authenticates_forwards_traces_and_returns_rich_errors() {
     );
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let auth = AuthConfig::default();
+    let config = SspmConfig::default();
     let listener = sspm_platform::server::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = ServiceServer::new("test", listener, TokenVerifier::new(&auth))
+    let server = ServiceServer::new("test", listener, TokenVerifier::new(&config).unwrap())
         .add_service(TicketingServiceServer::new(Refusing));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(async {
@@ -110,24 +110,22 @@ async fn server_authenticates_forwards_traces_and_returns_rich_errors() {
     assert!(err.message().contains("bearer"), "{}", err.message());
 
     // A token from another key: refused.
-    let other = AuthConfig {
-        signing_key: "someone-elses-key-of-at-least-32-bytes".into(),
-        ..AuthConfig::default()
-    };
+    let mut other = SspmConfig::default();
+    other.auth.signing_key = "someone-elses-key-of-at-least-32-bytes".into();
     let alice = PrincipalId::parse("alice@classics.example").unwrap();
-    let forged = TokenMinter::new(&other).mint(&alice, PrincipalKind::User, 60);
+    let forged = TokenMinter::new(&other).mint(&alice, 60);
     let mut req = Request::new(GetCaseRequest::default());
     req.metadata_mut()
         .insert("authorization", format!("Bearer {forged}").parse().unwrap());
     assert_eq!(client.get_case(req).await.unwrap_err().code(), Code::Unauthenticated);
 
     // A valid principal, forwarded by the client builder, inside a client span.
-    let token = TokenMinter::new(&auth).mint(&alice, PrincipalKind::User, 60);
-    let principal = TokenVerifier::new(&auth).verify(&token).unwrap();
+    let token = TokenMinter::new(&config).mint(&alice, 60);
+    let principal = TokenVerifier::new(&config).unwrap().verify(&token).await.unwrap();
     let client_span = tracing::info_span!("caller");
     let client_cx = client_span.context();
     let err = {
-        let call = client.open_case(on_behalf_of(OpenCaseRequest::default(), &principal));
+        let call = client.get_case(on_behalf_of(GetCaseRequest::default(), &principal));
         tracing::Instrument::instrument(call, client_span.clone())
             .await
             .unwrap_err()
@@ -160,7 +158,7 @@ async fn server_authenticates_forwards_traces_and_returns_rich_errors() {
     let spans = exporter.get_finished_spans().unwrap();
     let server_span = spans
         .iter()
-        .find(|s| s.name == "sspm.v1.TicketingService/OpenCase")
+        .find(|s| s.name == "sspm.v1.TicketingService/GetCase")
         .unwrap_or_else(|| {
             panic!(
                 "no server span in {:?}",

@@ -1,0 +1,130 @@
+//! Who may call what: every RPC SSPM serves, with the callers its design gives it (README,
+//! "Who may call what"). The admission layer refuses any other caller before the handler
+//! runs, with PERMISSION_DENIED and the reason `CALLER_NOT_ALLOWED`.
+//!
+//! Users pass this table for public and staff RPCs; what a user may do there is then the
+//! handler's check (permissions, staff roles). A service passes only for the RPCs listed
+//! with it: the internal ones it calls, and the few reads it makes of another service. No
+//! service is listed on an RPC that changes staff-owned data (daily limits, approvals,
+//! business units, principals, permissions) or reads across tenants (cases, the audit
+//! trail, approval task lists, permissions).
+
+use tonic::Status;
+
+use super::Principal;
+use crate::config::ServiceKind::{self, Approval, Request, Ticketing};
+
+/// The callers of one RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Callers {
+    /// Whether users may call it (their permissions are then checked by the handler).
+    pub users: bool,
+    /// The SSPM services that may call it.
+    pub services: &'static [ServiceKind],
+}
+
+/// Called by users only.
+const USERS: Callers = Callers {
+    users: true,
+    services: &[],
+};
+
+const fn internal(services: &'static [ServiceKind]) -> Callers {
+    Callers { users: false, services }
+}
+
+const fn users_and(services: &'static [ServiceKind]) -> Callers {
+    Callers { users: true, services }
+}
+
+/// Every RPC SSPM serves behind authentication, by its path, with its callers.
+pub const TABLE: &[(&str, Callers)] = &[
+    // The request service: the partner administrator's API.
+    ("/sspm.v1.PortRequestService/GetPortLimits", USERS),
+    ("/sspm.v1.PortRequestService/CreatePortChangeRequest", USERS),
+    ("/sspm.v1.PortRequestService/GetPortChangeRequest", USERS),
+    ("/sspm.v1.PortRequestService/ListPortChangeRequests", USERS),
+    ("/sspm.v1.PortRequestService/ProvideInformation", USERS),
+    ("/sspm.v1.PortRequestService/CancelPortChangeRequest", USERS),
+    ("/sspm.v1.PortRequestService/WatchPortChangeRequest", USERS),
+    // Authorization: the checks the three other services make for their callers.
+    ("/sspm.v1.AuthorizationService/Check", users_and(&[Request, Approval, Ticketing])),
+    ("/sspm.v1.AuthorizationService/ListVisibleBusinessUnits", users_and(&[Request])),
+    ("/sspm.v1.AuthorizationService/GetBusinessUnit", users_and(&[Request, Approval])),
+    ("/sspm.v1.AuthorizationService/WatchAuthorizationChanges", internal(&[Request, Approval, Ticketing])),
+    // Authorization: the account representative's administration (staff).
+    ("/sspm.v1.AuthorizationService/CreateBusinessUnit", USERS),
+    ("/sspm.v1.AuthorizationService/UpdateBusinessUnit", USERS),
+    ("/sspm.v1.AuthorizationService/CreatePrincipal", USERS),
+    ("/sspm.v1.AuthorizationService/UpdatePrincipal", USERS),
+    ("/sspm.v1.AuthorizationService/GetPrincipal", USERS),
+    ("/sspm.v1.AuthorizationService/GrantPermission", USERS),
+    ("/sspm.v1.AuthorizationService/RevokePermission", USERS),
+    ("/sspm.v1.AuthorizationService/ListPermissions", USERS),
+    // Approval: the request service's reconciler.
+    ("/sspm.v1.ApprovalService/EvaluateIncrease", internal(&[Request])),
+    ("/sspm.v1.ApprovalService/ReleaseReservation", internal(&[Request])),
+    ("/sspm.v1.ApprovalService/SubmitForReview", internal(&[Request])),
+    ("/sspm.v1.ApprovalService/WithdrawReview", internal(&[Request])),
+    ("/sspm.v1.ApprovalService/WatchDecisions", internal(&[Request])),
+    // Approval: Network Operations (staff); the request service reads the task of a
+    // decision it applies, and the day's usage for a dry run.
+    ("/sspm.v1.ApprovalService/ListApprovalTasks", USERS),
+    ("/sspm.v1.ApprovalService/GetApprovalTask", users_and(&[Request])),
+    ("/sspm.v1.ApprovalService/DecideApprovalTask", USERS),
+    ("/sspm.v1.ApprovalService/SetDailyLimit", USERS),
+    ("/sspm.v1.ApprovalService/ClearDailyLimit", USERS),
+    ("/sspm.v1.ApprovalService/ListDailyLimits", USERS),
+    ("/sspm.v1.ApprovalService/GetDailyUsage", users_and(&[Request])),
+    // Ticketing: the request service's reconciler writes cases; users read them.
+    ("/sspm.v1.TicketingService/OpenCase", internal(&[Request])),
+    ("/sspm.v1.TicketingService/AddCaseComment", internal(&[Request])),
+    ("/sspm.v1.TicketingService/UpdateCaseStatus", internal(&[Request])),
+    ("/sspm.v1.TicketingService/CloseCase", internal(&[Request])),
+    ("/sspm.v1.TicketingService/GetCase", USERS),
+    ("/sspm.v1.TicketingService/ListCases", USERS),
+    // Every service's audit trail (staff).
+    ("/sspm.v1.AuditService/ListAuditEvents", USERS),
+];
+
+/// The callers of the RPC at `path`; `None` for a path SSPM does not serve.
+pub fn callers(path: &str) -> Option<Callers> {
+    TABLE.iter().find(|(p, _)| *p == path).map(|(_, c)| *c)
+}
+
+/// Whether `principal` may call the RPC at `path`. A path SSPM does not serve is left to
+/// the router (UNIMPLEMENTED) for users and refused to services.
+pub fn allowed(path: &str, principal: &Principal) -> bool {
+    match (callers(path), principal.service()) {
+        (Some(c), Some(service)) => c.services.contains(&service),
+        (Some(c), None) => c.users,
+        (None, Some(_)) => false,
+        (None, None) => true,
+    }
+}
+
+/// PERMISSION_DENIED unless `principal` may call the RPC at `path`.
+pub fn admit(path: &str, principal: &Principal) -> Result<(), Status> {
+    if allowed(path, principal) {
+        return Ok(());
+    }
+    let rpc = path.rsplit('/').next().unwrap_or(path);
+    let who = match callers(path) {
+        Some(c) => describe(c),
+        None => "users only".to_owned(),
+    };
+    Err(crate::error::caller_not_allowed(
+        rpc,
+        principal.id.as_str(),
+        format!("{rpc} may be called by {who}; {} may not", principal.id),
+    ))
+}
+
+fn describe(c: Callers) -> String {
+    let services: Vec<String> = c.services.iter().map(|s| format!("the {} service", s.name())).collect();
+    match (c.users, services.is_empty()) {
+        (true, true) => "users only".to_owned(),
+        (true, false) => format!("users and {}", services.join(", ")),
+        (false, _) => services.join(", "),
+    }
+}
