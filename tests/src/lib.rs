@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use sspm_platform::client::{InternalChannel, connect_lazy};
 use sspm_platform::testing::{self, TestDatabase};
-use sspm_platform::{PrincipalKind, ServiceKind, SspmConfig, TokenMinter};
+use sspm_authorization::seed::demo;
+use sspm_platform::{ServiceIdentity, ServiceKind, SspmConfig, TokenMinter};
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
 use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
@@ -254,25 +255,22 @@ impl TestSystem {
         connect_lazy(&format!("http://{}", self.addr(kind)), &self.config.clients).expect("channel")
     }
 
-    /// A bearer token for `principal`, signed with the system's key.
+    /// A development bearer token for the user `principal`.
     pub fn token(&self, principal: &str) -> String {
-        self.token_of(principal, PrincipalKind::User)
-    }
-
-    /// A bearer token for `principal` of `kind`.
-    pub fn token_of(&self, principal: &str, kind: PrincipalKind) -> String {
         let id = sspm_platform::auth::parse_principal(principal).expect("valid principal id");
-        TokenMinter::new(&self.config.auth).mint(&id, kind, 600)
+        TokenMinter::new(&self.config).mint(&id, 600)
     }
 
-    /// A request carrying an SSPM service's token (for internal RPCs such as GetCase).
-    pub fn as_service<T>(&self, message: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(message);
-        let value = format!("Bearer {}", self.token_of("svc-tests", PrincipalKind::Service))
-            .parse()
-            .expect("header value");
-        req.metadata_mut().insert("authorization", value);
-        req
+    /// The service token of `kind`, signed with its own key, as it calls the others.
+    pub fn service_token(&self, kind: ServiceKind) -> String {
+        ServiceIdentity::new(kind, &self.config).expect("the service's key").token()
+    }
+
+    /// A request carrying the service token of `kind` (for internal RPCs such as OpenCase).
+    pub fn as_service<T>(&self, kind: ServiceKind, message: T) -> tonic::Request<T> {
+        ServiceIdentity::new(kind, &self.config)
+            .expect("the service's key")
+            .request(message, None)
     }
 
     /// A client of the request service.
@@ -355,10 +353,11 @@ impl TestSystem {
         }
     }
 
-    /// The case numbered `number`, read as a service.
+    /// The case numbered `number`, read by the demo partner administrator (who may view
+    /// the demo tenancy's cases).
     pub async fn case(&self, number: &str) -> pb::Case {
         self.ticketing()
-            .get_case(self.as_service(pb::GetCaseRequest {
+            .get_case(self.authed(demo::PARTNER_ADMIN, pb::GetCaseRequest {
                 key: Some(pb::get_case_request::Key::CaseNumber(number.into())),
             }))
             .await
@@ -368,14 +367,14 @@ impl TestSystem {
             .expect("case set")
     }
 
-    /// The approval task of `request_id`, read as a service once it exists (it is created in
+    /// The approval task of `request_id`, read by Network Operations once it exists (it is created in
     /// the background); panics after 15 s.
     pub async fn approval_task(&self, request_id: &str) -> pb::ApprovalTask {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             let got = self
                 .approval()
-                .get_approval_task(self.as_service(pb::GetApprovalTaskRequest {
+                .get_approval_task(self.authed(demo::NETOPS, pb::GetApprovalTaskRequest {
                     key: Some(pb::get_approval_task_request::Key::RequestId(request_id.into())),
                 }))
                 .await;

@@ -293,15 +293,23 @@ async fn every_change_is_audited(s: &TestSystem) {
     assert!(!mine.is_empty());
     assert!(mine.iter().all(|e| e.target == "audited-review" && e.actor == NETOPS));
 
-    // Only staff and services read it.
+    // Only staff read it: not a partner, and no service (a service token never passes a
+    // staff check).
     for kind in ServiceKind::ALL {
         let e = AuditServiceClient::new(s.channel(kind))
             .list_audit_events(s.authed(PERCY, pb::ListAuditEventsRequest::default()))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{}: {e:?}", kind.name());
+        for service in ServiceKind::ALL {
+            let e = AuditServiceClient::new(s.channel(kind))
+                .list_audit_events(s.as_service(service, pb::ListAuditEventsRequest::default()))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{} by {}: {e:?}", kind.name(), service.name());
+        }
         AuditServiceClient::new(s.channel(kind))
-            .list_audit_events(s.as_service(pb::ListAuditEventsRequest::default()))
+            .list_audit_events(s.authed(REP, pb::ListAuditEventsRequest::default()))
             .await
             .unwrap();
     }

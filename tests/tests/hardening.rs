@@ -461,10 +461,14 @@ async fn oversized_filters_bidi_text_and_long_lived_tokens_are_refused() {
     refused_naming(&e, "states");
     let e = s
         .ticketing()
-        .list_cases(s.as_service(pb::ListCasesRequest {
-            statuses: many.clone(),
-            ..Default::default()
-        }))
+        .list_cases(s.authed(
+            "percy@classics.example",
+            pb::ListCasesRequest {
+                business_unit_id: "bu-league".into(),
+                statuses: many.clone(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap_err();
     refused_naming(&e, "statuses");
@@ -534,7 +538,7 @@ async fn oversized_filters_bidi_text_and_long_lived_tokens_are_refused() {
     // A token that lives longer than auth.max_token_lifetime_seconds, signed with the right key.
     let percy = sspm_platform::auth::parse_principal(PERCY).unwrap();
     let long =
-        sspm_platform::TokenMinter::new(&s.config.auth).mint(&percy, sspm_platform::PrincipalKind::User, 400 * 86_400);
+        sspm_platform::TokenMinter::new(&s.config).mint(&percy, 400 * 86_400);
     let mut req = tonic::Request::new(pb::GetPortLimitsRequest {
         business_unit_id: "bu-league".into(),
     });

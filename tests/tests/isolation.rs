@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)] // scenario bodies: an unwrap is an assertion
 
 use sspm_e2e::{TestSystem, scenario};
+use sspm_platform::ServiceKind;
 use sspm_proto::v1 as pb;
 use tonic::Code;
 
@@ -151,9 +152,12 @@ async fn seen(s: &TestSystem, o: &Owned) -> Seen {
     let task = match &o.task_id {
         Some(id) => Some(
             s.approval()
-                .get_approval_task(s.as_service(pb::GetApprovalTaskRequest {
-                    key: Some(pb::get_approval_task_request::Key::TaskId(id.clone())),
-                }))
+                .get_approval_task(s.as_service(
+                    ServiceKind::Request,
+                    pb::GetApprovalTaskRequest {
+                        key: Some(pb::get_approval_task_request::Key::TaskId(id.clone())),
+                    },
+                ))
                 .await
                 .unwrap()
                 .into_inner()

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use sspm_e2e::{Backend, TestSystem, scenario};
+use sspm_platform::ServiceKind;
 use sspm_proto::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -533,7 +534,7 @@ async fn daily_limit_accounting(s: &TestSystem) {
     let before = usage(s, "C14").await;
     let released = s
         .approval()
-        .release_reservation(s.as_service(pb::ReleaseReservationRequest {
+        .release_reservation(s.as_service(ServiceKind::Request, pb::ReleaseReservationRequest {
             request_id: "d-late".into(),
             reason: "cancelled".into(),
         }))
@@ -543,7 +544,7 @@ async fn daily_limit_accounting(s: &TestSystem) {
     assert!(!released.released, "there was nothing to release");
     let late = s
         .approval()
-        .evaluate_increase(s.as_service(pb::EvaluateIncreaseRequest {
+        .evaluate_increase(s.as_service(ServiceKind::Request, pb::EvaluateIncreaseRequest {
             request_id: "d-late".into(),
             business_unit_id: LEAGUE.into(),
             cluster: "C14".into(),
@@ -556,7 +557,7 @@ async fn daily_limit_accounting(s: &TestSystem) {
     // In the usual order, the release returns the ports.
     let fits = s
         .approval()
-        .evaluate_increase(s.as_service(pb::EvaluateIncreaseRequest {
+        .evaluate_increase(s.as_service(ServiceKind::Request, pb::EvaluateIncreaseRequest {
             request_id: "d-usual".into(),
             business_unit_id: LEAGUE.into(),
             cluster: "C14".into(),
@@ -569,7 +570,7 @@ async fn daily_limit_accounting(s: &TestSystem) {
     assert_eq!(usage(s, "C14").await, before + 3);
     let released = s
         .approval()
-        .release_reservation(s.as_service(pb::ReleaseReservationRequest {
+        .release_reservation(s.as_service(ServiceKind::Request, pb::ReleaseReservationRequest {
             request_id: "d-usual".into(),
             reason: "cancelled".into(),
         }))
@@ -1212,7 +1213,7 @@ async fn administration_and_staff_rpcs(s: &TestSystem) {
 
     // A comment retried with its idempotency key is added once; a bad key is refused.
     let comment = |key: &str| {
-        let req = s.as_service(pb::AddCaseCommentRequest {
+        let req = s.as_service(ServiceKind::Request, pb::AddCaseCommentRequest {
             case_number: cases[0].case_number.clone(),
             body: "Customer called about it.".into(),
             comment_id: key.into(),
@@ -1239,7 +1240,7 @@ scenario!(
 /// accepted, nothing is lost, and once ticketing is back the reconciler opens exactly one
 /// case, applies the change and closes the case.
 async fn outage_recovery(backend: Backend) {
-    let mut s = TestSystem::start_without(backend, &[sspm_platform::ServiceKind::Ticketing]).await;
+    let mut s = TestSystem::start_without(backend, &[ServiceKind::Ticketing]).await;
     let resp = create(
         &s,
         PERCY,
@@ -1260,13 +1261,13 @@ async fn outage_recovery(backend: Backend) {
     .unwrap_err();
     assert_eq!(rule(&e).0, "R5");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    s.start_held(sspm_platform::ServiceKind::Ticketing).await;
+    s.start_held(ServiceKind::Ticketing).await;
     let r = s.wait_for_state(PERCY, "outage-1", S::Approved).await;
     assert_eq!(limits(&s, LEAGUE).await.concurrent, 120);
     closed_case(&s, &r.case_number).await;
     let cases = s
         .ticketing()
-        .list_cases(s.as_service(pb::ListCasesRequest {
+        .list_cases(s.authed(PERCY, pb::ListCasesRequest {
             business_unit_id: LEAGUE.into(),
             ..Default::default()
         }))

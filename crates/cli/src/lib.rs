@@ -2,6 +2,7 @@
 //! so tests run the system exactly as operators do.
 
 pub mod certs;
+pub mod keys;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -183,9 +184,9 @@ fn demo_help(config: &SspmConfig, apps: &[ServiceApp]) -> String {
             .map(|a| a.to_string())
             .unwrap_or_default()
     };
-    let minter = sspm_platform::TokenMinter::new(&config.auth);
+    let minter = sspm_platform::TokenMinter::new(config);
     let token = |p: &str| match sspm_platform::auth::parse_principal(p) {
-        Ok(id) => minter.mint(&id, sspm_platform::PrincipalKind::User, config.auth.token_ttl_seconds),
+        Ok(id) => minter.mint(&id, config.auth.token_ttl_seconds),
         Err(_) => String::new(),
     };
     let request = addr(ServiceKind::Request);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sspm_platform::{PrincipalKind, ServiceKind, SspmConfig, TokenMinter};
+use sspm_platform::{ServiceIdentity, ServiceKind, SspmConfig, TokenMinter};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -91,16 +91,27 @@ enum Command {
         #[arg(long, default_value_t = 2_000)]
         timeout_ms: u64,
     },
-    /// Mint a bearer token signed with the configured key (development and tests).
+    /// Mint a development user token (HS256 with the development key; dev profile only:
+    /// in production, users' tokens come from the identity provider), or with --service a
+    /// service token signed with that service's private key (which this process must hold).
     Token {
-        /// The principal id (the token's subject), e.g. percy@classics.example.
-        principal: String,
-        /// Kind of principal.
-        #[arg(long, value_enum, default_value_t = Kind::User)]
-        kind: Kind,
+        /// The user (the token's subject), e.g. percy@classics.example.
+        #[arg(required_unless_present = "service", conflicts_with = "service")]
+        principal: Option<String>,
+        /// Mint the service token of this service instead.
+        #[arg(long, value_enum)]
+        service: Option<Service>,
         /// Lifetime in seconds (default: auth.token_ttl_seconds).
         #[arg(long)]
         ttl: Option<u64>,
+    },
+    /// Write a new Ed25519 key pair for each of the four services (`<service>.key.pem`,
+    /// owner-only, and `<service>.pub.pem`) for auth.service_keys_dir. Every service needs
+    /// every public key; each needs only its own private key.
+    Keys {
+        /// The directory to write into (existing files are never overwritten).
+        #[arg(long, default_value = "keys")]
+        out: PathBuf,
     },
 }
 
@@ -121,12 +132,6 @@ impl From<Service> for ServiceKind {
             Service::Ticketing => ServiceKind::Ticketing,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Kind {
-    User,
-    Service,
 }
 
 #[tokio::main]
@@ -224,6 +229,16 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(status == ServingStatus::Serving, "{endpoint} {service} is not serving");
             Ok(())
         }
+        Command::Keys { out } => {
+            let written = sspm_cli::keys::write_service_keys(&out)?;
+            for path in written {
+                eprintln!("wrote {}", path.display());
+            }
+            eprintln!(
+                "set auth.service_keys_dir (SSPM__AUTH__SERVICE_KEYS_DIR) to a directory holding every *.pub.pem and the service's own *.key.pem"
+            );
+            Ok(())
+        }
         Command::Certs { out, names } => {
             let (pki, created) = sspm_cli::certs::ensure_dev_pki(&out, &names)?;
             eprintln!(
@@ -235,19 +250,30 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Token { principal, kind, ttl } => {
-            let id = sspm_platform::auth::parse_principal(&principal)?;
-            let kind = match kind {
-                Kind::User => PrincipalKind::User,
-                Kind::Service => PrincipalKind::Service,
-            };
+        Command::Token { principal, service, ttl } => {
             let ttl = ttl.unwrap_or(config.auth.token_ttl_seconds);
             anyhow::ensure!(
                 ttl <= config.auth.max_token_lifetime_seconds,
                 "--ttl {ttl}: SSPM refuses tokens that live longer than auth.max_token_lifetime_seconds ({} s)",
                 config.auth.max_token_lifetime_seconds
             );
-            let token = TokenMinter::new(&config.auth).mint(&id, kind, ttl);
+            let token = match (principal, service) {
+                (_, Some(service)) => {
+                    let mut capped = config.clone();
+                    capped.auth.max_token_lifetime_seconds = ttl;
+                    ServiceIdentity::new(service.into(), &capped)?.token()
+                }
+                (Some(principal), None) => {
+                    let id = sspm_platform::auth::parse_principal(&principal)?;
+                    let minter = TokenMinter::new(&config);
+                    anyhow::ensure!(
+                        minter.available(),
+                        "development tokens exist only in the dev profile: in production, users' tokens come from the identity provider (auth.users)"
+                    );
+                    minter.mint(&id, ttl)
+                }
+                (None, None) => anyhow::bail!("name a principal, or --service"),
+            };
             #[allow(clippy::print_stdout)]
             {
                 println!("{token}");

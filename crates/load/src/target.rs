@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sspm_platform::client::{InternalChannel, connect_lazy};
-use sspm_platform::{PrincipalKind, ServiceKind, SspmConfig, TokenMinter};
+use sspm_platform::{ServiceKind, SspmConfig, TokenMinter};
 use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
 use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use sspm_proto::v1::port_request_service_client::PortRequestServiceClient;
@@ -76,7 +76,7 @@ impl Target {
         Ok(Self {
             connections: out,
             endpoint: request_endpoint,
-            minter: TokenMinter::new(&config.auth),
+            minter: TokenMinter::new(config),
         })
     }
 
@@ -88,7 +88,7 @@ impl Target {
     /// A token of `principal`, valid for a day.
     pub fn token(&self, principal: &str) -> anyhow::Result<Token> {
         let id = sspm_platform::auth::parse_principal(principal)?;
-        let token = self.minter.mint(&id, PrincipalKind::User, 86_400);
+        let token = self.minter.mint(&id, 86_400);
         Ok(format!("Bearer {token}").parse()?)
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
 use sspm_platform::error::{self, db, not_found, permission_denied};
 use sspm_platform::rpc::{
-    Authz, enum_filter, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at, require_service,
+    Authz, enum_filter, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at,
     required_enum, time_id_key, timestamp, timestamp_opt,
 };
 use sspm_platform::{Draining, caller};
@@ -51,10 +51,11 @@ impl ApprovalApi {
         ledger_day(now_micros() / 1_000_000, self.day_offset_seconds)
     }
 
-    /// Services, or principals allowed one of `actions` (global Network Operations actions).
+    /// Users allowed one of `actions` (global Network Operations actions). A service token
+    /// never passes: services read only what the caller table lets them ([`Self::require_staff_or_service`]).
     async fn require_staff(&self, caller: &Caller, actions: &[pb::Action]) -> Result<(), Status> {
-        if caller.kind == CallerKind::Service {
-            return Ok(());
+        if caller.is_service() {
+            return Err(permission_denied("staff actions are for people, not services", &[]));
         }
         let mut first = None;
         for a in actions {
@@ -66,6 +67,15 @@ impl ApprovalApi {
             }
         }
         Err(first.unwrap_or_else(|| permission_denied("not allowed", &[])))
+    }
+
+    /// [`Self::require_staff`], or a service the caller table admitted to this read (the
+    /// request service reading a task it applies, or the day's usage for a dry run).
+    async fn require_staff_or_service(&self, caller: &Caller, actions: &[pb::Action]) -> Result<(), Status> {
+        if caller.is_service() {
+            return Ok(());
+        }
+        self.require_staff(caller, actions).await
     }
 
     fn usage_pb(&self, usage: Vec<Usage>) -> Vec<pb::LimitUsage> {
@@ -182,8 +192,8 @@ impl ApprovalService for ApprovalApi {
         &self,
         request: Request<pb::EvaluateIncreaseRequest>,
     ) -> Result<Response<pb::EvaluateIncreaseResponse>, Status> {
-        let caller = caller(&request)?;
-        require_service(&caller, "EvaluateIncrease")?;
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
         let req = request.into_inner();
         let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
         let bu = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
@@ -240,8 +250,8 @@ impl ApprovalService for ApprovalApi {
         &self,
         request: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
-        let caller = caller(&request)?;
-        require_service(&caller, "ReleaseReservation")?;
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
         let req = request.into_inner();
         let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
         let released = self
@@ -259,8 +269,8 @@ impl ApprovalService for ApprovalApi {
         &self,
         request: Request<pb::SubmitForReviewRequest>,
     ) -> Result<Response<pb::SubmitForReviewResponse>, Status> {
-        let caller = caller(&request)?;
-        require_service(&caller, "SubmitForReview")?;
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
         let req = request.into_inner();
         let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
         let before = req
@@ -300,8 +310,8 @@ impl ApprovalService for ApprovalApi {
         &self,
         request: Request<pb::WithdrawReviewRequest>,
     ) -> Result<Response<pb::WithdrawReviewResponse>, Status> {
-        let caller = caller(&request)?;
-        require_service(&caller, "WithdrawReview")?;
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
         let req = request.into_inner();
         let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
         let reason = if req.reason.trim().is_empty() {
@@ -352,7 +362,7 @@ impl ApprovalService for ApprovalApi {
         request: Request<pb::GetApprovalTaskRequest>,
     ) -> Result<Response<pb::GetApprovalTaskResponse>, Status> {
         let caller = caller(&request)?;
-        self.require_staff(&caller, &[pb::Action::DecideApprovals]).await?;
+        self.require_staff_or_service(&caller, &[pb::Action::DecideApprovals]).await?;
         let (t, id) = match request.into_inner().key {
             Some(pb::get_approval_task_request::Key::TaskId(id)) => {
                 (self.store.task(task_id(&id)?).await.map_err(db("loading a task"))?, id)
@@ -431,8 +441,8 @@ impl ApprovalService for ApprovalApi {
         &self,
         request: Request<pb::WatchDecisionsRequest>,
     ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
-        let caller = caller(&request)?;
-        require_service(&caller, "WatchDecisions")?;
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
         let mut cursor =
             i64::try_from(request.into_inner().after_cursor).map_err(|_| invalid("after_cursor", "out of range"))?;
         let (tx, rx) = mpsc::channel(64);
@@ -553,7 +563,7 @@ impl ApprovalService for ApprovalApi {
         request: Request<pb::GetDailyUsageRequest>,
     ) -> Result<Response<pb::GetDailyUsageResponse>, Status> {
         let caller = caller(&request)?;
-        self.require_staff(&caller, &[pb::Action::ManageDailyLimits, pb::Action::DecideApprovals])
+        self.require_staff_or_service(&caller, &[pb::Action::ManageDailyLimits, pb::Action::DecideApprovals])
             .await?;
         let req = request.into_inner();
         let cluster = parse_at("cluster", ClusterName::parse(&req.cluster))?;

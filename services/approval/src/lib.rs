@@ -23,7 +23,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         listener,
     )
     .await?;
-    let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Approval, &config))?;
+    let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Approval, &config)?)?;
     let store = store::Store::new(app.db.clone(), config.daily_limits.default_max_daily_increase)
         .with_reader(app.read_db.clone());
     register_figures(&app, store.clone(), config.daily_limits.day_utc_offset_minutes * 60);

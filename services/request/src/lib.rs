@@ -32,7 +32,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         listener,
     )
     .await?;
-    let identity = ServiceIdentity::new(ServiceKind::Request, &config);
+    let identity = ServiceIdentity::new(ServiceKind::Request, &config)?;
     let endpoint = |k| config.services.get(k).endpoint();
     let authz = Authz::new(&config, identity.clone())?;
     let readers = authz.audit_readers();

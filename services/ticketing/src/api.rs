@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
+use sspm_platform::auth::Principal as Caller;
 use sspm_platform::caller;
 use sspm_platform::error::{db, not_found};
 use sspm_platform::rpc::{
-    Authz, ON_BEHALF_OF, invalid, next_page_token, now_micros, page_number, page_size, parse_at, require_service,
+    Authz, ON_BEHALF_OF, invalid, next_page_token, now_micros, page_number, page_size, parse_at,
     timestamp, timestamp_opt,
 };
 use sspm_proto::v1 as pb;
@@ -53,11 +53,9 @@ impl TicketingApi {
         }
     }
 
-    /// May the caller read the cases of `business_unit_id`? Services may read all.
+    /// May the caller read the cases of `business_unit_id`? (No service reads cases: the
+    /// caller table admits users only.)
     async fn may_read(&self, caller: &Caller, business_unit_id: &str) -> Result<(), Status> {
-        if caller.kind == CallerKind::Service {
-            return Ok(());
-        }
         self.authz
             .require(&caller.id, pb::Action::ViewPorts, business_unit_id)
             .await
@@ -147,8 +145,8 @@ fn comment_key(raw: &str) -> Result<Option<&str>, Status> {
 #[tonic::async_trait]
 impl TicketingService for TicketingApi {
     async fn open_case(&self, request: Request<pb::OpenCaseRequest>) -> Result<Response<pb::OpenCaseResponse>, Status> {
-        let caller = caller(&request)?;
-        require_service(&caller, "OpenCase")?;
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
         let req = request.into_inner();
         let reference = external_reference(&req.external_reference)?;
         let description = if req.description.is_empty() {
@@ -181,7 +179,6 @@ impl TicketingService for TicketingApi {
         request: Request<pb::AddCaseCommentRequest>,
     ) -> Result<Response<pb::AddCaseCommentResponse>, Status> {
         let caller = caller(&request)?;
-        require_service(&caller, "AddCaseComment")?;
         let author = author(&request, &caller);
         let req = request.into_inner();
         let body = text("body", &req.body, "comment", Text::MAX_LEN)?;
@@ -202,8 +199,8 @@ impl TicketingService for TicketingApi {
         &self,
         request: Request<pb::UpdateCaseStatusRequest>,
     ) -> Result<Response<pb::UpdateCaseStatusResponse>, Status> {
-        let caller = caller(&request)?;
-        require_service(&caller, "UpdateCaseStatus")?;
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
         let req = request.into_inner();
         let status: pb::CaseStatus = sspm_platform::rpc::required_enum("status", req.status)?;
         if status == pb::CaseStatus::Closed {
@@ -232,8 +229,8 @@ impl TicketingService for TicketingApi {
         &self,
         request: Request<pb::CloseCaseRequest>,
     ) -> Result<Response<pb::CloseCaseResponse>, Status> {
-        let caller = caller(&request)?;
-        require_service(&caller, "CloseCase")?;
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
         let req = request.into_inner();
         let number = parse_at("case_number", CaseNumber::parse(&req.case_number))?;
         let resolution = text("resolution", &req.resolution, "resolution", Text::MAX_LEN)?;
@@ -290,13 +287,10 @@ impl TicketingService for TicketingApi {
         let size = page_size(req.page_size)?;
         let before = page_number::<i64>(&req.page_token)?;
         let bu = if req.business_unit_id.is_empty() {
-            if caller.kind != CallerKind::Service {
-                return Err(invalid(
-                    "business_unit_id",
-                    "is required: list the cases of one business unit you may view",
-                ));
-            }
-            None
+            return Err(invalid(
+                "business_unit_id",
+                "is required: list the cases of one business unit you may view",
+            ));
         } else {
             let id = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
             self.may_read(&caller, id.as_str()).await?;

@@ -38,7 +38,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         listener,
     )
     .await?;
-    let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Ticketing, &config))?;
+    let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Ticketing, &config)?)?;
     let readers = authz.audit_readers();
     let store = store::Store::new(app.db.clone()).with_reader(app.read_db.clone());
     let (api, background) = match org {

@@ -319,19 +319,6 @@ impl Clients {
     }
 }
 
-/// `message` with a service token (for the internal reads a check needs).
-pub fn as_service<T>(message: T) -> tonic::Request<T> {
-    let token = sspm_platform::TokenMinter::new(&sspm_platform::SspmConfig::default().auth).mint(
-        &sspm_platform::auth::parse_principal("svc-tests").unwrap(),
-        sspm_platform::PrincipalKind::Service,
-        600,
-    );
-    let mut req = tonic::Request::new(message);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
-}
-
 /// Every case of `business_unit_id`.
 pub async fn cases_of(cluster: &Clients, business_unit_id: &str) -> Vec<pb::Case> {
     let mut cases = Vec::new();
@@ -339,12 +326,15 @@ pub async fn cases_of(cluster: &Clients, business_unit_id: &str) -> Vec<pb::Case
     loop {
         let page = cluster
             .ticketing()
-            .list_cases(as_service(pb::ListCasesRequest {
-                business_unit_id: business_unit_id.into(),
-                page_size: 500,
-                page_token,
-                ..Default::default()
-            }))
+            .list_cases(super::authed(
+                "percy@classics.example",
+                pb::ListCasesRequest {
+                    business_unit_id: business_unit_id.into(),
+                    page_size: 500,
+                    page_token,
+                    ..Default::default()
+                },
+            ))
             .await
             .expect("list cases")
             .into_inner();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sspm_platform::{PrincipalKind, ServiceKind, SspmConfig, TokenMinter};
+use sspm_platform::{ServiceKind, SspmConfig, TokenMinter};
 
 /// A running `sspm up`; killed when dropped (a failed test leaves nothing behind).
 pub struct Up {
@@ -82,11 +82,7 @@ pub fn sspm_up(data: &Path, args: &[&str], env: &[(&str, String)]) -> Up {
 
 /// A development token of the demo tenancy's `principal`.
 pub fn token(principal: &str) -> String {
-    TokenMinter::new(&SspmConfig::default().auth).mint(
-        &sspm_platform::auth::parse_principal(principal).unwrap(),
-        PrincipalKind::User,
-        600,
-    )
+    TokenMinter::new(&SspmConfig::default()).mint(&sspm_platform::auth::parse_principal(principal).unwrap(), 600)
 }
 
 /// `message` with a bearer token.
