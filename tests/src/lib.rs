@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use sspm_authorization::seed::demo;
 use sspm_platform::client::{InternalChannel, connect_lazy};
 use sspm_platform::testing::{self, TestDatabase};
-use sspm_authorization::seed::demo;
 use sspm_platform::{ServiceIdentity, ServiceKind, SspmConfig, TokenMinter};
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
@@ -263,7 +263,9 @@ impl TestSystem {
 
     /// The service token of `kind`, signed with its own key, as it calls the others.
     pub fn service_token(&self, kind: ServiceKind) -> String {
-        ServiceIdentity::new(kind, &self.config).expect("the service's key").token()
+        ServiceIdentity::new(kind, &self.config)
+            .expect("the service's key")
+            .token()
     }
 
     /// A request carrying the service token of `kind` (for internal RPCs such as OpenCase).
@@ -357,9 +359,12 @@ impl TestSystem {
     /// the demo tenancy's cases).
     pub async fn case(&self, number: &str) -> pb::Case {
         self.ticketing()
-            .get_case(self.authed(demo::PARTNER_ADMIN, pb::GetCaseRequest {
-                key: Some(pb::get_case_request::Key::CaseNumber(number.into())),
-            }))
+            .get_case(self.authed(
+                demo::PARTNER_ADMIN,
+                pb::GetCaseRequest {
+                    key: Some(pb::get_case_request::Key::CaseNumber(number.into())),
+                },
+            ))
             .await
             .expect("case")
             .into_inner()
@@ -374,9 +379,12 @@ impl TestSystem {
         loop {
             let got = self
                 .approval()
-                .get_approval_task(self.authed(demo::NETOPS, pb::GetApprovalTaskRequest {
-                    key: Some(pb::get_approval_task_request::Key::RequestId(request_id.into())),
-                }))
+                .get_approval_task(self.authed(
+                    demo::NETOPS,
+                    pb::GetApprovalTaskRequest {
+                        key: Some(pb::get_approval_task_request::Key::RequestId(request_id.into())),
+                    },
+                ))
                 .await;
             match got {
                 Ok(t) => return t.into_inner().task.expect("task"),

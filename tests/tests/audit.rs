@@ -306,7 +306,13 @@ async fn every_change_is_audited(s: &TestSystem) {
                 .list_audit_events(s.as_service(service, pb::ListAuditEventsRequest::default()))
                 .await
                 .unwrap_err();
-            assert_eq!(e.code(), Code::PermissionDenied, "{} by {}: {e:?}", kind.name(), service.name());
+            assert_eq!(
+                e.code(),
+                Code::PermissionDenied,
+                "{} by {}: {e:?}",
+                kind.name(),
+                service.name()
+            );
         }
         AuditServiceClient::new(s.channel(kind))
             .list_audit_events(s.authed(REP, pb::ListAuditEventsRequest::default()))

@@ -537,8 +537,7 @@ async fn oversized_filters_bidi_text_and_long_lived_tokens_are_refused() {
 
     // A token that lives longer than auth.max_token_lifetime_seconds, signed with the right key.
     let percy = sspm_platform::auth::parse_principal(PERCY).unwrap();
-    let long =
-        sspm_platform::TokenMinter::new(&s.config).mint(&percy, 400 * 86_400);
+    let long = sspm_platform::TokenMinter::new(&s.config).mint(&percy, 400 * 86_400);
     let mut req = tonic::Request::new(pb::GetPortLimitsRequest {
         business_unit_id: "bu-league".into(),
     });

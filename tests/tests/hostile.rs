@@ -90,10 +90,13 @@ async fn snapshot(s: &TestSystem) -> Vec<String> {
     }
     let tasks = s
         .approval()
-        .list_approval_tasks(s.authed(NETOPS, pb::ListApprovalTasksRequest {
-            page_size: 500,
-            ..Default::default()
-        }))
+        .list_approval_tasks(s.authed(
+            NETOPS,
+            pb::ListApprovalTasksRequest {
+                page_size: 500,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
     out.push(format!("{:?}", tasks.into_inner()));
@@ -105,37 +108,49 @@ async fn snapshot(s: &TestSystem) -> Vec<String> {
     out.push(format!("{:?}", limits.into_inner()));
     let usage = s
         .approval()
-        .get_daily_usage(s.authed(NETOPS, pb::GetDailyUsageRequest {
-            cluster: "C14".into(),
-            ..Default::default()
-        }))
+        .get_daily_usage(s.authed(
+            NETOPS,
+            pb::GetDailyUsageRequest {
+                cluster: "C14".into(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
     out.push(format!("{:?}", usage.into_inner()));
     let units = s
         .authorization()
-        .list_visible_business_units(s.authed(REP, pb::ListVisibleBusinessUnitsRequest {
-            page_size: 500,
-            ..Default::default()
-        }))
+        .list_visible_business_units(s.authed(
+            REP,
+            pb::ListVisibleBusinessUnitsRequest {
+                page_size: 500,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
     out.push(format!("{:?}", units.into_inner()));
     let grants = s
         .authorization()
-        .list_permissions(s.authed(REP, pb::ListPermissionsRequest {
-            page_size: 500,
-            ..Default::default()
-        }))
+        .list_permissions(s.authed(
+            REP,
+            pb::ListPermissionsRequest {
+                page_size: 500,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
     out.push(format!("{:?}", grants.into_inner()));
     for who in [PERCY, REP, NETOPS] {
         let p = s
             .authorization()
-            .get_principal(s.authed(REP, pb::GetPrincipalRequest {
-                principal_id: who.into(),
-            }))
+            .get_principal(s.authed(
+                REP,
+                pb::GetPrincipalRequest {
+                    principal_id: who.into(),
+                },
+            ))
             .await
             .unwrap();
         out.push(format!("{:?}", p.into_inner()));
@@ -214,9 +229,12 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     let task_id = loop {
         let t = s
             .approval()
-            .get_approval_task(s.authed(NETOPS, pb::GetApprovalTaskRequest {
-                key: Some(pb::get_approval_task_request::Key::RequestId("reviewed".into())),
-            }))
+            .get_approval_task(s.authed(
+                NETOPS,
+                pb::GetApprovalTaskRequest {
+                    key: Some(pb::get_approval_task_request::Key::RequestId("reviewed".into())),
+                },
+            ))
             .await;
         match t {
             Ok(t) => break t.into_inner().task.unwrap().task_id,
@@ -502,31 +520,40 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
         refused(
             "AddCaseComment to a malformed case number",
             tickets
-                .add_case_comment(s.as_service(ServiceKind::Request, pb::AddCaseCommentRequest {
-                    case_number: number.into(),
-                    body: "x".into(),
-                    comment_id: String::new(),
-                }))
+                .add_case_comment(s.as_service(
+                    ServiceKind::Request,
+                    pb::AddCaseCommentRequest {
+                        case_number: number.into(),
+                        body: "x".into(),
+                        comment_id: String::new(),
+                    },
+                ))
                 .await,
             Invalid,
         );
         refused(
             "UpdateCaseStatus of a malformed case number",
             tickets
-                .update_case_status(s.as_service(ServiceKind::Request, pb::UpdateCaseStatusRequest {
-                    case_number: number.into(),
-                    status: pb::CaseStatus::Working.into(),
-                }))
+                .update_case_status(s.as_service(
+                    ServiceKind::Request,
+                    pb::UpdateCaseStatusRequest {
+                        case_number: number.into(),
+                        status: pb::CaseStatus::Working.into(),
+                    },
+                ))
                 .await,
             Invalid,
         );
         refused(
             "CloseCase of a malformed case number",
             tickets
-                .close_case(s.as_service(ServiceKind::Request, pb::CloseCaseRequest {
-                    case_number: number.into(),
-                    resolution: "x".into(),
-                }))
+                .close_case(s.as_service(
+                    ServiceKind::Request,
+                    pb::CloseCaseRequest {
+                        case_number: number.into(),
+                        resolution: "x".into(),
+                    },
+                ))
                 .await,
             Invalid,
         );
@@ -603,7 +630,11 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
             },
         ),
     ] {
-        refused(what, tickets.open_case(s.as_service(ServiceKind::Request, open)).await, Invalid);
+        refused(
+            what,
+            tickets.open_case(s.as_service(ServiceKind::Request, open)).await,
+            Invalid,
+        );
     }
     for (body, key) in [
         ("", ""),
@@ -614,11 +645,14 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
         refused(
             "AddCaseComment with a bad body or key",
             tickets
-                .add_case_comment(s.as_service(ServiceKind::Request, pb::AddCaseCommentRequest {
-                    case_number: case_number.clone(),
-                    body: body.into(),
-                    comment_id: key.into(),
-                }))
+                .add_case_comment(s.as_service(
+                    ServiceKind::Request,
+                    pb::AddCaseCommentRequest {
+                        case_number: case_number.clone(),
+                        body: body.into(),
+                        comment_id: key.into(),
+                    },
+                ))
                 .await,
             Invalid,
         );
@@ -627,10 +661,13 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
         refused(
             "UpdateCaseStatus to an unknown or closing status",
             tickets
-                .update_case_status(s.as_service(ServiceKind::Request, pb::UpdateCaseStatusRequest {
-                    case_number: case_number.clone(),
-                    status,
-                }))
+                .update_case_status(s.as_service(
+                    ServiceKind::Request,
+                    pb::UpdateCaseStatusRequest {
+                        case_number: case_number.clone(),
+                        status,
+                    },
+                ))
                 .await,
             Invalid,
         );
@@ -638,10 +675,13 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     refused(
         "CloseCase with an oversized resolution",
         tickets
-            .close_case(s.as_service(ServiceKind::Request, pb::CloseCaseRequest {
-                case_number: case_number.clone(),
-                resolution: huge.clone(),
-            }))
+            .close_case(s.as_service(
+                ServiceKind::Request,
+                pb::CloseCaseRequest {
+                    case_number: case_number.clone(),
+                    resolution: huge.clone(),
+                },
+            ))
             .await,
         Invalid,
     );
@@ -687,12 +727,15 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
         refused(
             what,
             approval
-                .evaluate_increase(s.as_service(ServiceKind::Request, pb::EvaluateIncreaseRequest {
-                    request_id: "evaluate-x".into(),
-                    business_unit_id: "bu-classics".into(),
-                    cluster: cluster.into(),
-                    increase,
-                }))
+                .evaluate_increase(s.as_service(
+                    ServiceKind::Request,
+                    pb::EvaluateIncreaseRequest {
+                        request_id: "evaluate-x".into(),
+                        business_unit_id: "bu-classics".into(),
+                        cluster: cluster.into(),
+                        increase,
+                    },
+                ))
                 .await,
             Invalid,
         );
@@ -700,10 +743,13 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     refused(
         "ReleaseReservation with a malformed id",
         approval
-            .release_reservation(s.as_service(ServiceKind::Request, pb::ReleaseReservationRequest {
-                request_id: huge.clone(),
-                reason: String::new(),
-            }))
+            .release_reservation(s.as_service(
+                ServiceKind::Request,
+                pb::ReleaseReservationRequest {
+                    request_id: huge.clone(),
+                    reason: String::new(),
+                },
+            ))
             .await,
         Invalid,
     );
@@ -717,31 +763,37 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     refused(
         "SubmitForReview with negative limits",
         approval
-            .submit_for_review(s.as_service(ServiceKind::Request, pb::SubmitForReviewRequest {
-                request_id: "submit-x".into(),
-                business_unit_id: "bu-classics".into(),
-                cluster: "C14".into(),
-                requester: PERCY.into(),
-                case_number: "00000001".into(),
-                limits_before: Some(pb::PortLimits {
-                    concurrent: -4,
-                    outbound: 0,
-                    agentless: 0,
-                }),
-                targets: concurrent(150),
-                justification: "x".into(),
-                estimated_monthly_cost_change: None,
-            }))
+            .submit_for_review(s.as_service(
+                ServiceKind::Request,
+                pb::SubmitForReviewRequest {
+                    request_id: "submit-x".into(),
+                    business_unit_id: "bu-classics".into(),
+                    cluster: "C14".into(),
+                    requester: PERCY.into(),
+                    case_number: "00000001".into(),
+                    limits_before: Some(pb::PortLimits {
+                        concurrent: -4,
+                        outbound: 0,
+                        agentless: 0,
+                    }),
+                    targets: concurrent(150),
+                    justification: "x".into(),
+                    estimated_monthly_cost_change: None,
+                },
+            ))
             .await,
         Invalid,
     );
     refused(
         "WithdrawReview with a malformed id",
         approval
-            .withdraw_review(s.as_service(ServiceKind::Request, pb::WithdrawReviewRequest {
-                request_id: "a b".into(),
-                reason: String::new(),
-            }))
+            .withdraw_review(s.as_service(
+                ServiceKind::Request,
+                pb::WithdrawReviewRequest {
+                    request_id: "a b".into(),
+                    reason: String::new(),
+                },
+            ))
             .await,
         Invalid,
     );

@@ -534,22 +534,28 @@ async fn daily_limit_accounting(s: &TestSystem) {
     let before = usage(s, "C14").await;
     let released = s
         .approval()
-        .release_reservation(s.as_service(ServiceKind::Request, pb::ReleaseReservationRequest {
-            request_id: "d-late".into(),
-            reason: "cancelled".into(),
-        }))
+        .release_reservation(s.as_service(
+            ServiceKind::Request,
+            pb::ReleaseReservationRequest {
+                request_id: "d-late".into(),
+                reason: "cancelled".into(),
+            },
+        ))
         .await
         .expect("release before evaluation")
         .into_inner();
     assert!(!released.released, "there was nothing to release");
     let late = s
         .approval()
-        .evaluate_increase(s.as_service(ServiceKind::Request, pb::EvaluateIncreaseRequest {
-            request_id: "d-late".into(),
-            business_unit_id: LEAGUE.into(),
-            cluster: "C14".into(),
-            increase: 3,
-        }))
+        .evaluate_increase(s.as_service(
+            ServiceKind::Request,
+            pb::EvaluateIncreaseRequest {
+                request_id: "d-late".into(),
+                business_unit_id: LEAGUE.into(),
+                cluster: "C14".into(),
+                increase: 3,
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
@@ -557,12 +563,15 @@ async fn daily_limit_accounting(s: &TestSystem) {
     // In the usual order, the release returns the ports.
     let fits = s
         .approval()
-        .evaluate_increase(s.as_service(ServiceKind::Request, pb::EvaluateIncreaseRequest {
-            request_id: "d-usual".into(),
-            business_unit_id: LEAGUE.into(),
-            cluster: "C14".into(),
-            increase: 3,
-        }))
+        .evaluate_increase(s.as_service(
+            ServiceKind::Request,
+            pb::EvaluateIncreaseRequest {
+                request_id: "d-usual".into(),
+                business_unit_id: LEAGUE.into(),
+                cluster: "C14".into(),
+                increase: 3,
+            },
+        ))
         .await
         .expect("evaluate")
         .into_inner();
@@ -570,10 +579,13 @@ async fn daily_limit_accounting(s: &TestSystem) {
     assert_eq!(usage(s, "C14").await, before + 3);
     let released = s
         .approval()
-        .release_reservation(s.as_service(ServiceKind::Request, pb::ReleaseReservationRequest {
-            request_id: "d-usual".into(),
-            reason: "cancelled".into(),
-        }))
+        .release_reservation(s.as_service(
+            ServiceKind::Request,
+            pb::ReleaseReservationRequest {
+                request_id: "d-usual".into(),
+                reason: "cancelled".into(),
+            },
+        ))
         .await
         .expect("release")
         .into_inner();
@@ -1213,11 +1225,14 @@ async fn administration_and_staff_rpcs(s: &TestSystem) {
 
     // A comment retried with its idempotency key is added once; a bad key is refused.
     let comment = |key: &str| {
-        let req = s.as_service(ServiceKind::Request, pb::AddCaseCommentRequest {
-            case_number: cases[0].case_number.clone(),
-            body: "Customer called about it.".into(),
-            comment_id: key.into(),
-        });
+        let req = s.as_service(
+            ServiceKind::Request,
+            pb::AddCaseCommentRequest {
+                case_number: cases[0].case_number.clone(),
+                body: "Customer called about it.".into(),
+                comment_id: key.into(),
+            },
+        );
         let mut ticketing = s.ticketing();
         async move { ticketing.add_case_comment(req).await }
     };
@@ -1267,10 +1282,13 @@ async fn outage_recovery(backend: Backend) {
     closed_case(&s, &r.case_number).await;
     let cases = s
         .ticketing()
-        .list_cases(s.authed(PERCY, pb::ListCasesRequest {
-            business_unit_id: LEAGUE.into(),
-            ..Default::default()
-        }))
+        .list_cases(s.authed(
+            PERCY,
+            pb::ListCasesRequest {
+                business_unit_id: LEAGUE.into(),
+                ..Default::default()
+            },
+        ))
         .await
         .expect("cases")
         .into_inner()

@@ -314,11 +314,14 @@ async fn wind_down(s: &TestSystem, seed: u64, acknowledged: &[String]) -> Vec<pb
 
 async fn cases_of(s: &TestSystem, bu: &str) -> Vec<pb::Case> {
     s.ticketing()
-        .list_cases(s.authed(PERCY, pb::ListCasesRequest {
-            business_unit_id: bu.into(),
-            page_size: 500,
-            ..Default::default()
-        }))
+        .list_cases(s.authed(
+            PERCY,
+            pb::ListCasesRequest {
+                business_unit_id: bu.into(),
+                page_size: 500,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -410,11 +413,14 @@ async fn random_operations_keep_every_rule(s: &TestSystem) {
     let mut token = String::new();
     loop {
         let page = AuditServiceClient::new(s.channel(ServiceKind::Request))
-            .list_audit_events(s.authed(REP, pb::ListAuditEventsRequest {
-                page_size: 500,
-                page_token: token,
-                ..Default::default()
-            }))
+            .list_audit_events(s.authed(
+                REP,
+                pb::ListAuditEventsRequest {
+                    page_size: 500,
+                    page_token: token,
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap()
             .into_inner();

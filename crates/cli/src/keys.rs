@@ -71,7 +71,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(dir.path().join("request.key.pem")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("request.key.pem"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o077, 0, "private keys are owner-only: {mode:o}");
         }
         let again = write_service_keys(dir.path()).unwrap_err();

@@ -250,7 +250,11 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Token { principal, service, ttl } => {
+        Command::Token {
+            principal,
+            service,
+            ttl,
+        } => {
             let ttl = ttl.unwrap_or(config.auth.token_ttl_seconds);
             anyhow::ensure!(
                 ttl <= config.auth.max_token_lifetime_seconds,

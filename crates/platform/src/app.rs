@@ -97,16 +97,20 @@ impl ServiceApp {
             )
         })?;
         let metrics = Metrics::new(&format!("sspm-{}", kind.name()))?;
-        let mut server = ServiceServer::new(kind.name(), listener, TokenVerifier::new(config).map_err(|e| anyhow::anyhow!("{} service: {e:#}", kind.name()))?)
-            .advertise(api)
-            .with_metrics(metrics.rpc())
-            .with_max_in_flight(config.admission.max_in_flight)
-            .with_per_principal_in_flight(config.admission.per_principal_max_in_flight)
-            .with_limits(config.server.clone())
-            .with_rate_limits(RateLimits::new(
-                config.admission.per_principal_per_second,
-                config.admission.per_principal_burst,
-            ));
+        let mut server = ServiceServer::new(
+            kind.name(),
+            listener,
+            TokenVerifier::new(config).map_err(|e| anyhow::anyhow!("{} service: {e:#}", kind.name()))?,
+        )
+        .advertise(api)
+        .with_metrics(metrics.rpc())
+        .with_max_in_flight(config.admission.max_in_flight)
+        .with_per_principal_in_flight(config.admission.per_principal_max_in_flight)
+        .with_limits(config.server.clone())
+        .with_rate_limits(RateLimits::new(
+            config.admission.per_principal_per_second,
+            config.admission.per_principal_burst,
+        ));
         if let (Some(cert), Some(key)) = (&svc.tls_cert_path, &svc.tls_key_path) {
             let tls = crate::tls::server_config(cert, key)
                 .map_err(|e| anyhow::anyhow!("{} service: TLS: {e:#}", kind.name()))?;

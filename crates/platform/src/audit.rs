@@ -22,9 +22,9 @@ use sspm_proto::v1 as pb;
 use sspm_proto::v1::audit_service_server::AuditService;
 use tonic::{Request, Response, Status};
 
-use crate::identity::{CallContext, Principal, span_trace_id};
-pub use crate::identity::SYSTEM;
 use crate::error::db;
+pub use crate::identity::SYSTEM;
+use crate::identity::{CallContext, Principal, span_trace_id};
 use crate::rpc::{invalid, next_page_token, page_number, page_size, timestamp};
 
 /// Appends an event to the trail on `db` (the transaction of the change), made by the

@@ -15,10 +15,8 @@ use sspm_rules::PrincipalId;
 use tonic::Status;
 use tonic::body::Body;
 
+pub use crate::identity::{Principal, PrincipalKind, TokenError, TokenMinter, TokenVerifier, caller, parse_principal};
 use crate::metrics::RpcMetrics;
-pub use crate::identity::{
-    Principal, PrincipalKind, TokenError, TokenMinter, TokenVerifier, caller, parse_principal,
-};
 
 /// Paths served without a token: health checks and reflection.
 pub fn is_public_path(path: &str) -> bool {
@@ -380,4 +378,3 @@ where
         })
     }
 }
-

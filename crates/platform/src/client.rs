@@ -16,8 +16,8 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tower::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::identity::Principal;
 use crate::config::{ClientConfig, LoadBalancing};
+use crate::identity::Principal;
 use crate::telemetry::MetadataInjector;
 
 /// A channel whose calls carry trace context and the caller's principal.

@@ -355,7 +355,11 @@ impl UsersConfig {
 
     /// The `iss` required on user tokens.
     pub fn expected_issuer(&self) -> &str {
-        if self.issuer.is_empty() { &self.issuer_url } else { &self.issuer }
+        if self.issuer.is_empty() {
+            &self.issuer_url
+        } else {
+            &self.issuer
+        }
     }
 
     fn validate(&self, profile: Profile) -> Result<(), ConfigError> {
@@ -383,13 +387,22 @@ impl UsersConfig {
             }
         }
         if self.expected_issuer().is_empty() {
-            return Err(invalid("auth.users.issuer", "is required with jwks_file: the iss user tokens must carry"));
+            return Err(invalid(
+                "auth.users.issuer",
+                "is required with jwks_file: the iss user tokens must carry",
+            ));
         }
         if self.audience.is_empty() {
-            return Err(invalid("auth.users.audience", "is required: the aud user tokens must carry"));
+            return Err(invalid(
+                "auth.users.audience",
+                "is required: the aud user tokens must carry",
+            ));
         }
         if self.subject_claim.is_empty() {
-            return Err(invalid("auth.users.subject_claim", "must name a claim, e.g. sub or email"));
+            return Err(invalid(
+                "auth.users.subject_claim",
+                "must name a claim, e.g. sub or email",
+            ));
         }
         if self.algorithms.is_empty() {
             return Err(invalid("auth.users.algorithms", "must list at least one algorithm"));
@@ -420,7 +433,9 @@ impl UsersConfig {
 
 /// The asymmetric algorithms user tokens may be signed with (never HS*: a symmetric key
 /// would let whoever verifies also sign).
-pub const USER_ALGORITHMS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+pub const USER_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 impl std::fmt::Debug for AuthConfig {
     // Never print secrets.

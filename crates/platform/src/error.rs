@@ -82,7 +82,10 @@ pub fn caller_not_allowed(rpc: &str, caller: &str, message: String) -> Status {
     details.set_error_info(
         "CALLER_NOT_ALLOWED",
         ERROR_DOMAIN,
-        HashMap::from([("rpc".to_owned(), rpc.to_owned()), ("caller".to_owned(), caller.to_owned())]),
+        HashMap::from([
+            ("rpc".to_owned(), rpc.to_owned()),
+            ("caller".to_owned(), caller.to_owned()),
+        ]),
     );
     Status::with_error_details(Code::PermissionDenied, message, details)
 }

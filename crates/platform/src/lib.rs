@@ -20,7 +20,7 @@ pub mod testing;
 pub mod tls;
 
 pub use app::{Draining, ServiceApp};
-pub use identity::{Principal, PrincipalKind, ServiceIdentity, TokenMinter, TokenVerifier, caller};
 pub use config::{ServiceKind, SspmConfig};
+pub use identity::{Principal, PrincipalKind, ServiceIdentity, TokenMinter, TokenVerifier, caller};
 pub use metrics::Metrics;
 pub use server::ServiceServer;

@@ -12,11 +12,11 @@ use sspm_proto::v1::{
 use sspm_rules::{InvalidValue, PrincipalId, Rule, Violation};
 use tonic::{Code, Status};
 
-use crate::identity::Principal;
 use crate::authz_cache::CheckCache;
 use crate::client::{InternalChannel, connect_lazy};
 use crate::config::{ServiceKind, SspmConfig};
 use crate::error;
+use crate::identity::Principal;
 
 pub use crate::identity::{ON_BEHALF_OF, ServiceIdentity};
 

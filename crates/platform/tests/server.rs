@@ -105,7 +105,9 @@ async fn server_authenticates_forwards_traces_and_returns_rich_errors() {
 
     let mut client = TicketingServiceClient::new(channel);
     // No token: refused before reaching the handler.
-    let err = client.get_case(GetCaseRequest::default()).await.unwrap_err();
+    // (The refused calls use ListCases, so that the one server span of GetCase below is
+    // the traced call's.)
+    let err = client.list_cases(ListCasesRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("bearer"), "{}", err.message());
 
@@ -114,10 +116,10 @@ async fn server_authenticates_forwards_traces_and_returns_rich_errors() {
     other.auth.signing_key = "someone-elses-key-of-at-least-32-bytes".into();
     let alice = PrincipalId::parse("alice@classics.example").unwrap();
     let forged = TokenMinter::new(&other).mint(&alice, 60);
-    let mut req = Request::new(GetCaseRequest::default());
+    let mut req = Request::new(ListCasesRequest::default());
     req.metadata_mut()
         .insert("authorization", format!("Bearer {forged}").parse().unwrap());
-    assert_eq!(client.get_case(req).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(client.list_cases(req).await.unwrap_err().code(), Code::Unauthenticated);
 
     // A valid principal, forwarded by the client builder, inside a client span.
     let token = TokenMinter::new(&config).mint(&alice, 60);

@@ -8,8 +8,8 @@ use std::time::Duration;
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
 use sspm_platform::error::{self, db, not_found, permission_denied};
 use sspm_platform::rpc::{
-    Authz, enum_filter, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at,
-    required_enum, time_id_key, timestamp, timestamp_opt,
+    Authz, enum_filter, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at, required_enum,
+    time_id_key, timestamp, timestamp_opt,
 };
 use sspm_platform::{Draining, caller};
 use sspm_proto::v1 as pb;
@@ -362,7 +362,8 @@ impl ApprovalService for ApprovalApi {
         request: Request<pb::GetApprovalTaskRequest>,
     ) -> Result<Response<pb::GetApprovalTaskResponse>, Status> {
         let caller = caller(&request)?;
-        self.require_staff_or_service(&caller, &[pb::Action::DecideApprovals]).await?;
+        self.require_staff_or_service(&caller, &[pb::Action::DecideApprovals])
+            .await?;
         let (t, id) = match request.into_inner().key {
             Some(pb::get_approval_task_request::Key::TaskId(id)) => {
                 (self.store.task(task_id(&id)?).await.map_err(db("loading a task"))?, id)

@@ -7,8 +7,8 @@ use sspm_platform::auth::Principal as Caller;
 use sspm_platform::caller;
 use sspm_platform::error::{db, not_found};
 use sspm_platform::rpc::{
-    Authz, ON_BEHALF_OF, invalid, next_page_token, now_micros, page_number, page_size, parse_at,
-    timestamp, timestamp_opt,
+    Authz, ON_BEHALF_OF, invalid, next_page_token, now_micros, page_number, page_size, parse_at, timestamp,
+    timestamp_opt,
 };
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::ticketing_service_server::TicketingService;

@@ -48,10 +48,22 @@ pub const TABLE: &[(&str, Callers)] = &[
     ("/sspm.v1.PortRequestService/CancelPortChangeRequest", USERS),
     ("/sspm.v1.PortRequestService/WatchPortChangeRequest", USERS),
     // Authorization: the checks the three other services make for their callers.
-    ("/sspm.v1.AuthorizationService/Check", users_and(&[Request, Approval, Ticketing])),
-    ("/sspm.v1.AuthorizationService/ListVisibleBusinessUnits", users_and(&[Request])),
-    ("/sspm.v1.AuthorizationService/GetBusinessUnit", users_and(&[Request, Approval])),
-    ("/sspm.v1.AuthorizationService/WatchAuthorizationChanges", internal(&[Request, Approval, Ticketing])),
+    (
+        "/sspm.v1.AuthorizationService/Check",
+        users_and(&[Request, Approval, Ticketing]),
+    ),
+    (
+        "/sspm.v1.AuthorizationService/ListVisibleBusinessUnits",
+        users_and(&[Request]),
+    ),
+    (
+        "/sspm.v1.AuthorizationService/GetBusinessUnit",
+        users_and(&[Request, Approval]),
+    ),
+    (
+        "/sspm.v1.AuthorizationService/WatchAuthorizationChanges",
+        internal(&[Request, Approval, Ticketing]),
+    ),
     // Authorization: the account representative's administration (staff).
     ("/sspm.v1.AuthorizationService/CreateBusinessUnit", USERS),
     ("/sspm.v1.AuthorizationService/UpdateBusinessUnit", USERS),

@@ -74,4 +74,3 @@ pub fn span_trace_id() -> Option<String> {
     let sc = span.span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
-

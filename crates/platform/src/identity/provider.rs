@@ -100,7 +100,11 @@ impl ProviderKeys {
     }
 
     fn current(&self) -> Arc<KeySet> {
-        self.state.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.state
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn spawn_refresher(&self) {
@@ -188,8 +192,15 @@ impl ProviderKeys {
         self.state.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.fetch().await.and_then(|body| parse_jwks(&body)) {
             Ok(set) => {
-                tracing::debug!(keys = set.by_kid.len() + set.anonymous.len(), "identity provider keys fetched");
-                *self.state.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
+                tracing::debug!(
+                    keys = set.by_kid.len() + set.anonymous.len(),
+                    "identity provider keys fetched"
+                );
+                *self
+                    .state
+                    .keys
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
                 Ok(())
             }
             Err(e) => {
@@ -206,11 +217,18 @@ impl ProviderKeys {
                 .await
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             if bytes.len() > cfg.max_document_bytes {
-                return Err(format!("{} is larger than {} bytes", path.display(), cfg.max_document_bytes));
+                return Err(format!(
+                    "{} is larger than {} bytes",
+                    path.display(),
+                    cfg.max_document_bytes
+                ));
             }
             return Ok(bytes);
         }
-        let discovery_url = format!("{}/.well-known/openid-configuration", cfg.issuer_url.trim_end_matches('/'));
+        let discovery_url = format!(
+            "{}/.well-known/openid-configuration",
+            cfg.issuer_url.trim_end_matches('/')
+        );
         let discovery: serde_json::Value = serde_json::from_slice(&self.get(&discovery_url).await?)
             .map_err(|e| format!("{discovery_url}: not a discovery document: {e}"))?;
         let issuer = discovery.get("issuer").and_then(|v| v.as_str()).unwrap_or_default();
@@ -284,7 +302,10 @@ fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
             continue;
         };
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption))
-            || matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_) | AlgorithmParameters::Other(_))
+            || matches!(
+                jwk.algorithm,
+                AlgorithmParameters::OctetKey(_) | AlgorithmParameters::Other(_)
+            )
         {
             continue;
         }

@@ -95,9 +95,8 @@ impl ServiceKeys {
                     kind.name()
                 )
             })?;
-            let public = DecodingKey::from_ed_pem(&pem).map_err(|e| {
-                anyhow::anyhow!("{}: not an Ed25519 public key in PEM: {e}", public_path.display())
-            })?;
+            let public = DecodingKey::from_ed_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 public key in PEM: {e}", public_path.display()))?;
             keys.public.insert(kind, public);
             let private_path = dir.join(&private_name);
             match std::fs::read(&private_path) {

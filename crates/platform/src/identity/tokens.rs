@@ -374,7 +374,15 @@ impl TokenMinter {
         let Some(key) = &self.key else {
             return String::new();
         };
-        mint(key, Header::new(Algorithm::HS256), subject.as_str(), &self.issuer, &self.audience, ttl_seconds, PrincipalKind::User)
+        mint(
+            key,
+            Header::new(Algorithm::HS256),
+            subject.as_str(),
+            &self.issuer,
+            &self.audience,
+            ttl_seconds,
+            PrincipalKind::User,
+        )
     }
 }
 
