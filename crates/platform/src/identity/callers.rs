@@ -107,7 +107,12 @@ pub fn callers(path: &str) -> Option<Callers> {
 /// Whether `principal` may call the RPC at `path`. A path SSPM does not serve is left to
 /// the router (UNIMPLEMENTED) for users and refused to services.
 pub fn allowed(path: &str, principal: &Principal) -> bool {
-    match (callers(path), principal.service()) {
+    allowed_for(path, principal.service())
+}
+
+/// Whether a user (`None`) or the SSPM service `service` may call the RPC at `path`.
+pub fn allowed_for(path: &str, service: Option<ServiceKind>) -> bool {
+    match (callers(path), service) {
         (Some(c), Some(service)) => c.services.contains(&service),
         (Some(c), None) => c.users,
         (None, Some(_)) => false,
@@ -138,5 +143,78 @@ fn describe(c: Callers) -> String {
         (true, true) => "users only".to_owned(),
         (true, false) => format!("users and {}", services.join(", ")),
         (false, _) => services.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use prost::Message as _;
+
+    use super::*;
+
+    /// Every method of every service in the protos, by path.
+    fn served() -> BTreeSet<String> {
+        let fds = prost_types::FileDescriptorSet::decode(sspm_proto::FILE_DESCRIPTOR_SET).unwrap_or_default();
+        let mut paths = BTreeSet::new();
+        for file in fds.file {
+            for service in &file.service {
+                for method in &service.method {
+                    paths.insert(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+        paths
+    }
+
+    #[test]
+    fn the_table_names_every_served_rpc_once_and_nothing_else() {
+        let served = served();
+        assert!(served.len() > 30, "{served:?}");
+        let listed: Vec<&str> = TABLE.iter().map(|(p, _)| *p).collect();
+        let unique: BTreeSet<String> = listed.iter().map(|p| (*p).to_owned()).collect();
+        assert_eq!(unique.len(), listed.len(), "a path listed twice");
+        assert_eq!(unique, served, "the table and the protos differ");
+    }
+
+    #[test]
+    fn the_internal_rpcs_admit_only_the_services_that_call_them() {
+        use ServiceKind::Authorization;
+        let only_request = [
+            "/sspm.v1.TicketingService/OpenCase",
+            "/sspm.v1.ApprovalService/EvaluateIncrease",
+            "/sspm.v1.ApprovalService/WatchDecisions",
+        ];
+        for path in only_request {
+            assert!(allowed_for(path, Some(Request)), "{path}");
+            for other in [Authorization, Approval, Ticketing] {
+                assert!(!allowed_for(path, Some(other)), "{path} {other:?}");
+            }
+            assert!(!allowed_for(path, None), "{path} by a user");
+        }
+        let watch = "/sspm.v1.AuthorizationService/WatchAuthorizationChanges";
+        assert!(!allowed_for(watch, None) && !allowed_for(watch, Some(Authorization)));
+        assert!(
+            [Request, Approval, Ticketing]
+                .iter()
+                .all(|k| allowed_for(watch, Some(*k)))
+        );
+        // Not one service token on staff-owned writes or cross-tenant reads.
+        for path in [
+            "/sspm.v1.ApprovalService/SetDailyLimit",
+            "/sspm.v1.ApprovalService/DecideApprovalTask",
+            "/sspm.v1.ApprovalService/ListApprovalTasks",
+            "/sspm.v1.AuthorizationService/GrantPermission",
+            "/sspm.v1.AuthorizationService/ListPermissions",
+            "/sspm.v1.TicketingService/ListCases",
+            "/sspm.v1.AuditService/ListAuditEvents",
+        ] {
+            assert!(ServiceKind::ALL.iter().all(|k| !allowed_for(path, Some(*k))), "{path}");
+            assert!(allowed_for(path, None), "{path}");
+        }
+        // A path SSPM does not serve: users reach the router (UNIMPLEMENTED), services don't.
+        assert!(allowed_for("/sspm.v1.Nope/Nothing", None));
+        assert!(!allowed_for("/sspm.v1.Nope/Nothing", Some(Request)));
     }
 }
