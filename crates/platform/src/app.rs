@@ -71,6 +71,8 @@ impl ServiceApp {
                 kind.name()
             );
         }
+        // Keys before the database: a deployment missing them fails at once, naming them.
+        let verifier = TokenVerifier::new(config).map_err(|e| anyhow::anyhow!("{} service: {e:#}", kind.name()))?;
         let url = config.database_url(kind);
         let database = |e: sea_orm::DbErr| anyhow::anyhow!("{} service: database: {e}", kind.name());
         let (db, found) = crate::db::connect_and_inspect(&url).await.map_err(database)?;
@@ -97,20 +99,16 @@ impl ServiceApp {
             )
         })?;
         let metrics = Metrics::new(&format!("sspm-{}", kind.name()))?;
-        let mut server = ServiceServer::new(
-            kind.name(),
-            listener,
-            TokenVerifier::new(config).map_err(|e| anyhow::anyhow!("{} service: {e:#}", kind.name()))?,
-        )
-        .advertise(api)
-        .with_metrics(metrics.rpc())
-        .with_max_in_flight(config.admission.max_in_flight)
-        .with_per_principal_in_flight(config.admission.per_principal_max_in_flight)
-        .with_limits(config.server.clone())
-        .with_rate_limits(RateLimits::new(
-            config.admission.per_principal_per_second,
-            config.admission.per_principal_burst,
-        ));
+        let mut server = ServiceServer::new(kind.name(), listener, verifier)
+            .advertise(api)
+            .with_metrics(metrics.rpc())
+            .with_max_in_flight(config.admission.max_in_flight)
+            .with_per_principal_in_flight(config.admission.per_principal_max_in_flight)
+            .with_limits(config.server.clone())
+            .with_rate_limits(RateLimits::new(
+                config.admission.per_principal_per_second,
+                config.admission.per_principal_burst,
+            ));
         if let (Some(cert), Some(key)) = (&svc.tls_cert_path, &svc.tls_key_path) {
             let tls = crate::tls::server_config(cert, key)
                 .map_err(|e| anyhow::anyhow!("{} service: TLS: {e:#}", kind.name()))?;
