@@ -619,7 +619,7 @@ async fn production_takes_service_keys_from_their_directory_and_mints_no_develop
     )
     .unwrap();
     let err = TokenVerifier::new(&cfg).unwrap_err().to_string();
-    assert!(err.contains("does not match"), "{err}");
+    assert!(err.contains("matches none of its public keys"), "{err}");
     std::fs::remove_file(only_request.path().join("request.key.pem")).unwrap();
     std::fs::remove_file(only_request.path().join("ticketing.pub.pem")).unwrap();
     let err = TokenVerifier::new(&cfg).unwrap_err().to_string();
@@ -681,4 +681,56 @@ async fn development_tokens_are_checked_like_any_other() {
     );
     let err = verifier.verify("not.a.token").await.unwrap_err();
     assert!(matches!(err, TokenError::Invalid(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_service_key_rotates_with_the_new_public_key_beside_the_old() {
+    let idp = Idp::start().await;
+    let keys = service_keys_dir();
+    let mut cfg = config(&idp);
+    cfg.profile = Profile::Production;
+    cfg.auth.service_keys_dir = Some(keys.path().to_owned());
+    let old_token = ServiceIdentity::new(ServiceKind::Request, &cfg).unwrap().token();
+    let new = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let new_private = EncodingKey::from_ed_pem(new.serialize_pem().as_bytes()).unwrap();
+    let new_token = ServiceIdentity::with_key(ServiceKind::Request, new_private, &cfg).token();
+    invalid(
+        TokenVerifier::new(&cfg).unwrap().verify(&new_token).await,
+        "a new key not yet distributed",
+    );
+
+    // Step 1: the new public key beside the old one: both verify.
+    std::fs::write(keys.path().join("request.next.pub.pem"), new.public_key_pem()).unwrap();
+    let both = TokenVerifier::new(&cfg).unwrap();
+    assert!(both.verify(&old_token).await.is_ok());
+    assert!(both.verify(&new_token).await.is_ok());
+    // ...but it is the request service's key only.
+    let posing = ServiceIdentity::with_key(
+        ServiceKind::Approval,
+        EncodingKey::from_ed_pem(new.serialize_pem().as_bytes()).unwrap(),
+        &cfg,
+    );
+    invalid(
+        both.verify(&posing.token()).await,
+        "the request service's new key used by another",
+    );
+
+    // Step 2: the service signs with the new private key (it matches one of its public keys).
+    std::fs::write(keys.path().join("request.key.pem"), new.serialize_pem()).unwrap();
+    assert!(ServiceIdentity::new(ServiceKind::Request, &cfg).is_ok());
+
+    // Step 3: the old public key retired: its tokens are refused.
+    std::fs::rename(
+        keys.path().join("request.next.pub.pem"),
+        keys.path().join("request.pub.pem"),
+    )
+    .unwrap();
+    let after = TokenVerifier::new(&cfg).unwrap();
+    assert!(after.verify(&new_token).await.is_ok());
+    invalid(after.verify(&old_token).await, "the retired key");
+
+    // A rotation file with a broken key stops start-up, naming it.
+    std::fs::write(keys.path().join("ticketing.old.pub.pem"), "not a key").unwrap();
+    let err = TokenVerifier::new(&cfg).unwrap_err().to_string();
+    assert!(err.contains("ticketing.old.pub.pem"), "{err}");
 }

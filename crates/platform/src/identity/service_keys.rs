@@ -11,7 +11,9 @@ use crate::config::{AuthConfig, Profile, ServiceKind};
 /// The services' public keys, and the private keys of the services this process runs.
 #[derive(Clone, Default)]
 pub struct ServiceKeys {
-    public: HashMap<ServiceKind, DecodingKey>,
+    /// Every public key of each service: `<service>.pub.pem`, and during a rotation the
+    /// new or old one beside it (`<service>.<label>.pub.pem`).
+    public: HashMap<ServiceKind, Vec<DecodingKey>>,
     private: HashMap<ServiceKind, EncodingKey>,
 }
 
@@ -75,28 +77,52 @@ impl ServiceKeys {
         let mut keys = Self::default();
         for kind in ServiceKind::ALL {
             let (private, public) = dev_service_key_pair(dev_key, kind);
-            keys.public.insert(kind, public);
+            keys.public.insert(kind, vec![public]);
             keys.private.insert(kind, private);
         }
         keys
     }
 
-    /// Every service's public key from `dir` (required), and the private keys present
-    /// there (each checked against its public key).
+    /// Every service's public key from `dir` (`<service>.pub.pem`, required, and any
+    /// `<service>.<label>.pub.pem` beside it during a rotation), and the private keys
+    /// present there (each checked against its service's public keys).
     pub fn from_dir(dir: &Path) -> anyhow::Result<Self> {
         let mut keys = Self::default();
+        let read_public = |path: &Path| -> anyhow::Result<DecodingKey> {
+            let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            DecodingKey::from_ed_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 public key in PEM: {e}", path.display()))
+        };
+        let mut extra: Vec<(ServiceKind, std::path::PathBuf)> = Vec::new();
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("auth.service_keys_dir: cannot read {}: {e}", dir.display()))?;
+        for entry in entries {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((service, label)) = name.strip_suffix(".pub.pem").and_then(|n| n.split_once('.')) else {
+                continue;
+            };
+            if let Some(kind) = ServiceKind::ALL.into_iter().find(|k| k.name() == service)
+                && !label.is_empty()
+            {
+                extra.push((kind, dir.join(name)));
+            }
+        }
+        extra.sort_by(|a, b| a.1.cmp(&b.1));
         for kind in ServiceKind::ALL {
             let (private_name, public_name) = key_file_names(kind);
             let public_path = dir.join(&public_name);
-            let pem = std::fs::read(&public_path).map_err(|e| {
-                anyhow::anyhow!(
-                    "auth.service_keys_dir: cannot read {} (the {} service's public key): {e}",
+            if !public_path.exists() {
+                anyhow::bail!(
+                    "auth.service_keys_dir: {} (the {} service's public key) is missing",
                     public_path.display(),
                     kind.name()
-                )
-            })?;
-            let public = DecodingKey::from_ed_pem(&pem)
-                .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 public key in PEM: {e}", public_path.display()))?;
+                );
+            }
+            let mut public = vec![read_public(&public_path)?];
+            for (_, path) in extra.iter().filter(|(k, _)| *k == kind) {
+                public.push(read_public(path)?);
+            }
             keys.public.insert(kind, public);
             let private_path = dir.join(&private_name);
             match std::fs::read(&private_path) {
@@ -116,10 +142,11 @@ impl ServiceKeys {
         for (kind, private) in &keys.private {
             if !keys.pair_matches(*kind, private) {
                 anyhow::bail!(
-                    "{}: the {} service's private key does not match {} in the same directory",
+                    "{}: the {} service's private key matches none of its public keys ({} and any {}.<label>.pub.pem) in the same directory",
                     dir.display(),
                     kind.name(),
-                    key_file_names(*kind).1
+                    key_file_names(*kind).1,
+                    kind.name()
                 );
             }
         }
@@ -127,18 +154,18 @@ impl ServiceKeys {
     }
 
     fn pair_matches(&self, kind: ServiceKind, private: &EncodingKey) -> bool {
-        let Some(public) = self.public.get(&kind) else {
+        let probe = b"sspm key pair check";
+        let Ok(sig) = jsonwebtoken::crypto::sign(probe, private, jsonwebtoken::Algorithm::EdDSA) else {
             return false;
         };
-        let probe = b"sspm key pair check";
-        jsonwebtoken::crypto::sign(probe, private, jsonwebtoken::Algorithm::EdDSA)
-            .and_then(|sig| jsonwebtoken::crypto::verify(&sig, probe, public, jsonwebtoken::Algorithm::EdDSA))
-            .unwrap_or(false)
+        self.public(kind).iter().any(|public| {
+            jsonwebtoken::crypto::verify(&sig, probe, public, jsonwebtoken::Algorithm::EdDSA).unwrap_or(false)
+        })
     }
 
-    /// The public key of `kind`.
-    pub fn public(&self, kind: ServiceKind) -> Option<&DecodingKey> {
-        self.public.get(&kind)
+    /// The public keys of `kind` (several during a rotation).
+    pub fn public(&self, kind: ServiceKind) -> &[DecodingKey] {
+        self.public.get(&kind).map(Vec::as_slice).unwrap_or_default()
     }
 
     /// The private key of `kind`, if this process holds it.

@@ -37,6 +37,9 @@ struct Minted<'a> {
     kind: PrincipalKind,
 }
 
+/// Why a token whose signature does not verify with a key is refused.
+const BAD_SIGNATURE: &str = "signature does not match";
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -188,11 +191,14 @@ impl TokenVerifier {
                 "service tokens are signed with EdDSA, not {alg:?}"
             )));
         }
-        let key = self
-            .services
-            .public(kind)
-            .ok_or_else(|| TokenError::Invalid(format!("no public key of the {} service", kind.name())))?;
-        let claims = self.decode(token, key, &self.validation(alg, &self.issuer, &self.audience))?;
+        let keys = self.services.public(kind);
+        if keys.is_empty() {
+            return Err(TokenError::Invalid(format!(
+                "no public key of the {} service",
+                kind.name()
+            )));
+        }
+        let claims = self.decode_any(token, keys, &self.validation(alg, &self.issuer, &self.audience))?;
         let sub = claims.rest.get("sub").and_then(|v| v.as_str()).unwrap_or_default();
         if sub != kid || claims.kind != Some(PrincipalKind::Service) {
             return Err(TokenError::Invalid(format!(
@@ -213,18 +219,12 @@ impl TokenVerifier {
                 "{alg:?} (shared-secret) tokens are development tokens, not accepted here: use a token of the identity provider"
             )));
         }
-        let validation = self.validation(alg, &self.issuer, &self.audience);
-        let mut last = TokenError::Invalid("signature does not match".into());
-        for key in self.dev.iter() {
-            match self.decode(token, key, &validation) {
-                Ok(claims) => return self.user(token, claims, "sub"),
-                Err(e @ TokenError::Invalid(_)) if e == TokenError::Invalid("signature does not match".into()) => {
-                    last = e;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last)
+        let claims = self.decode_any(
+            token,
+            self.dev.iter(),
+            &self.validation(alg, &self.issuer, &self.audience),
+        )?;
+        self.user(token, claims, "sub")
     }
 
     async fn verify_user(&self, token: &str, kid: Option<&str>, alg: Algorithm) -> Result<Principal, TokenError> {
@@ -236,16 +236,9 @@ impl TokenVerifier {
                 "signed with {alg:?}, which auth.users.algorithms does not accept"
             )));
         }
-        let validation = self.validation(alg, &users.issuer, &users.audience);
-        let mut last = TokenError::Invalid("signature does not match".into());
-        for key in users.keys.keys_for(kid, alg).await? {
-            match self.decode(token, &key, &validation) {
-                Ok(claims) => return self.user(token, claims, &users.subject_claim),
-                Err(e) if e == TokenError::Invalid("signature does not match".into()) => last = e,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last)
+        let keys = users.keys.keys_for(kid, alg).await?;
+        let claims = self.decode_any(token, &keys, &self.validation(alg, &users.issuer, &users.audience))?;
+        self.user(token, claims, &users.subject_claim)
     }
 
     /// The user a verified token names in `subject_claim`.
@@ -272,10 +265,28 @@ impl TokenVerifier {
         })
     }
 
+    /// The claims of `token` verified with the first of `keys` whose signature matches
+    /// (several keys are valid at once during a rotation).
+    fn decode_any<'k>(
+        &self,
+        token: &str,
+        keys: impl IntoIterator<Item = &'k DecodingKey>,
+        validation: &Validation,
+    ) -> Result<Claims, TokenError> {
+        let mut outcome = Err(TokenError::Invalid(BAD_SIGNATURE.into()));
+        for key in keys {
+            outcome = self.decode(token, key, validation);
+            if !matches!(&outcome, Err(TokenError::Invalid(why)) if why == BAD_SIGNATURE) {
+                break;
+            }
+        }
+        outcome
+    }
+
     fn decode(&self, token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => TokenError::Invalid("signature does not match".into()),
+            ErrorKind::InvalidSignature => TokenError::Invalid(BAD_SIGNATURE.into()),
             ErrorKind::ExpiredSignature => TokenError::Expired,
             ErrorKind::ImmatureSignature => TokenError::Invalid("not valid yet (nbf)".into()),
             ErrorKind::InvalidAudience => TokenError::Invalid("wrong audience".into()),
