@@ -1,6 +1,7 @@
 //! The audit trail (issue 5 §5): every state change and administrative action, in each
-//! service, is one event naming who (and for whom), what, when and from which trace; staff
-//! and services can read it, nobody else; the database refuses to change or delete it.
+//! service, is one event naming who (and for whom), what, when and from which trace;
+//! account representatives can read it, nobody else (no service token either); the
+//! database refuses to change or delete it.
 
 #![allow(clippy::unwrap_used)] // scenario bodies: an unwrap is an assertion
 

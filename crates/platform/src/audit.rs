@@ -6,7 +6,7 @@
 //! and which trace come from the call being served: [`AuthLayer`](crate::auth::AuthLayer)
 //! runs every authenticated call inside a [`CallContext`]; background steps (the reconciler,
 //! reverts) have none and are recorded as `system` unless the store names the actor.
-//! [`AuditApi`] serves the trail as `sspm.v1.AuditService` to staff and services.
+//! [`AuditApi`] serves the trail as `sspm.v1.AuditService` to staff (never to a service token).
 
 use std::future::Future;
 use std::pin::Pin;
