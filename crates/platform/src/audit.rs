@@ -269,3 +269,14 @@ impl AuditService for AuditApi {
         }))
     }
 }
+
+impl crate::rpc::Authz {
+    /// Who may read the audit trail: account representatives (ACTION_ADMINISTER).
+    pub fn audit_readers(&self) -> StaffCheck {
+        let authz = self.clone();
+        Arc::new(move |caller: Principal| {
+            let authz = authz.clone();
+            Box::pin(async move { authz.require(&caller.id, pb::Action::Administer, "").await.map(|_| ()) })
+        })
+    }
+}

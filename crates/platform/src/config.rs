@@ -379,7 +379,8 @@ impl UsersConfig {
             let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
                 .iter()
                 .any(|p| self.issuer_url.starts_with(p));
-            if !self.issuer_url.starts_with("https://") && !(loopback && profile == Profile::Dev) {
+            let allowed = self.issuer_url.starts_with("https://") || (loopback && profile == Profile::Dev);
+            if !allowed {
                 return Err(invalid(
                     "auth.users.issuer_url",
                     "must be an https:// URL (plain http only to a loopback address in the dev profile): keys fetched in the clear could be anyone's",

@@ -5,6 +5,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod authz_cache;
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod conn;

@@ -16,7 +16,6 @@ use crate::authz_cache::CheckCache;
 use crate::client::{InternalChannel, connect_lazy};
 use crate::config::{ServiceKind, SspmConfig};
 use crate::error;
-use crate::identity::Principal;
 
 pub use crate::identity::{ON_BEHALF_OF, ServiceIdentity};
 
@@ -212,22 +211,7 @@ pub fn downstream(dependency: &str, status: &Status) -> Status {
     }
 }
 
-/// The delay before retry number `attempt` (1 for the first): exponential from
-/// `initial_ms`, capped at `max_ms`, with equal jitter: half of it fixed, the other half
-/// scaled by `jitter` (uniform in 0..1), so that work that failed together (an outage) does
-/// not all come back at the same moment.
-pub fn backoff_ms(initial_ms: u64, max_ms: u64, attempt: u32, jitter: f64) -> u64 {
-    let exp = attempt.clamp(1, 16) - 1;
-    let ceiling = initial_ms.saturating_mul(1 << exp).min(max_ms);
-    let fixed = ceiling / 2;
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let random = ((ceiling - fixed) as f64 * jitter.clamp(0.0, 1.0)).round() as u64;
-    fixed + random
-}
+pub use crate::backoff::backoff_ms;
 
 /// Whether retrying a failed call can succeed.
 pub fn is_transient(status: &Status) -> bool {
@@ -301,15 +285,6 @@ impl Authz {
                 .into_inner())
         };
         self.cached(key, fetch).await
-    }
-
-    /// Who may read the audit trail: account representatives (ACTION_ADMINISTER).
-    pub fn audit_readers(&self) -> crate::audit::StaffCheck {
-        let authz = self.clone();
-        Arc::new(move |caller: Principal| {
-            let authz = authz.clone();
-            Box::pin(async move { authz.require(&caller.id, Action::Administer, "").await.map(|_| ()) })
-        })
     }
 
     /// Whether `principal` may do `action` on `business_unit_id` (empty for global actions);

@@ -2,8 +2,9 @@
 //! keys, the context a call runs in (who, on whose behalf, which trace), and the table of
 //! which callers may call which RPC (README, "Identity").
 //!
-//! A leaf of the platform: it depends on configuration and error mapping only, and the
-//! admission layer, the audit trail, the clients and the handlers depend on it.
+//! A leaf of the platform: it depends on configuration, error mapping, certificates (a
+//! private provider's CA) and the backoff arithmetic only, and the admission layer, the
+//! audit trail, the clients and the handlers depend on it.
 //!
 //! Three kinds of token are accepted:
 //! - **user tokens from the identity provider**, signed with an asymmetric key it publishes
@@ -44,7 +45,7 @@ pub enum PrincipalKind {
 }
 
 /// The authenticated caller of an RPC, put into the request's extensions by the admission
-/// layer ([`crate::auth::AuthLayer`]).
+/// layer (the `auth` module).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The principal id: the user, or `svc-<service>`.

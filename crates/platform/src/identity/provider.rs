@@ -126,7 +126,7 @@ impl ProviderKeys {
                     Err(_) => {
                         failures += 1;
                         // Retry a failed fetch sooner, backing off up to the period.
-                        Duration::from_millis(crate::rpc::backoff_ms(1_000, 60_000, failures, rand::random()))
+                        Duration::from_millis(crate::backoff::backoff_ms(1_000, 60_000, failures, rand::random()))
                             .min(period)
                     }
                 };
