@@ -82,6 +82,9 @@ mod tests {
         // A private key that is not its public key's pair is refused at load.
         std::fs::copy(dir.path().join("approval.key.pem"), dir.path().join("request.key.pem")).unwrap();
         let mismatch = sspm_platform::identity::ServiceKeys::from_dir(dir.path()).unwrap_err();
-        assert!(mismatch.to_string().contains("does not match"), "{mismatch}");
+        assert!(
+            mismatch.to_string().contains("matches none of its public keys"),
+            "{mismatch}"
+        );
     }
 }
