@@ -135,6 +135,11 @@ impl TestSystem {
         // Tests drive the system as fast as it answers, as a few users; the per-user rate
         // limit is tested on its own (tests/tests/admission.rs configures it).
         config.admission.per_principal_per_second = 0;
+        // Fast background loops, so retries and polls show within a test's patience.
+        config.workflow.poll_interval_ms = 50;
+        config.workflow.retry_initial_ms = 100;
+        config.workflow.retry_max_ms = 1_000;
+        config.workflow.review_poll_seconds = 1;
         configure(&mut config);
         let mut listeners = HashMap::new();
         let mut addrs = HashMap::new();
@@ -161,11 +166,6 @@ impl TestSystem {
             }
             addrs.insert(kind, addr);
         }
-        // Fast background loops, so retries and polls show within a test's patience.
-        config.workflow.poll_interval_ms = 50;
-        config.workflow.retry_initial_ms = 100;
-        config.workflow.retry_max_ms = 1_000;
-        config.workflow.review_poll_seconds = 1;
         config.validate().expect("test configuration is valid");
         let running: Vec<ServiceKind> = ServiceKind::ALL.into_iter().filter(|k| !held.contains(k)).collect();
         let apps = sspm_cli::build_some(&config, listeners, &running)

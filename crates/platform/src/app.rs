@@ -75,13 +75,22 @@ impl ServiceApp {
         let verifier = TokenVerifier::new(config).map_err(|e| anyhow::anyhow!("{} service: {e:#}", kind.name()))?;
         let url = config.database_url(kind);
         let database = |e: sea_orm::DbErr| anyhow::anyhow!("{} service: database: {e}", kind.name());
-        let (db, found) = crate::db::connect_and_inspect(&url).await.map_err(database)?;
+        let (mut db, found) = crate::db::connect_and_inspect(&url).await.map_err(database)?;
         check_found(kind, config, &url, found)?;
         crate::db::migrate::<M>(&db).await.map_err(database)?;
-        let read_db = crate::db::connect_reader(&url)
+        // Counted from here: the service's own work, not its migrations.
+        let statements = std::sync::Arc::new(crate::db::StatementCount::default());
+        statements.attach(&mut db);
+        let read_db = match crate::db::connect_reader(&url)
             .await
             .map_err(|e| anyhow::anyhow!("{} service: database readers: {e}", kind.name()))?
-            .unwrap_or_else(|| db.clone());
+        {
+            Some(mut readers) => {
+                statements.attach(&mut readers);
+                readers
+            }
+            None => db.clone(),
+        };
         let listener = match listener {
             Some(l) => l,
             None => {
@@ -99,6 +108,11 @@ impl ServiceApp {
             )
         })?;
         let metrics = Metrics::new(&format!("sspm-{}", kind.name()))?;
+        metrics.observed_counter(
+            "sspm.db.statements",
+            "SQL statements run by the service's database connections since it started",
+            move || statements.get(),
+        );
         let mut server = ServiceServer::new(kind.name(), listener, verifier)
             .advertise(api)
             .with_metrics(metrics.rpc())

@@ -715,6 +715,10 @@ pub struct WorkflowConfig {
     /// How often the watched requests are looked up for changes made by other replicas
     /// (one query for all the process's watch streams), in milliseconds.
     pub watch_poll_ms: u64,
+    /// How often the approval service looks for decisions made by other replicas for the
+    /// decision feed (`WatchDecisions`) while it has nothing new, in milliseconds; its own
+    /// decisions wake the feed at once.
+    pub decision_feed_poll_ms: u64,
 }
 
 impl Default for WorkflowConfig {
@@ -725,6 +729,7 @@ impl Default for WorkflowConfig {
             retry_max_ms: 30_000,
             review_poll_seconds: 30,
             watch_poll_ms: 1_000,
+            decision_feed_poll_ms: 1_000,
         }
     }
 }
@@ -866,6 +871,7 @@ impl SspmConfig {
             || self.workflow.retry_max_ms < self.workflow.retry_initial_ms
             || self.workflow.review_poll_seconds == 0
             || self.workflow.watch_poll_ms == 0
+            || self.workflow.decision_feed_poll_ms == 0
         {
             return Err(invalid(
                 "workflow",

@@ -78,6 +78,28 @@ pub async fn connect_reader(url: &str) -> Result<Option<DatabaseConnection>, DbE
     Database::connect(opts).await.map(Some)
 }
 
+/// Statements a service's connections have run since it started, counted by sea-orm's
+/// metric callback (every query and command, inside transactions or not; `BEGIN`/`COMMIT`
+/// are not statements of ours and are not counted). `sspm_db_statements_total` shows it,
+/// and the request path's budget test reads it (BENCHMARKS.md, "Statements per create").
+#[derive(Debug, Default)]
+pub struct StatementCount(std::sync::atomic::AtomicU64);
+
+impl StatementCount {
+    /// Statements so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts the statements of `db` (and of the clones made from it afterwards).
+    pub fn attach(self: &std::sync::Arc<Self>, db: &mut DatabaseConnection) {
+        let count = std::sync::Arc::clone(self);
+        db.set_metric_callback(move |_| {
+            count.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+}
+
 /// PostgreSQL advisory lock key held while migrating ("SSPMMIGR").
 const MIGRATION_LOCK_KEY: i64 = 0x5353_504d_4d49_4752;
 

@@ -126,6 +126,21 @@ impl Metrics {
         Gauge { values }
     }
 
+    /// A counter read from `value` at each collection (e.g. an atomic the service bumps).
+    pub fn observed_counter(
+        &self,
+        name: &'static str,
+        description: &'static str,
+        value: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        let _ = self
+            .meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |observer| observer.observe(value(), &[]))
+            .build();
+    }
+
     /// Registers how the service reads its business figures (typically a few aggregate
     /// queries that set [`Gauge`]s). It runs before every scrape, and every 15 seconds when
     /// OTLP export is on; a failure is logged and the last figures stay.

@@ -32,6 +32,7 @@ pub struct ApprovalApi {
     day_offset_seconds: i32,
     decided: watch::Sender<u64>,
     draining: Draining,
+    feed_poll: Duration,
 }
 
 impl ApprovalApi {
@@ -44,7 +45,14 @@ impl ApprovalApi {
             day_offset_seconds: day_offset_minutes * 60,
             decided: watch::Sender::new(0),
             draining,
+            feed_poll: Duration::from_secs(1),
         }
+    }
+
+    /// How often an idle decision feed looks for other replicas' decisions.
+    pub fn with_feed_poll(mut self, every: Duration) -> Self {
+        self.feed_poll = every;
+        self
     }
 
     fn today(&self) -> i64 {
@@ -450,6 +458,7 @@ impl ApprovalService for ApprovalApi {
         let store = self.store.clone();
         let mut decided = self.decided.subscribe();
         let mut draining = self.draining.clone();
+        let feed_poll = self.feed_poll;
         tokio::spawn(async move {
             loop {
                 // Mark the current value seen before reading, so no decision is missed.
@@ -477,7 +486,7 @@ impl ApprovalService for ApprovalApi {
                     // decisions made on other replicas.
                     tokio::select! {
                         _ = decided.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::time::sleep(feed_poll) => {}
                         _ = tx.closed() => return,
                         _ = draining.started() => {
                             // Never wait on a subscriber that does not read: the drain must end.

@@ -28,7 +28,8 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         .with_reader(app.read_db.clone());
     register_figures(&app, store.clone(), config.daily_limits.day_utc_offset_minutes * 60);
     let readers = authz.audit_readers();
-    let api = api::ApprovalApi::new(store, authz, config.daily_limits.day_utc_offset_minutes, app.draining());
+    let api = api::ApprovalApi::new(store, authz, config.daily_limits.day_utc_offset_minutes, app.draining())
+        .with_feed_poll(std::time::Duration::from_millis(config.workflow.decision_feed_poll_ms));
     Ok(app
         .map_server(|s| s.add_service(ApprovalServiceServer::new(api)))
         .with_audit(readers))

@@ -50,7 +50,13 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     );
     let api = api::RequestApi::new(Arc::clone(&workflow), config.price()?, app.draining(), watchers.clone());
     let mut background = workflow.spawn_background();
-    let store = store::Store::new(app.db.clone()).with_reader(app.read_db.clone());
+    let store = workflow.store().clone();
+    let writes = store.clone();
+    app.metrics().observed_counter(
+        "sspm.db.write_transactions",
+        "Write transactions of the request service (explicit ones and single writing statements), each one commit",
+        move || writes.write_transactions(),
+    );
     background.push(watchers.spawn_poller(
         store.clone(),
         Arc::clone(&workflow),

@@ -93,12 +93,36 @@ pub struct Store {
     db: DatabaseConnection,
     /// Plain reads outside transactions (see [`Store::with_reader`]).
     read: DatabaseConnection,
+    /// Write transactions begun (explicit ones, and single writing statements).
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
     /// A store on `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { read: db.clone(), db }
+        Self {
+            read: db.clone(),
+            db,
+            writes: std::sync::Arc::default(),
+        }
+    }
+
+    /// Write transactions this store (and its clones) has begun: explicit transactions and
+    /// single writing statements, each one commit (`sspm_db_write_transactions_total`).
+    pub fn write_transactions(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Begins a write transaction.
+    async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.autocommit();
+        self.db.begin().await
+    }
+
+    /// Counts a single writing statement outside a transaction (its own commit).
+    fn autocommit(&self) -> &DatabaseConnection {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.db
     }
 
     /// The same store, reading outside transactions from `read` (the service's reader
@@ -217,7 +241,7 @@ impl Store {
     /// the limits in its `before_*` columns: if a change was applied since they were read,
     /// nothing is inserted and the caller computes it again.
     pub async fn insert(&self, r: request::Model, entry: Entry) -> Result<Inserted, DbErr> {
-        let tx = self.db.begin().await?;
+        let tx = self.begin().await?;
         let id = r.request_id.clone();
         let time = r.create_time;
         let bu = r.business_unit_id.clone();
@@ -245,7 +269,7 @@ impl Store {
     /// nothing recorded) when another request already has that number, which the unique
     /// index on `case_number` enforces whatever the replicas.
     pub async fn set_case_number(&self, id: &str, number: &str, now: i64) -> Result<CaseLink, DbErr> {
-        let tx = self.db.begin().await?;
+        let tx = self.begin().await?;
         let updated = request::Entity::update_many()
             .col_expr(request::Column::CaseNumber, Expr::val(number))
             .col_expr(request::Column::UpdateTime, Expr::val(now))
@@ -289,7 +313,7 @@ impl Store {
         now: i64,
         lease_until: i64,
     ) -> Result<bool, DbErr> {
-        let tx = self.db.begin().await?;
+        let tx = self.begin().await?;
         let r = request::Entity::update_many()
             .col_expr(request::Column::DecidedBy, Expr::val(by))
             .col_expr(request::Column::DecisionApproved, Expr::val(approved))
@@ -314,7 +338,7 @@ impl Store {
 
     /// Makes a transition if the request is still in `t.from`; whether it did.
     pub async fn transition(&self, id: &str, t: Transition, now: i64) -> Result<bool, DbErr> {
-        let tx = self.db.begin().await?;
+        let tx = self.begin().await?;
         if !transition_in(&tx, id, t, now).await? {
             tx.rollback().await?;
             return Ok(false);
@@ -333,7 +357,7 @@ impl Store {
         now: i64,
         decide: impl FnOnce(&request::Model, Option<&limits::Model>) -> Apply,
     ) -> Result<Option<bool>, DbErr> {
-        let tx = self.db.begin().await?;
+        let tx = self.begin().await?;
         let Some(r) = request::Entity::find_by_id(id.to_owned())
             .lock_exclusive()
             .unique(&tx)
@@ -370,7 +394,7 @@ impl Store {
         now: i64,
         revert: impl FnOnce(&request::Model, &limits::Model) -> (limits::Model, Entry, NewEffect),
     ) -> Result<bool, DbErr> {
-        let tx = self.db.begin().await?;
+        let tx = self.begin().await?;
         let Some(r) = request::Entity::find_by_id(id.to_owned())
             .lock_exclusive()
             .unique(&tx)
@@ -432,7 +456,7 @@ impl Store {
             entries.extend(history.into_iter().map(|(time, e)| history_row(&r.request_id, time, e)));
             rows.push(request::ActiveModel::from(r));
         }
-        let tx = self.db.begin().await?;
+        let tx = self.begin().await?;
         // Chunks keep each statement under SQLite's limit of bound parameters (32,766).
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
@@ -515,14 +539,14 @@ impl Store {
         effect::Entity::update_many()
             .col_expr(effect::Column::DoneTime, Expr::val(now))
             .filter(effect::Column::Id.eq(effect_id))
-            .exec(&self.db)
+            .exec(self.autocommit())
             .await
             .map(|_| ())
     }
 
     /// Adds a note to a request's history.
     pub async fn note(&self, id: &str, actor: &str, state: RequestState, reason: &str, now: i64) -> Result<(), DbErr> {
-        let tx = self.db.begin().await?;
+        let tx = self.begin().await?;
         write_history(
             &tx,
             id,
@@ -545,7 +569,7 @@ impl Store {
             .col_expr(request::Column::NextAttemptAt, Expr::val(next))
             .col_expr(request::Column::Attempts, Expr::val(attempts))
             .filter(request::Column::RequestId.eq(id))
-            .exec(&self.db)
+            .exec(self.autocommit())
             .await
             .map(|_| ())
     }
@@ -570,7 +594,7 @@ impl Store {
             .col_expr(request::Column::NextAttemptAt, Expr::val(lease_until))
             .filter(request::Column::RequestId.eq(id))
             .filter(request::Column::NextAttemptAt.eq(scheduled))
-            .exec(&self.db)
+            .exec(self.autocommit())
             .await?;
         Ok(r.rows_affected == 1)
     }
@@ -608,7 +632,7 @@ impl Store {
                 .update_column(cursor::Column::Cursor)
                 .to_owned(),
         )
-        .exec_without_returning(&self.db)
+        .exec_without_returning(self.autocommit())
         .await
         .map(|_| ())
     }
@@ -654,7 +678,7 @@ impl Store {
         agentless: i32,
         now: i64,
     ) -> Result<(), DbErr> {
-        let tx = self.db.begin().await?;
+        let tx = self.begin().await?;
         let current = limits::Entity::find_by_id(bu.to_owned())
             .lock_exclusive()
             .unique(&tx)
