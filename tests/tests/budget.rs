@@ -75,7 +75,6 @@ async fn cost_of<F: Future<Output = ()>>(s: &TestSystem, work: F) -> ([u64; 4], 
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = counts(s).await;
         scrapes += 1;
-        eprintln!("{now:?} per scrape {per_scrape:?}");
         let quiet = minus(now.statements, last.statements) == per_scrape && now.transactions == last.transactions;
         if quiet && now.pending == 0 {
             let statements = std::array::from_fn(|i| now.statements[i] - b.statements[i] - scrapes * per_scrape[i]);

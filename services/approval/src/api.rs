@@ -222,9 +222,9 @@ impl ApprovalService for ApprovalApi {
             )
             .await
             .map_err(db("evaluating an increase"))?;
-        let (outcome, day) = match evaluated {
-            Evaluated::Fits => (pb::EvaluationOutcome::Fits, today),
-            Evaluated::Exceeds => (pb::EvaluationOutcome::Exceeds, today),
+        let (outcome, day, usage) = match evaluated {
+            Evaluated::Fits(usage) => (pb::EvaluationOutcome::Fits, today, usage),
+            Evaluated::Exceeds(usage) => (pb::EvaluationOutcome::Exceeds, today, usage),
             Evaluated::AlreadyReserved(r) if r.release_time.is_some() => {
                 return Err(Status::failed_precondition(format!(
                     "the reservation of request {request_id} was released; a request is evaluated once"
@@ -237,16 +237,16 @@ impl ApprovalService for ApprovalApi {
                         r.increase, r.business_unit_id
                     )));
                 }
-                (pb::EvaluationOutcome::Fits, r.day)
+                let usage = self
+                    .store
+                    .usage(r.day, cluster.as_str(), bu.as_str())
+                    .await
+                    .map_err(db("reading usage"))?;
+                (pb::EvaluationOutcome::Fits, r.day, usage)
             }
         };
         tracing::info!(request_id = %request_id, cluster = %cluster, increase = req.increase,
             outcome = outcome.as_str_name(), "increase evaluated");
-        let usage = self
-            .store
-            .usage(day, cluster.as_str(), bu.as_str())
-            .await
-            .map_err(db("reading usage"))?;
         Ok(Response::new(pb::EvaluateIncreaseResponse {
             outcome: outcome.into(),
             usage: self.usage_pb(usage),

@@ -1,12 +1,12 @@
 //! Every query of the approval service, including the exact daily-limit ledger (R8).
 //!
 //! The ledger keeps one running total per (day, cluster) and per (day, business unit). An
-//! evaluation adds the increase to each total with a guarded `UPDATE ... WHERE used + n <=
-//! max` inside one transaction, and records a reservation keyed by the request id. Row
-//! locks (PostgreSQL) or the single writer (SQLite) serialise concurrent evaluations on the
-//! same total, and the guard is re-checked against the committed value, so no number of
-//! replicas can overrun a limit; the reservation's primary key makes a repeated evaluation
-//! of one request count once.
+//! evaluation locks both totals, decides with `sspm_rules::daily::evaluate` (the arithmetic
+//! of R8, the same the dry run uses), adds the increase and records a reservation keyed by
+//! the request id, in one transaction. Row locks (PostgreSQL) or the single writer (SQLite)
+//! serialise concurrent evaluations on the same totals, so no number of replicas can
+//! overrun a limit; the reservation's primary key makes a repeated evaluation of one
+//! request count once.
 
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
@@ -17,7 +17,18 @@ use sspm_platform::audit;
 use sspm_platform::db::SelectUnique;
 use sspm_platform::db::{DbErrorKind, classify};
 
+use sspm_rules::daily::{self, Budget, LimitScope};
+
 use crate::entities::{daily_limit, decision, reservation, task, total};
+
+/// The rules' scope of a stored limit scope.
+fn rules_scope(scope: &str) -> LimitScope {
+    match scope {
+        CLUSTER => LimitScope::Cluster,
+        BUSINESS_UNIT => LimitScope::BusinessUnit,
+        _ => LimitScope::Default,
+    }
+}
 
 /// Ledger scope of per-cluster totals (used by cluster and default limits).
 pub const CLUSTER: &str = "CLUSTER";
@@ -51,12 +62,12 @@ pub struct Usage {
 /// Result of an evaluation.
 #[derive(Debug, Clone)]
 pub enum Evaluated {
-    /// Reserved now.
-    Fits,
+    /// Reserved now; the usage with it counted.
+    Fits(Vec<Usage>),
     /// Reserved earlier by the same request.
     AlreadyReserved(reservation::Model),
-    /// Does not fit; nothing reserved.
-    Exceeds,
+    /// Does not fit; nothing reserved. The usage as it is.
+    Exceeds(Vec<Usage>),
 }
 
 /// Result of a decision.
@@ -168,7 +179,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Evaluates an increase and reserves it when it fits every applicable limit.
+    /// Evaluates an increase and reserves it when it fits every applicable limit, with the
+    /// usage under each limit after the evaluation.
+    ///
+    /// The arithmetic is `sspm_rules::daily::evaluate`, the one the dry run uses too. What
+    /// makes it exact is the first statement: an upsert that creates the day's two totals at
+    /// zero if needed and returns them, which on PostgreSQL locks both rows until commit
+    /// (a concurrent evaluation waits there, then reads the committed totals) and on SQLite
+    /// takes the database's write lock. Five statements in all when it fits.
     pub async fn evaluate(
         &self,
         request_id: &str,
@@ -178,44 +196,64 @@ impl Store {
         day: i64,
         now: i64,
     ) -> Result<Evaluated, DbErr> {
-        if let Some(r) = reservation::Entity::find_by_id(request_id.to_owned())
-            .unique(&self.read)
-            .await?
-        {
-            return Ok(Evaluated::AlreadyReserved(r));
-        }
         let tx = self.db.begin().await?;
+        let backend = tx.get_database_backend();
+        let totals = tx
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "INSERT INTO ledger_totals (day, scope, target, used) VALUES ($1, '{CLUSTER}', $2, 0), ($1, '{BUSINESS_UNIT}', $3, 0) \
+                     ON CONFLICT (day, scope, target) DO UPDATE SET used = ledger_totals.used RETURNING scope, used"
+                ),
+                [day.into(), cluster.into(), business_unit_id.into()],
+            ))
+            .await?;
+        let mut used = std::collections::HashMap::new();
+        for row in totals {
+            used.insert(row.try_get::<String>("", "scope")?, row.try_get::<i32>("", "used")?);
+        }
         let limits = self.applicable(&tx, cluster, business_unit_id).await?;
-        let totals = [(CLUSTER, cluster), (BUSINESS_UNIT, business_unit_id)];
-        for (scope, target) in totals {
-            total::Entity::insert(total::ActiveModel {
-                day: Set(day),
-                scope: Set(scope.to_owned()),
-                target: Set(target.to_owned()),
-                used: Set(0),
+        let budgets: Vec<Budget> = limits
+            .iter()
+            .map(|a| Budget {
+                scope: rules_scope(&a.limit.scope),
+                max: u32::try_from(a.limit.max_daily_increase).unwrap_or(0),
+                used: u32::try_from(used.get(a.ledger_scope).copied().unwrap_or(0)).unwrap_or(0),
             })
-            .on_conflict_do_nothing()
+            .collect();
+        let evaluation = daily::evaluate(&budgets, u32::try_from(increase).unwrap_or(u32::MAX));
+        let usage = limits
+            .into_iter()
+            .zip(&evaluation.budgets)
+            .map(|(a, b)| Usage {
+                limit: a.limit,
+                used: i32::try_from(b.used).unwrap_or(i32::MAX),
+            })
+            .collect();
+        if !evaluation.fits {
+            tx.rollback().await?;
+            return Ok(Evaluated::Exceeds(usage));
+        }
+        // The business unit's total counts every increase, limited or not: a limit set on
+        // it later in the day starts from what it already received.
+        total::Entity::update_many()
+            .col_expr(total::Column::Used, Expr::col(total::Column::Used).add(increase))
+            .filter(total::Column::Day.eq(day))
+            .filter(
+                Condition::any()
+                    .add(
+                        Condition::all()
+                            .add(total::Column::Scope.eq(CLUSTER))
+                            .add(total::Column::Target.eq(cluster)),
+                    )
+                    .add(
+                        Condition::all()
+                            .add(total::Column::Scope.eq(BUSINESS_UNIT))
+                            .add(total::Column::Target.eq(business_unit_id)),
+                    ),
+            )
             .exec(&tx)
             .await?;
-        }
-        for (scope, target) in totals {
-            let max = limits
-                .iter()
-                .find(|a| a.ledger_scope == scope)
-                .map(|a| a.limit.max_daily_increase);
-            let mut update = total::Entity::update_many()
-                .col_expr(total::Column::Used, Expr::col(total::Column::Used).add(increase))
-                .filter(total::Column::Day.eq(day))
-                .filter(total::Column::Scope.eq(scope))
-                .filter(total::Column::Target.eq(target));
-            if let Some(max) = max {
-                update = update.filter(Expr::col(total::Column::Used).add(increase).lte(max));
-            }
-            if update.exec(&tx).await?.rows_affected != 1 {
-                tx.rollback().await?;
-                return Ok(Evaluated::Exceeds);
-            }
-        }
         let inserted = reservation::Entity::insert(reservation::ActiveModel {
             request_id: Set(request_id.to_owned()),
             day: Set(day),
@@ -234,13 +272,14 @@ impl Store {
                 );
                 audit::record(&tx, "reservation.made", request_id, &detail, now).await?;
                 tx.commit().await?;
-                Ok(Evaluated::Fits)
+                Ok(Evaluated::Fits(usage))
             }
+            // Evaluated before (a retry), concurrently, or released before it was evaluated:
+            // the reservation on record is the answer, and nothing more is counted.
             Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
-                // The same request was evaluated concurrently and reserved first.
                 tx.rollback().await?;
                 reservation::Entity::find_by_id(request_id.to_owned())
-                    .unique(&self.read)
+                    .unique(&self.db)
                     .await?
                     .map(Evaluated::AlreadyReserved)
                     .ok_or(e)

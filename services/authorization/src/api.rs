@@ -50,11 +50,12 @@ impl AuthorizationApi {
     }
 
     async fn subject(&self, id: &str) -> Result<Option<Subject>, Status> {
-        let Some(principal) = self.store.principal(id).await.map_err(db("loading a principal"))? else {
-            return Ok(None);
-        };
-        let grants = self.store.grants_of(id).await.map_err(db("loading grants"))?;
-        Ok(Some(Subject { principal, grants }))
+        Ok(self
+            .store
+            .principal_with_grants(id)
+            .await
+            .map_err(db("loading a principal"))?
+            .map(|(principal, grants)| Subject { principal, grants }))
     }
 
     /// The caller as a subject; `None` for a service or an unregistered principal.

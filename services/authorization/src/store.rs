@@ -119,6 +119,50 @@ impl Store {
         principal::Entity::find_by_id(id.to_owned()).unique(&self.read).await
     }
 
+    /// A principal with its grants, in one query (every authorization check starts here).
+    pub async fn principal_with_grants(
+        &self,
+        id: &str,
+    ) -> Result<Option<(principal::Model, Vec<grant::Model>)>, DbErr> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let rows = self
+            .read
+            .query_all_raw(Statement::from_sql_and_values(
+                self.read.get_database_backend(),
+                "SELECT p.principal_id, p.display_name, p.home_business_unit_id, p.kind, p.create_time, \
+                 g.business_unit_id AS grant_business_unit_id, g.permission AS grant_permission, \
+                 g.granted_by AS grant_granted_by, g.grant_time AS grant_time \
+                 FROM principals p LEFT JOIN permission_grants g ON g.principal_id = p.principal_id \
+                 WHERE p.principal_id = $1",
+                [id.into()],
+            ))
+            .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let principal = principal::Model {
+            principal_id: first.try_get("", "principal_id")?,
+            display_name: first.try_get("", "display_name")?,
+            home_business_unit_id: first.try_get("", "home_business_unit_id")?,
+            kind: first.try_get("", "kind")?,
+            create_time: first.try_get("", "create_time")?,
+        };
+        let mut grants = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(business_unit_id) = row.try_get::<Option<String>>("", "grant_business_unit_id")? else {
+                continue;
+            };
+            grants.push(grant::Model {
+                principal_id: principal.principal_id.clone(),
+                business_unit_id,
+                permission: row.try_get("", "grant_permission")?,
+                granted_by: row.try_get("", "grant_granted_by")?,
+                grant_time: row.try_get("", "grant_time")?,
+            });
+        }
+        Ok(Some((principal, grants)))
+    }
+
     /// Inserts a principal; a unique violation means it exists.
     pub async fn insert_principal(&self, p: principal::Model) -> Result<(), DbErr> {
         let tx = self.db.begin().await?;

@@ -12,6 +12,7 @@ use sspm_platform::rpc::{
 use sspm_platform::{Draining, caller};
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::port_request_service_server::PortRequestService;
+use sspm_rules::daily::{Budget, LimitScope};
 use sspm_rules::lifecycle::{Event, next};
 use sspm_rules::{
     BusinessUnitFacts, BusinessUnitId, Price, PrincipalId, RequestId, RequestState, RequestedTargets, Rule, Text,
@@ -122,10 +123,24 @@ impl RequestApi {
             .await
             .map_err(|s| sspm_platform::rpc::downstream("approval service", &s))?
             .into_inner();
-        Ok(usage.usage.iter().all(|u| {
-            let max = u.limit.as_ref().map_or(0, |l| l.max_daily_increase);
-            u.used + i32::from(increase) <= max
-        }))
+        // R8's arithmetic is the approval service's own (sspm_rules::daily), on its figures.
+        let budgets: Vec<Budget> = usage
+            .usage
+            .iter()
+            .map(|u| {
+                let limit = u.limit.clone().unwrap_or_default();
+                Budget {
+                    scope: match limit.scope() {
+                        pb::LimitScope::BusinessUnit => LimitScope::BusinessUnit,
+                        pb::LimitScope::Cluster => LimitScope::Cluster,
+                        _ => LimitScope::Default,
+                    },
+                    max: u32::try_from(limit.max_daily_increase).unwrap_or(0),
+                    used: u32::try_from(u.used).unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(sspm_rules::daily::evaluate(&budgets, u32::from(increase)).fits)
     }
 }
 
@@ -220,14 +235,20 @@ impl PortRequestService for RequestApi {
                 validate_only: false,
             }))
         };
-        if let Some(existing) = store.request(id.as_str()).await.map_err(db("loading a request"))? {
+        // Checked up front only for dry runs; a create finds out from its insert (the
+        // request id is the primary key), and a replay whose payload no longer validates
+        // (its change applied since) from the failed validation.
+        let existing = async || store.request(id.as_str()).await.map_err(db("loading a request"));
+        if req.validate_only
+            && let Some(existing) = existing().await?
+        {
             return replay(existing).await;
         }
 
         // The request is computed from the limits as read here; the insert checks, in its
         // transaction, that they have not moved since (else `before` would be stale).
         let mut attempt = 0;
-        let change = loop {
+        let created = loop {
             attempt += 1;
             let facts = BusinessUnitFacts {
                 monitoring_gateway: bu.monitoring_gateway_enabled,
@@ -245,16 +266,29 @@ impl PortRequestService for RequestApi {
                 outbound: t.outbound.map(i64::from),
                 agentless: t.agentless.map(i64::from),
             };
-            let change = validate_change(current, facts, &requested, "targets").map_err(|v| error::violations(&v))?;
             let now = now_micros();
-            if let Some(at) = payload.revert_at {
-                validate_temporary(&change, at / 1_000_000, now / 1_000_000).map_err(|v| error::violations(&v))?;
-            }
+            let valid =
+                validate_change(current, facts, &requested, "targets").and_then(|change| match payload.revert_at {
+                    Some(at) => validate_temporary(&change, at / 1_000_000, now / 1_000_000).map(|()| change),
+                    None => Ok(change),
+                });
+            let change = match valid {
+                Ok(change) => change,
+                Err(v) => {
+                    if !req.validate_only
+                        && let Some(existing) = existing().await?
+                    {
+                        return replay(existing).await;
+                    }
+                    return Err(error::violations(&v));
+                }
+            };
             let cost = monthly_cost_change(change.before, change.after, &self.price);
-            if let Some(open) = store
-                .open_request_of(bu_id.as_str())
-                .await
-                .map_err(db("loading the open request"))?
+            if req.validate_only
+                && let Some(open) = store
+                    .open_request_of(bu_id.as_str())
+                    .await
+                    .map_err(db("loading the open request"))?
             {
                 return Err(r5(bu_id.as_str(), &open));
             }
@@ -317,8 +351,8 @@ impl PortRequestService for RequestApi {
                 to: RequestState::New,
                 reason: format!("requested: {}", crate::workflow::describe(&change)),
             };
-            match store.insert(model, entry).await {
-                Ok(Inserted::Done) => break change,
+            match store.insert(model.clone(), entry.clone()).await {
+                Ok(Inserted::Done) => break (change, model, entry),
                 // The limits moved between the read above and the insert (a change applied
                 // meanwhile): compute the request again against the limits as they are now.
                 Ok(Inserted::LimitsMoved) if attempt < 5 => continue,
@@ -330,7 +364,7 @@ impl PortRequestService for RequestApi {
                 Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
                     // Either the same id was created concurrently (idempotent replay), or
                     // another request for the business unit opened first (R5, in the database).
-                    if let Some(existing) = store.request(id.as_str()).await.map_err(db("loading a request"))? {
+                    if let Some(existing) = existing().await? {
                         return replay(existing).await;
                     }
                     let open = store
@@ -343,13 +377,38 @@ impl PortRequestService for RequestApi {
                 Err(e) => return Err(error::database("creating a request", &e)),
             }
         };
+        let (change, model, entry) = created;
         tracing::info!(request_id = %id, business_unit = %bu_id, requester = %caller.id, change = %crate::workflow::describe(&change), "request created");
-        self.wf.drive(id.as_str()).await;
-        let r = self.load(id.as_str()).await?;
-        sspm_platform::rpc::annotate_state(&r.state);
-        let outcome = outcome(&r);
+        let facts = BusinessUnitFacts {
+            monitoring_gateway: bu.monitoring_gateway_enabled,
+            personal_connection: bu.personal_connection_enabled,
+        };
+        // The answer is the request as its first steps left it, durable, without reading it
+        // back; the calls they queued (closing the case) go on in the background.
+        let Some(started) = self.wf.start(&model, facts).await else {
+            let r = self.load(id.as_str()).await?;
+            sspm_platform::rpc::annotate_state(&r.state);
+            let outcome = outcome(&r);
+            return Ok(Response::new(pb::CreatePortChangeRequestResponse {
+                request: Some(self.show(r).await?),
+                outcome: outcome.into(),
+                validate_only: false,
+            }));
+        };
+        sspm_platform::rpc::annotate_state(&started.request.state);
+        let outcome = outcome(&started.request);
+        let created_entry = crate::entities::history::Model {
+            id: 0,
+            request_id: model.request_id.clone(),
+            kind: entry.kind.to_owned(),
+            time: model.create_time,
+            actor: entry.actor,
+            from_state: None,
+            to_state: entry.to.as_str().to_owned(),
+            reason: entry.reason,
+        };
         Ok(Response::new(pb::CreatePortChangeRequestResponse {
-            request: Some(self.show(r).await?),
+            request: Some(request_pb(started.request, vec![created_entry, started.history])),
             outcome: outcome.into(),
             validate_only: false,
         }))

@@ -4,9 +4,10 @@
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
+    ActiveModelTrait,
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, ExprTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use sspm_platform::audit;
 use sspm_platform::db::{DbErrorKind, SelectUnique, classify};
@@ -76,6 +77,44 @@ pub enum Apply {
     Limits(limits::Model, Transition),
     /// The change cannot be applied: make this transition (to FAILED).
     Fail(Transition),
+}
+
+/// What the first steps of a new request write, planned from the business unit's limits
+/// (see [`Store::first_step`]).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The request as it is after them (every column is written).
+    pub request: request::Model,
+    /// The limits to apply, if any.
+    pub limits: Option<sspm_rules::PortLimits>,
+    /// Its history entry.
+    pub entry: Entry,
+    /// Audit events besides the transition's: (actor, action, target, detail).
+    pub audit: Vec<(Option<String>, &'static str, String, String)>,
+    /// Effects to enqueue.
+    pub effects: Vec<NewEffect>,
+}
+
+/// What [`Store::first_step`] did.
+#[derive(Debug)]
+pub enum FirstStep {
+    /// Written.
+    Done(Box<Started>),
+    /// The request was no longer new and unlinked: nothing written.
+    Moved,
+    /// Another request, named, holds the case number: nothing written.
+    HeldByAnother(String),
+}
+
+/// A request after its first steps.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The request as stored now.
+    pub request: request::Model,
+    /// The history entry written.
+    pub history: history::Model,
+    /// The effects enqueued, with their ids.
+    pub effects: Vec<effect::Model>,
 }
 
 /// What [`Store::set_case_number`] did.
@@ -296,6 +335,192 @@ impl Store {
         }
         tx.commit().await?;
         Ok(CaseLink::Linked)
+    }
+
+    /// The first steps of a new request in one transaction (see `Workflow::first_steps`):
+    /// its case number, the decision and what follows from it, planned by `plan` from the
+    /// business unit's limits. The limits are assumed to be those the request was computed
+    /// from (checked in the insert's transaction): the write is guarded by them, and only
+    /// when they moved since (a revert, an onboarding) are they read, locked, and the plan
+    /// made again. Nothing is written when the request is no longer new and unlinked
+    /// ([`FirstStep::Moved`]) or another request holds the case number.
+    pub async fn first_step(
+        &self,
+        old: &request::Model,
+        now: i64,
+        plan: impl Fn(sspm_rules::PortLimits) -> Plan,
+    ) -> Result<FirstStep, DbErr> {
+        let assumed = (old.before_concurrent, old.before_outbound, old.before_agentless);
+        let limits_of = |c: i32, o: i32, a: i32| {
+            sspm_rules::PortLimits::parse(c.into(), o.into(), a.into(), "")
+                .map_err(|e| DbErr::Custom(format!("stored limits of {} are invalid: {e}", old.business_unit_id)))
+        };
+        let mut p = plan(limits_of(assumed.0, assumed.1, assumed.2)?);
+        let tx = self.begin().await?;
+        if let Some(after) = p.limits {
+            let bu = old.business_unit_id.as_str();
+            let (c, o, a) = (
+                i32::from(after.concurrent.get()),
+                i32::from(after.outbound.get()),
+                i32::from(after.agentless.get()),
+            );
+            let mut written = limits::Entity::update_many()
+                .col_expr(limits::Column::Concurrent, Expr::val(c))
+                .col_expr(limits::Column::Outbound, Expr::val(o))
+                .col_expr(limits::Column::Agentless, Expr::val(a))
+                .col_expr(limits::Column::Version, Expr::col(limits::Column::Version).add(1))
+                .col_expr(limits::Column::UpdateTime, Expr::val(now))
+                .filter(limits::Column::BusinessUnitId.eq(bu))
+                .filter(limits::Column::Concurrent.eq(assumed.0))
+                .filter(limits::Column::Outbound.eq(assumed.1))
+                .filter(limits::Column::Agentless.eq(assumed.2))
+                .exec(&tx)
+                .await?
+                .rows_affected
+                == 1;
+            if !written && assumed == (0, 0, 0) {
+                // No limits on record yet (zero): the first ones.
+                let inserted = limits::Entity::insert(limits::ActiveModel {
+                    business_unit_id: Set(bu.to_owned()),
+                    concurrent: Set(c),
+                    outbound: Set(o),
+                    agentless: Set(a),
+                    version: Set(1),
+                    update_time: Set(now),
+                })
+                .on_conflict_do_nothing()
+                .exec_without_returning(&tx)
+                .await?;
+                written = matches!(inserted, sea_orm::TryInsertResult::Inserted(1));
+            }
+            if !written {
+                let current = limits::Entity::find_by_id(bu.to_owned())
+                    .lock_exclusive()
+                    .unique(&tx)
+                    .await?;
+                let now_limits = current.as_ref().map_or(Ok(sspm_rules::PortLimits::default()), |l| {
+                    limits_of(l.concurrent, l.outbound, l.agentless)
+                })?;
+                p = plan(now_limits);
+                if let Some(after) = p.limits {
+                    write_limits(
+                        &tx,
+                        current.as_ref(),
+                        limits::Model {
+                            business_unit_id: bu.to_owned(),
+                            concurrent: after.concurrent.get().into(),
+                            outbound: after.outbound.get().into(),
+                            agentless: after.agentless.get().into(),
+                            version: 0,
+                            update_time: now,
+                        },
+                        &format!("applied by {}", old.request_id),
+                        now,
+                    )
+                    .await?;
+                }
+            } else {
+                let detail = format!(
+                    "concurrent/outbound/agentless {}/{}/{} -> {c}/{o}/{a} (applied by {})",
+                    assumed.0, assumed.1, assumed.2, old.request_id
+                );
+                p.audit.push((None, "limits.changed", bu.to_owned(), detail));
+            }
+        }
+        let mut row = request::ActiveModel::from(p.request.clone()).reset_all();
+        row.request_id = NotSet;
+        let updated = request::Entity::update_many()
+            .set(row)
+            .filter(request::Column::RequestId.eq(old.request_id.as_str()))
+            .filter(request::Column::State.eq(RequestState::New.as_str()))
+            .filter(request::Column::CaseNumber.is_null())
+            .filter(request::Column::DecidedBy.is_null())
+            .exec(&tx)
+            .await;
+        match updated {
+            Ok(r) if r.rows_affected == 1 => {}
+            Ok(_) => {
+                tx.rollback().await?;
+                return Ok(FirstStep::Moved);
+            }
+            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+                tx.rollback().await?;
+                let number = p.request.case_number.clone().unwrap_or_default();
+                let holder = request::Entity::find()
+                    .filter(request::Column::CaseNumber.eq(number))
+                    .unique(&self.db)
+                    .await?
+                    .map(|r| r.request_id)
+                    .unwrap_or_default();
+                return Ok(FirstStep::HeldByAnother(holder));
+            }
+            Err(e) => return Err(e),
+        }
+        let id = old.request_id.as_str();
+        let entry = p.entry.clone();
+        let detail = match entry.from {
+            Some(from) if from != entry.to => format!("{} -> {}: {}", from.as_str(), entry.to.as_str(), entry.reason),
+            _ => format!("{}: {}", entry.to.as_str(), entry.reason),
+        };
+        let mut audit: Vec<audit::Entry<'_>> = p
+            .audit
+            .iter()
+            .map(|(actor, action, target, detail)| (actor.as_deref(), *action, target.as_str(), detail.clone()))
+            .collect();
+        audit.push((Some(entry.actor.as_str()), "request.transition", id, detail));
+        audit::record_many(&tx, &audit, now).await?;
+        history::Entity::insert(history_row(id, now, entry))
+            .exec_without_returning(&tx)
+            .await?;
+        let effects = if p.effects.is_empty() {
+            Vec::new()
+        } else {
+            effect::Entity::insert_many(p.effects.iter().map(|e| effect::ActiveModel {
+                id: NotSet,
+                request_id: Set(id.to_owned()),
+                kind: Set(e.kind.to_owned()),
+                argument: Set(e.argument.clone()),
+                actor: Set(e.actor.clone()),
+                done_time: Set(None),
+            }))
+            .exec_with_returning(&tx)
+            .await?
+        };
+        tx.commit().await?;
+        Ok(FirstStep::Done(Box::new(Started {
+            history: history::Model {
+                id: 0,
+                request_id: id.to_owned(),
+                kind: p.entry.kind.to_owned(),
+                time: now,
+                actor: p.entry.actor,
+                from_state: p.entry.from.map(|s| s.as_str().to_owned()),
+                to_state: p.entry.to.as_str().to_owned(),
+                reason: p.entry.reason,
+            },
+            request: p.request,
+            effects,
+        })))
+    }
+
+    /// Marks effects carried out and sets when the reconciler looks at the request next,
+    /// in one transaction.
+    pub async fn effects_done(&self, id: &str, effect_ids: &[i64], next: Option<i64>, now: i64) -> Result<(), DbErr> {
+        let tx = self.begin().await?;
+        if !effect_ids.is_empty() {
+            effect::Entity::update_many()
+                .col_expr(effect::Column::DoneTime, Expr::val(now))
+                .filter(effect::Column::Id.is_in(effect_ids.iter().copied()))
+                .exec(&tx)
+                .await?;
+        }
+        request::Entity::update_many()
+            .col_expr(request::Column::NextAttemptAt, Expr::val(next))
+            .col_expr(request::Column::Attempts, Expr::val(0))
+            .filter(request::Column::RequestId.eq(id))
+            .exec(&tx)
+            .await?;
+        tx.commit().await
     }
 
     /// Records a decision on an open request in `state` that has none yet; whether it did.

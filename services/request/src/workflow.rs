@@ -24,7 +24,110 @@ use tonic::{Code, Status};
 use tracing::Instrument;
 
 use crate::entities::{effect, limits, request};
-use crate::store::{Apply, CaseLink, Entry, NewEffect, Store, Transition};
+use crate::store::{Apply, CaseLink, Entry, FirstStep, NewEffect, Plan, Started, Store, Transition};
+
+/// The verdict on a new request's increase (R8), with the reason in words.
+#[derive(Debug, Clone)]
+enum Verdict {
+    /// It fits the daily limit, or needs no check: approve automatically.
+    Fits(String),
+    /// It exceeds the daily limit: a human decides.
+    Exceeds(String),
+}
+
+/// The plan of [`Workflow::first_steps`] from the business unit's limits as they are
+/// (`current`): a pure function of what the case, the verdict and the facts say.
+#[allow(clippy::too_many_arguments)]
+fn first_plan(
+    r: &request::Model,
+    change: &ValidatedChange,
+    case: &str,
+    verdict: &Verdict,
+    review: &Option<(RequestState, Vec<NewEffect>)>,
+    facts: Option<BusinessUnitFacts>,
+    current: PortLimits,
+    now: i64,
+) -> Plan {
+    let id = r.request_id.clone();
+    let mut new = r.clone();
+    new.case_number = Some(case.to_owned());
+    new.update_time = now;
+    new.next_attempt_at = Some(Workflow::lease_until(now));
+    new.attempts = 0;
+    let mut audit = vec![(None, "request.case_linked", id.clone(), format!("case {case}"))];
+    let transition = |to: RequestState, actor: &str, reason: String| Entry {
+        kind: "TRANSITION",
+        actor: actor.to_owned(),
+        from: Some(RequestState::New),
+        to,
+        reason,
+    };
+    let (Verdict::Fits(words) | Verdict::Exceeds(words)) = verdict;
+    // `review` is what an excess leads to (Workflow::to_review); without it, approval.
+    match review {
+        Some((to, effects)) => {
+            let why = words;
+            new.state = to.as_str().to_owned();
+            new.approval_path = Some("REVIEW".to_owned());
+            Plan {
+                request: new,
+                limits: None,
+                entry: transition(*to, SYSTEM, why.clone()),
+                audit,
+                effects: effects.clone(),
+            }
+        }
+        None => {
+            let reason = words;
+            new.decided_by = Some(SYSTEM.to_owned());
+            new.decision_approved = Some(true);
+            new.decision_reason = Some(reason.clone());
+            new.decide_time = Some(now);
+            new.approval_path = Some("AUTOMATIC".to_owned());
+            audit.push((
+                Some(SYSTEM.to_owned()),
+                "request.decided",
+                id,
+                format!("approved (AUTOMATIC): {reason}"),
+            ));
+            let applied = match facts {
+                None => Err("the business unit no longer exists".to_owned()),
+                Some(f) => reapply(change, current, f).map_err(|v| v.to_string()),
+            };
+            match (applied, next(RequestState::New, Event::AutoApprove)) {
+                (Ok(after), Ok(to)) => {
+                    new.state = to.as_str().to_owned();
+                    let resolution = format!("Approved automatically and applied: {current} -> {after}. {reason}");
+                    Plan {
+                        request: new,
+                        limits: Some(after),
+                        entry: transition(to, SYSTEM, format!("{reason}; applied: {current} -> {after}")),
+                        audit,
+                        effects: vec![Effect::CloseCase.with(resolution, SYSTEM)],
+                    }
+                }
+                (Err(why), _) | (_, Err(sspm_rules::Violation { message: why, .. })) => {
+                    new.state = RequestState::Failed.as_str().to_owned();
+                    new.failure_reason = Some(why.clone());
+                    Plan {
+                        request: new,
+                        limits: None,
+                        entry: transition(
+                            RequestState::Failed,
+                            SYSTEM,
+                            format!("approved but cannot be applied: {why}"),
+                        ),
+                        audit,
+                        effects: vec![
+                            Effect::Release.with("the change could not be applied", SYSTEM),
+                            Effect::CloseCase.with(format!("Failed: approved but cannot be applied: {why}"), SYSTEM),
+                        ],
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// The actor of SSPM's own steps.
 pub const SYSTEM: &str = "system";
@@ -230,7 +333,6 @@ impl Workflow {
     pub async fn drive(&self, id: &str) -> Option<StepError> {
         let outcome = self.reconcile(id).await;
         self.changed(id);
-        let now = now_micros();
         match outcome {
             Ok(r) => {
                 let next = r.as_ref().and_then(|r| {
@@ -244,20 +346,25 @@ impl Workflow {
                 None
             }
             Err(e) => {
-                let attempts = match self.store.request(id).await {
-                    Ok(Some(r)) => r.attempts.saturating_add(1),
-                    _ => 1,
-                };
-                // The retry state lives in the row (it must survive restarts and move
-                // between replicas), so the delay is computed here.
-                let delay_ms = self.backoff_ms(u32::try_from(attempts).unwrap_or(1));
-                let delay = i64::try_from(delay_ms).unwrap_or(i64::MAX / 2).saturating_mul(1_000);
-                tracing::warn!(request_id = id, attempts, retry_in_ms = delay_ms, error = %e, "step failed; will retry");
-                if let Err(e) = self.store.schedule(id, Some(now + delay), attempts).await {
-                    tracing::error!(request_id = id, error = %e, "cannot schedule a retry");
-                }
+                self.retry_later(id, &e).await;
                 Some(e)
             }
+        }
+    }
+
+    /// Schedules a retry of a request whose step failed, with backoff.
+    async fn retry_later(&self, id: &str, e: &StepError) {
+        let attempts = match self.store.request(id).await {
+            Ok(Some(r)) => r.attempts.saturating_add(1),
+            _ => 1,
+        };
+        // The retry state lives in the row (it must survive restarts and move between
+        // replicas), so the delay is computed here.
+        let delay_ms = self.backoff_ms(u32::try_from(attempts).unwrap_or(1));
+        let delay = i64::try_from(delay_ms).unwrap_or(i64::MAX / 2).saturating_mul(1_000);
+        tracing::warn!(request_id = id, attempts, retry_in_ms = delay_ms, error = %e, "step failed; will retry");
+        if let Err(e) = self.store.schedule(id, Some(now_micros() + delay), attempts).await {
+            tracing::error!(request_id = id, error = %e, "cannot schedule a retry");
         }
     }
 
@@ -280,7 +387,11 @@ impl Workflow {
         let state = state_of(r);
         let now = now_micros();
         if r.case_number.is_none() {
-            self.open_case(r).await?;
+            if state == RequestState::New && r.decided_by.is_none() {
+                self.first_steps(r, None).await?;
+            } else {
+                self.open_case(r).await?;
+            }
             return Ok(true);
         }
         if state.is_open() {
@@ -322,7 +433,9 @@ impl Workflow {
         Ok(false)
     }
 
-    async fn open_case(&self, r: &request::Model) -> Result<(), StepError> {
+    /// Opens the request's case (or finds the one opened before: the request id is its
+    /// external reference); its number.
+    async fn open_case_call(&self, r: &request::Model) -> Result<String, StepError> {
         let change = change_of(r)?;
         let summary = describe(&change);
         let req = pb::OpenCaseRequest {
@@ -355,48 +468,41 @@ impl Workflow {
             .into_inner()
             .case
             .ok_or_else(|| StepError::Retry("ticketing service answered without a case".into()))?;
-        match self
-            .store
-            .set_case_number(&r.request_id, &case.case_number, now_micros())
-            .await?
-        {
+        Ok(case.case_number)
+    }
+
+    /// The ticketing service handed out a number it had given before: it lost its cases (a
+    /// truncated or restored database). Linking would show this request another's case;
+    /// refuse, say so loudly, and retry with backoff until an operator has repaired the
+    /// ticketing service (RELIABILITY.md, "Lost data").
+    fn case_held_by_another(r: &request::Model, number: &str, holder: &str) -> StepError {
+        tracing::error!(
+            request_id = %r.request_id,
+            case_number = %number,
+            held_by = %holder,
+            "the ticketing service gave this request a case number another request already holds: it has lost cases; the request waits, unlinked"
+        );
+        StepError::Retry(format!(
+            "the ticketing service answered case {number} for this request, but request {holder} already holds it: the ticketing service has lost cases"
+        ))
+    }
+
+    async fn open_case(&self, r: &request::Model) -> Result<(), StepError> {
+        let number = self.open_case_call(r).await?;
+        match self.store.set_case_number(&r.request_id, &number, now_micros()).await? {
             CaseLink::Linked => Ok(()),
-            // The ticketing service handed out a number it had given before: it lost its
-            // cases (a truncated or restored database). Linking would show this request
-            // another's case; refuse, say so loudly, and retry with backoff until an
-            // operator has repaired the ticketing service (RELIABILITY.md, "Lost data").
-            CaseLink::HeldByAnother(holder) => {
-                tracing::error!(
-                    request_id = %r.request_id,
-                    case_number = %case.case_number,
-                    held_by = %holder,
-                    "the ticketing service gave this request a case number another request already holds: it has lost cases; the request waits, unlinked"
-                );
-                Err(StepError::Retry(format!(
-                    "the ticketing service answered case {} for this request, but request {holder} already holds it: the ticketing service has lost cases",
-                    case.case_number
-                )))
-            }
+            CaseLink::HeldByAnother(holder) => Err(Self::case_held_by_another(r, &number, &holder)),
         }
     }
 
-    async fn evaluate(&self, r: &request::Model) -> Result<(), StepError> {
+    /// Whether the request's increase fits the daily limit (reserving it when it does), with
+    /// the reason in words (R8).
+    async fn verdict(&self, r: &request::Model) -> Result<Verdict, StepError> {
         let change = change_of(r)?;
-        let now = now_micros();
         if !change.needs_daily_limit_check() {
-            self.store
-                .record_decision(
-                    &r.request_id,
-                    RequestState::New,
-                    SYSTEM,
-                    true,
-                    "approved automatically: no increase of concurrent ports, no daily-limit check needed (R8)",
-                    "AUTOMATIC",
-                    now,
-                    Self::lease_until(now),
-                )
-                .await?;
-            return Ok(());
+            return Ok(Verdict::Fits(
+                "approved automatically: no increase of concurrent ports, no daily-limit check needed (R8)".to_owned(),
+            ));
         }
         let increase = i32::from(change.concurrent_increase());
         let req = pb::EvaluateIncreaseRequest {
@@ -426,30 +532,23 @@ impl Workflow {
             .collect::<Vec<_>>()
             .join("; ");
         if answer.outcome() == pb::EvaluationOutcome::Fits {
-            self.store
-                .record_decision(
-                    &r.request_id,
-                    RequestState::New,
-                    SYSTEM,
-                    true,
-                    &format!(
-                        "approved automatically: +{increase} concurrent ports fit the daily limit of {} ({budget})",
-                        answer.day
-                    ),
-                    "AUTOMATIC",
-                    now,
-                    Self::lease_until(now),
-                )
-                .await?;
-            return Ok(());
+            return Ok(Verdict::Fits(format!(
+                "approved automatically: +{increase} concurrent ports fit the daily limit of {} ({budget})",
+                answer.day
+            )));
         }
-        let why = format!(
+        Ok(Verdict::Exceeds(format!(
             "+{increase} concurrent ports exceed the daily limit for automatic approval on {} ({budget})",
             answer.day
-        );
-        let (to, effects) = if r.justification.is_some() {
+        )))
+    }
+
+    /// What a request that exceeds the daily limit goes to, with its effects: review when
+    /// it came with a justification, else a request for information.
+    fn to_review(r: &request::Model, why: &str) -> Result<(RequestState, Vec<NewEffect>), DbErr> {
+        let (event, effects) = if r.justification.is_some() {
             (
-                RequestState::UnderReview,
+                Event::SendToReview,
                 vec![
                     Effect::Comment.with(
                         format!("{why}. Sent to Network Operations for review with the justification given."),
@@ -461,7 +560,7 @@ impl Workflow {
             )
         } else {
             (
-                RequestState::PendingInformation,
+                Event::AskForInformation,
                 vec![
                     Effect::Comment.with(
                         format!("{why}. Please provide a justification (PortRequestService.ProvideInformation) to send the request for approval."),
@@ -471,27 +570,140 @@ impl Workflow {
                 ],
             )
         };
-        let event = if to == RequestState::UnderReview {
-            Event::SendToReview
-        } else {
-            Event::AskForInformation
-        };
-        next(RequestState::New, event).map_err(|v| DbErr::Custom(v.to_string()))?;
-        self.store
-            .transition(
-                &r.request_id,
-                Transition {
-                    from: RequestState::New,
-                    to,
-                    actor: SYSTEM.to_owned(),
-                    reason: why,
-                    set: vec![(request::Column::ApprovalPath, Expr::val("REVIEW"))],
-                    effects,
-                },
-                now,
-            )
-            .await?;
+        let to = next(RequestState::New, event).map_err(|v| DbErr::Custom(v.to_string()))?;
+        Ok((to, effects))
+    }
+
+    async fn evaluate(&self, r: &request::Model) -> Result<(), StepError> {
+        let now = now_micros();
+        match self.verdict(r).await? {
+            Verdict::Fits(reason) => {
+                self.store
+                    .record_decision(
+                        &r.request_id,
+                        RequestState::New,
+                        SYSTEM,
+                        true,
+                        &reason,
+                        "AUTOMATIC",
+                        now,
+                        Self::lease_until(now),
+                    )
+                    .await?;
+            }
+            Verdict::Exceeds(why) => {
+                let (to, effects) = Self::to_review(r, &why)?;
+                self.store
+                    .transition(
+                        &r.request_id,
+                        Transition {
+                            from: RequestState::New,
+                            to,
+                            actor: SYSTEM.to_owned(),
+                            reason: why,
+                            set: vec![(request::Column::ApprovalPath, Expr::val("REVIEW"))],
+                            effects,
+                        },
+                        now,
+                    )
+                    .await?;
+            }
+        }
         Ok(())
+    }
+
+    /// The first steps of a new request (no case, no decision yet), in one: its case is
+    /// opened and its increase evaluated at the same time, then the case number, the
+    /// decision and what follows from it (the limits applied and the case's closing queued;
+    /// or the request sent to review, or asked for information) are written in one
+    /// transaction (BENCHMARKS.md, "Statements per create"). Both calls are idempotent, so
+    /// a failure of either writes nothing and the whole step is retried. `facts` are the
+    /// business unit's as the caller's authorization answered them, if at hand. `None` when
+    /// the request was no longer new meanwhile (another replica's worker took it).
+    pub async fn first_steps(
+        &self,
+        r: &request::Model,
+        facts: Option<BusinessUnitFacts>,
+    ) -> Result<Option<Started>, StepError> {
+        let change = change_of(r)?;
+        let (case, verdict) = tokio::join!(self.open_case_call(r), self.verdict(r));
+        let (case, verdict) = (case?, verdict?);
+        let facts = match (&verdict, facts) {
+            (Verdict::Fits(_), None) => self.facts(&r.business_unit_id).await?,
+            (_, facts) => facts,
+        };
+        // Whatever the verdict's words, only an excess goes to review; the plan follows this.
+        let review = match &verdict {
+            Verdict::Exceeds(why) => Some(Self::to_review(r, why)?),
+            Verdict::Fits(_) => None,
+        };
+        let now = now_micros();
+        let step = self
+            .store
+            .first_step(r, now, |current| {
+                first_plan(r, &change, &case, &verdict, &review, facts, current, now)
+            })
+            .await?;
+        match step {
+            FirstStep::Done(started) => {
+                tracing::info!(
+                    request_id = r.request_id,
+                    state = started.request.state,
+                    case = case,
+                    "request decided"
+                );
+                Ok(Some(*started))
+            }
+            FirstStep::Moved => Ok(None),
+            FirstStep::HeldByAnother(holder) => Err(Self::case_held_by_another(r, &case, &holder)),
+        }
+    }
+
+    /// Takes a request just created through its first steps and answers with it as they
+    /// left it; what remains (the calls of its outbox, e.g. closing the case) continues in
+    /// the background, so the caller waits for its outcome being durable, not for them.
+    /// `None` when the steps could not run now (a dependency is down: they are retried
+    /// with backoff) or another worker took the request.
+    pub async fn start(self: &Arc<Self>, r: &request::Model, facts: BusinessUnitFacts) -> Option<Started> {
+        let id = r.request_id.as_str();
+        match self.first_steps(r, Some(facts)).await {
+            Ok(Some(started)) => {
+                self.changed(id);
+                let wf = Arc::clone(self);
+                let (request, effects) = (started.request.clone(), started.effects.clone());
+                tokio::spawn(async move { wf.finish(request, effects).await }.in_current_span());
+                Some(started)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.retry_later(id, &e).await;
+                self.changed(id);
+                None
+            }
+        }
+    }
+
+    /// Carries out the effects a step enqueued, then marks them done and schedules the
+    /// request's next look (its revert, or none) in one transaction. A failure leaves them
+    /// pending: the request is retried with backoff and its outbox carried out then.
+    async fn finish(&self, r: request::Model, effects: Vec<effect::Model>) {
+        let id = r.request_id.clone();
+        for e in &effects {
+            if let Err(err) = self.carry_out(&r, e).await {
+                self.retry_later(&id, &err).await;
+                return;
+            }
+        }
+        let ids: Vec<i64> = effects.iter().map(|e| e.id).collect();
+        let next = (state_of(&r) == RequestState::Approved && r.reverted_time.is_none())
+            .then_some(r.revert_at)
+            .flatten();
+        if let Err(e) = self.store.effects_done(&id, &ids, next, now_micros()).await {
+            // The effects are carried out again by the worker once the lease ends; each is
+            // idempotent on the other side.
+            tracing::warn!(request_id = id, error = %e, "cannot record the outbox carried out; the worker will");
+        }
+        self.changed(&id);
     }
 
     async fn facts(&self, bu: &str) -> Result<Option<BusinessUnitFacts>, StepError> {

@@ -360,43 +360,40 @@ impl Store {
     /// Closes a case with a resolution (a no-op when closed with the same one).
     pub async fn close(&self, number: &str, resolution: &str, now: i64) -> Result<Option<Closed>, DbErr> {
         let tx = self.db.begin().await?;
-        let Some(case) = case::Entity::find()
-            .filter(case::Column::CaseNumber.eq(number))
-            .unique(&tx)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let r = case::Entity::update_many()
+        // The case as closed now, or nothing when it was closed already (or does not exist).
+        let closed = case::Entity::update_many()
             .col_expr(case::Column::Status, Expr::val("CLOSED"))
             .col_expr(case::Column::Resolution, Expr::val(resolution))
             .col_expr(case::Column::CloseTime, Expr::val(now))
             .col_expr(case::Column::UpdateTime, Expr::val(now))
-            .filter(case::Column::Id.eq(case.id))
+            .filter(case::Column::CaseNumber.eq(number))
             .filter(case::Column::Status.ne("CLOSED"))
-            .exec(&tx)
-            .await?;
-        if r.rows_affected == 1 {
-            audit::record(&tx, "case.closed", number, &format!("closed: {resolution}"), now).await?;
-            if self.mirror.is_some_and(|m| m.resolution_as_comment) {
-                let text = org_comment(
-                    &format!("Resolution: {resolution}"),
-                    "system",
-                    &format!("{number}/close"),
-                );
-                self.queue_for_org(&tx, &case, OrgWriteKind::Comment, text, now).await?;
-            }
-            self.queue_for_org(&tx, &case, OrgWriteKind::Close, resolution.to_owned(), now)
-                .await?;
+            .exec_with_returning(&tx)
+            .await?
+            .pop();
+        let Some(case) = closed else {
+            tx.rollback().await?;
+            return Ok(self.by_number(number).await?.map(|c| {
+                if c.case.resolution.as_deref() == Some(resolution) {
+                    Closed::Ok(c)
+                } else {
+                    Closed::Conflict(c)
+                }
+            }));
+        };
+        audit::record(&tx, "case.closed", number, &format!("closed: {resolution}"), now).await?;
+        if self.mirror.is_some_and(|m| m.resolution_as_comment) {
+            let text = org_comment(
+                &format!("Resolution: {resolution}"),
+                "system",
+                &format!("{number}/close"),
+            );
+            self.queue_for_org(&tx, &case, OrgWriteKind::Comment, text, now).await?;
         }
+        self.queue_for_org(&tx, &case, OrgWriteKind::Close, resolution.to_owned(), now)
+            .await?;
         tx.commit().await?;
-        Ok(self.by_number(number).await?.map(|c| {
-            if c.case.resolution.as_deref() == Some(resolution) {
-                Closed::Ok(c)
-            } else {
-                Closed::Conflict(c)
-            }
-        }))
+        Ok(self.with_comments(Some(case)).await?.map(Closed::Ok))
     }
 
     /// Cases newest first, with ids below `before`, filtered.
