@@ -39,10 +39,33 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                 .foreign_keys(true)
                 .pragma("mmap_size", SQLITE_MMAP_BYTES)
         });
+        opts.map_sqlx_sqlite_pool_opts(|o| o.after_release(|conn, _| Box::pin(release_clean(conn))));
     } else {
         opts.max_connections(16).min_connections(1);
     }
     Database::connect(opts).await
+}
+
+/// Whether a SQLite connection handed back to the pool may serve again: only outside any
+/// transaction. A transaction whose COMMIT failed (a disk error: RELIABILITY.md,
+/// "Durability") is rolled back when dropped; if that ROLLBACK fails too, the connection is
+/// left inside the transaction, and sqlx would run every later transaction as a savepoint
+/// within it: "committed", answered, and never written. Such a connection is closed instead
+/// (which discards the transaction) and the pool opens a new one.
+async fn release_clean(conn: &mut sea_orm::sqlx::SqliteConnection) -> Result<bool, sea_orm::sqlx::Error> {
+    use sea_orm::sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    // A dropped transaction's rollback is queued on the connection's thread: let it run.
+    conn.ping().await?;
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::error!(
+            "a SQLite transaction could be neither committed nor rolled back (a disk error?): its connection is closed and a new one opened"
+        );
+    }
+    Ok(clean)
 }
 
 /// SQLite reads the database through a memory map of up to this size: a connection whose
