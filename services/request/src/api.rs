@@ -504,9 +504,9 @@ impl PortRequestService for RequestApi {
             reason: format!("justification provided: {justification}"),
             set: vec![(request::Column::Justification, Expr::val(justification.as_str()))],
             effects: vec![
-                Effect::Comment.with(format!("Justification from {who}: {justification}"), &who),
-                Effect::CaseStatus.with("ESCALATED", SYSTEM),
-                Effect::SubmitReview.with("", &who),
+                Effect::Comment(format!("Justification from {who}: {justification}")).by(&who),
+                Effect::CaseStatus(pb::CaseStatus::Escalated).by(SYSTEM),
+                Effect::SubmitReview.by(&who),
             ],
         };
         if !self
@@ -545,11 +545,11 @@ impl PortRequestService for RequestApi {
         let to = next(from, Event::Cancel).map_err(error::violation)?;
         let who = caller.id.to_string();
         let why = reason.unwrap_or_else(|| "no reason given".to_owned());
-        let mut effects = vec![Effect::Release.with("cancelled", &who)];
+        let mut effects = vec![Effect::Release("cancelled".into()).by(&who)];
         if from == RequestState::UnderReview {
-            effects.push(Effect::WithdrawReview.with(format!("cancelled by {who}: {why}"), &who));
+            effects.push(Effect::WithdrawReview(format!("cancelled by {who}: {why}")).by(&who));
         }
-        effects.push(Effect::CloseCase.with(format!("Cancelled by {who}: {why}"), &who));
+        effects.push(Effect::CloseCase(format!("Cancelled by {who}: {why}")).by(&who));
         let t = Transition {
             from,
             to,

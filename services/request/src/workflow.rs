@@ -103,7 +103,7 @@ fn first_plan(
                         limits: Some(after),
                         entry: transition(to, SYSTEM, format!("{reason}; applied: {current} -> {after}")),
                         audit,
-                        effects: vec![Effect::CloseCase.with(resolution, SYSTEM)],
+                        effects: vec![Effect::CloseCase(resolution).by(SYSTEM)],
                     }
                 }
                 (Err(why), _) | (_, Err(sspm_rules::Violation { message: why, .. })) => {
@@ -119,8 +119,8 @@ fn first_plan(
                         ),
                         audit,
                         effects: vec![
-                            Effect::Release.with("the change could not be applied", SYSTEM),
-                            Effect::CloseCase.with(format!("Failed: approved but cannot be applied: {why}"), SYSTEM),
+                            Effect::Release("the change could not be applied".into()).by(SYSTEM),
+                            Effect::CloseCase(format!("Failed: approved but cannot be applied: {why}")).by(SYSTEM),
                         ],
                     }
                 }
@@ -143,54 +143,67 @@ pub enum StepError {
     Db(#[from] DbErr),
 }
 
-/// Calls to other services that transitions enqueue (the outbox), carried out in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A call to another service that a transition enqueues (the outbox), with what it needs;
+/// carried out in order, after the transition committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Add a comment to the case (argument: the comment).
-    Comment,
-    /// Set the case's status (argument: the `CaseStatus` name).
-    CaseStatus,
-    /// Close the case (argument: the resolution).
-    CloseCase,
-    /// Create the approval task.
+    /// Add this comment to the case.
+    Comment(String),
+    /// Set the case's status.
+    CaseStatus(pb::CaseStatus),
+    /// Close the case with this resolution.
+    CloseCase(String),
+    /// Create the approval task (from the request as stored).
     SubmitReview,
-    /// Withdraw the approval task (argument: the reason).
-    WithdrawReview,
-    /// Release the daily-limit reservation (argument: the reason).
-    Release,
+    /// Withdraw the approval task, for this reason.
+    WithdrawReview(String),
+    /// Release the daily-limit reservation, for this reason.
+    Release(String),
 }
 
 impl Effect {
-    /// Stored name.
-    pub fn name(self) -> &'static str {
+    /// Stored kind.
+    pub fn kind(&self) -> &'static str {
         match self {
-            Effect::Comment => "COMMENT",
-            Effect::CaseStatus => "CASE_STATUS",
-            Effect::CloseCase => "CLOSE_CASE",
+            Effect::Comment(_) => "COMMENT",
+            Effect::CaseStatus(_) => "CASE_STATUS",
+            Effect::CloseCase(_) => "CLOSE_CASE",
             Effect::SubmitReview => "SUBMIT_REVIEW",
-            Effect::WithdrawReview => "WITHDRAW_REVIEW",
-            Effect::Release => "RELEASE",
+            Effect::WithdrawReview(_) => "WITHDRAW_REVIEW",
+            Effect::Release(_) => "RELEASE",
         }
     }
 
-    fn from_name(name: &str) -> Option<Self> {
-        [
-            Effect::Comment,
-            Effect::CaseStatus,
-            Effect::CloseCase,
-            Effect::SubmitReview,
-            Effect::WithdrawReview,
-            Effect::Release,
-        ]
-        .into_iter()
-        .find(|e| e.name() == name)
+    /// Stored argument.
+    fn argument(&self) -> String {
+        match self {
+            Effect::Comment(text) | Effect::CloseCase(text) | Effect::WithdrawReview(text) | Effect::Release(text) => {
+                text.clone()
+            }
+            Effect::CaseStatus(status) => status.as_str_name().trim_start_matches("CASE_STATUS_").to_owned(),
+            Effect::SubmitReview => String::new(),
+        }
     }
 
-    /// This effect with its argument, on behalf of `actor`.
-    pub fn with(self, argument: impl Into<String>, actor: &str) -> NewEffect {
+    /// The effect a stored row holds; `None` for one this version does not know.
+    pub fn decode(kind: &str, argument: &str) -> Option<Self> {
+        let text = argument.to_owned();
+        Some(match kind {
+            "COMMENT" => Effect::Comment(text),
+            "CASE_STATUS" => Effect::CaseStatus(pb::CaseStatus::from_str_name(&format!("CASE_STATUS_{argument}"))?),
+            "CLOSE_CASE" => Effect::CloseCase(text),
+            "SUBMIT_REVIEW" => Effect::SubmitReview,
+            "WITHDRAW_REVIEW" => Effect::WithdrawReview(text),
+            "RELEASE" => Effect::Release(text),
+            _ => return None,
+        })
+    }
+
+    /// This effect, on behalf of `actor`, as the outbox stores it.
+    pub fn by(self, actor: &str) -> NewEffect {
         NewEffect {
-            kind: self.name(),
-            argument: argument.into(),
+            kind: self.kind(),
+            argument: self.argument(),
             actor: actor.to_owned(),
         }
     }
@@ -408,8 +421,8 @@ impl Workflow {
                         reason: why.clone(),
                         set: vec![],
                         effects: vec![
-                            Effect::Release.with("rejected", &by),
-                            Effect::CloseCase.with(format!("Rejected by {by}: {why}"), &by),
+                            Effect::Release("rejected".into()).by(&by),
+                            Effect::CloseCase(format!("Rejected by {by}: {why}")).by(&by),
                         ],
                     };
                     self.store.transition(&r.request_id, t, now).await?;
@@ -550,23 +563,20 @@ impl Workflow {
             (
                 Event::SendToReview,
                 vec![
-                    Effect::Comment.with(
-                        format!("{why}. Sent to Network Operations for review with the justification given."),
-                        SYSTEM,
-                    ),
-                    Effect::CaseStatus.with("ESCALATED", SYSTEM),
-                    Effect::SubmitReview.with("", SYSTEM),
+                    Effect::Comment(format!(
+                        "{why}. Sent to Network Operations for review with the justification given."
+                    ))
+                    .by(SYSTEM),
+                    Effect::CaseStatus(pb::CaseStatus::Escalated).by(SYSTEM),
+                    Effect::SubmitReview.by(SYSTEM),
                 ],
             )
         } else {
             (
                 Event::AskForInformation,
                 vec![
-                    Effect::Comment.with(
-                        format!("{why}. Please provide a justification (PortRequestService.ProvideInformation) to send the request for approval."),
-                        SYSTEM,
-                    ),
-                    Effect::CaseStatus.with("WAITING_ON_CUSTOMER", SYSTEM),
+                    Effect::Comment(format!("{why}. Please provide a justification (PortRequestService.ProvideInformation) to send the request for approval.")).by(SYSTEM),
+                    Effect::CaseStatus(pb::CaseStatus::WaitingOnCustomer).by(SYSTEM),
                 ],
             )
         };
@@ -754,7 +764,7 @@ impl Workflow {
                                 actor: by.clone(),
                                 reason: format!("{reason}; applied: {current} -> {after}"),
                                 set: vec![],
-                                effects: vec![Effect::CloseCase.with(resolution, &by)],
+                                effects: vec![Effect::CloseCase(resolution).by(&by)],
                             },
                         )
                     }
@@ -765,8 +775,8 @@ impl Workflow {
                         reason: format!("approved but cannot be applied: {why}"),
                         set: vec![(request::Column::FailureReason, Expr::val(why.clone()))],
                         effects: vec![
-                            Effect::Release.with("the change could not be applied", SYSTEM),
-                            Effect::CloseCase.with(format!("Failed: approved but cannot be applied: {why}"), SYSTEM),
+                            Effect::Release("the change could not be applied".into()).by(SYSTEM),
+                            Effect::CloseCase(format!("Failed: approved but cannot be applied: {why}")).by(SYSTEM),
                         ],
                     }),
                 }
@@ -801,7 +811,7 @@ impl Workflow {
                         to: RequestState::Approved,
                         reason: text.clone(),
                     },
-                    Effect::Comment.with(format!("The {text} (requested by {}).", r.requester), SYSTEM),
+                    Effect::Comment(format!("The {text} (requested by {}).", r.requester)).by(SYSTEM),
                 )
             })
             .await?;
@@ -814,20 +824,21 @@ impl Workflow {
     /// Carries out one effect. Answers that mean "already done" count as done; other
     /// permanent refusals are recorded as a note and not retried.
     async fn carry_out(&self, r: &request::Model, e: &effect::Model) -> Result<(), StepError> {
-        let Some(kind) = Effect::from_name(&e.kind) else {
+        let Some(effect) = Effect::decode(&e.kind, &e.argument) else {
             tracing::error!(request_id = r.request_id, kind = e.kind, "unknown effect; skipped");
             return Ok(());
         };
         let case = r.case_number.clone().unwrap_or_default();
         let actor = Some(e.actor.as_str());
-        let result = match kind {
-            Effect::Comment => self
+        let is_status = matches!(effect, Effect::CaseStatus(_));
+        let result = match effect {
+            Effect::Comment(body) => self
                 .ticketing
                 .clone()
                 .add_case_comment(self.identity.request(
                     pb::AddCaseCommentRequest {
                         case_number: case,
-                        body: e.argument.clone(),
+                        body,
                         // The outbox entry's id: a retry after a crash or a timeout
                         // does not comment twice.
                         comment_id: format!("{}/{}", r.request_id, e.id),
@@ -836,27 +847,25 @@ impl Workflow {
                 ))
                 .await
                 .map(|_| ()),
-            Effect::CaseStatus => {
-                let status = pb::CaseStatus::from_str_name(&format!("CASE_STATUS_{}", e.argument)).unwrap_or_default();
-                self.ticketing
-                    .clone()
-                    .update_case_status(self.identity.request(
-                        pb::UpdateCaseStatusRequest {
-                            case_number: case,
-                            status: status.into(),
-                        },
-                        actor,
-                    ))
-                    .await
-                    .map(|_| ())
-            }
-            Effect::CloseCase => self
+            Effect::CaseStatus(status) => self
+                .ticketing
+                .clone()
+                .update_case_status(self.identity.request(
+                    pb::UpdateCaseStatusRequest {
+                        case_number: case,
+                        status: status.into(),
+                    },
+                    actor,
+                ))
+                .await
+                .map(|_| ()),
+            Effect::CloseCase(resolution) => self
                 .ticketing
                 .clone()
                 .close_case(self.identity.request(
                     pb::CloseCaseRequest {
                         case_number: case,
-                        resolution: e.argument.clone(),
+                        resolution,
                     },
                     actor,
                 ))
@@ -896,25 +905,25 @@ impl Workflow {
                     .await
                     .map(|_| ())
             }
-            Effect::WithdrawReview => self
+            Effect::WithdrawReview(reason) => self
                 .approval
                 .clone()
                 .withdraw_review(self.identity.request(
                     pb::WithdrawReviewRequest {
                         request_id: r.request_id.clone(),
-                        reason: e.argument.clone(),
+                        reason,
                     },
                     actor,
                 ))
                 .await
                 .map(|_| ()),
-            Effect::Release => self
+            Effect::Release(reason) => self
                 .approval
                 .clone()
                 .release_reservation(self.identity.request(
                     pb::ReleaseReservationRequest {
                         request_id: r.request_id.clone(),
-                        reason: e.argument.clone(),
+                        reason,
                     },
                     actor,
                 ))
@@ -925,7 +934,7 @@ impl Workflow {
             Ok(()) => Ok(()),
             Err(s) if is_transient(&s) => Err(remote("a dependency", &s)),
             // A closed case cannot change status; anything else permanent is recorded.
-            Err(s) if s.code() == Code::FailedPrecondition && kind == Effect::CaseStatus => Ok(()),
+            Err(s) if s.code() == Code::FailedPrecondition && is_status => Ok(()),
             Err(s) => {
                 tracing::error!(request_id = r.request_id, effect = e.kind, code = ?s.code(), message = s.message(), "effect refused");
                 self.store
