@@ -218,7 +218,10 @@ impl ServiceApp {
             Err(e) => tracing::warn!(service = self.kind.name(), error = %e, "admin server panicked"),
             Ok(Ok(())) => {}
         }
-        self.metrics.shutdown();
+        // The final export blocks until the collector answers: off the runtime's workers,
+        // which the exporter itself (and the other services of `sspm up`) still need.
+        let metrics = self.metrics.clone();
+        let _ = tokio::task::spawn_blocking(move || metrics.shutdown()).await;
         for task in &self.background {
             task.abort();
         }
