@@ -46,6 +46,12 @@ pub fn violation(v: Violation) -> Status {
     violations(&Violations::from(v))
 }
 
+/// The `ErrorInfo` reason of a status SSPM made (empty when it has none): what a per-item
+/// result of a batch call carries in place of the status itself.
+pub fn reason_of(status: &Status) -> String {
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
 /// NOT_FOUND for an unknown id, or one the caller may not see (never reveal which).
 pub fn not_found(what: &str, id: &str) -> Status {
     let mut details = ErrorDetails::new();

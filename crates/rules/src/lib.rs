@@ -6,6 +6,7 @@
 //! - R5 (one open request) is enforced by the request service's database; the open states
 //!   are [`RequestState::is_open`]
 //! - R8 daily limits: [`daily`]
+//! - provisioned limits (onboarding: R1, R2, no daily limit): [`validate_provisioned`]
 //! - R10 cost: [`monthly_cost_change`]
 //! - R11 temporary changes: [`validate_temporary`], [`revert`]
 //! - the lifecycle: [`lifecycle::next`]
@@ -18,6 +19,7 @@ pub mod daily;
 pub mod ids;
 pub mod lifecycle;
 pub mod limits;
+pub mod provision;
 pub mod revert;
 pub mod violation;
 
@@ -29,5 +31,6 @@ pub use cost::{Amount, Price, monthly_cost_change};
 pub use ids::{BusinessUnitId, CaseNumber, ClusterName, InvalidValue, PrincipalId, RequestId, Text};
 pub use lifecycle::{Event, RequestState};
 pub use limits::{PortKind, PortLimit, PortLimits};
+pub use provision::validate_provisioned;
 pub use revert::revert;
 pub use violation::{Rule, Violation, ViolationClass, Violations};

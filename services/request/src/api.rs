@@ -16,7 +16,7 @@ use sspm_rules::daily::{Budget, LimitScope};
 use sspm_rules::lifecycle::{Event, next};
 use sspm_rules::{
     BusinessUnitFacts, BusinessUnitId, Price, PrincipalId, RequestId, RequestState, RequestedTargets, Rule, Text,
-    Violation, monthly_cost_change, validate_change, validate_temporary,
+    Violation, monthly_cost_change, validate_change, validate_provisioned, validate_temporary,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
@@ -25,7 +25,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::convert::{limits_pb, outcome, request_pb};
 use crate::entities::request;
-use crate::store::{Entry, Inserted, Transition};
+use crate::store::{Entry, Inserted, Provisioned, Transition};
 use crate::watch::Watchers;
 use crate::workflow::{Effect, SYSTEM, Workflow, limits_of, state_of};
 
@@ -141,6 +141,84 @@ impl RequestApi {
             })
             .collect();
         Ok(sspm_rules::daily::evaluate(&budgets, u32::from(increase)).fits)
+    }
+}
+
+/// Entries of one ImportProvisionedLimits call at most.
+const MAX_IMPORT_ENTRIES: usize = 1_000;
+
+impl RequestApi {
+    /// PERMISSION_DENIED unless the caller is an account representative (a person: a
+    /// service token never passes a staff check).
+    async fn require_account_representative(&self, caller: &sspm_platform::Principal) -> Result<(), Status> {
+        if caller.is_service() {
+            return Err(error::permission_denied(
+                "provisioned limits are set by account representatives, not services",
+                &[],
+            ));
+        }
+        self.wf
+            .authz()
+            .require(&caller.id, pb::Action::Administer, "")
+            .await
+            .map(|_| ())
+    }
+
+    /// Sets one business unit's provisioned limits on behalf of `actor`.
+    async fn provision(
+        &self,
+        actor: &PrincipalId,
+        business_unit_id: &str,
+        limits: Option<&pb::PortLimits>,
+        reason: &str,
+        field: &str,
+    ) -> Result<pb::SetProvisionedLimitsResponse, Status> {
+        let bu = parse_at(
+            &format!("{field}business_unit_id"),
+            BusinessUnitId::parse(business_unit_id),
+        )?;
+        let limits = limits.ok_or_else(|| invalid(&format!("{field}limits"), "is required"))?;
+        let facts = self
+            .wf
+            .authz()
+            .business_unit(bu.as_str())
+            .await?
+            .ok_or_else(|| not_found("business unit", bu.as_str()))?;
+        let facts = BusinessUnitFacts {
+            monitoring_gateway: facts.monitoring_gateway_enabled,
+            personal_connection: facts.personal_connection_enabled,
+        };
+        let prefix = format!("{field}limits");
+        let done = self
+            .wf
+            .store()
+            .provision(bu.as_str(), actor.as_str(), reason, now_micros(), |current| {
+                validate_provisioned(
+                    current,
+                    facts,
+                    limits.concurrent.into(),
+                    limits.outbound.into(),
+                    limits.agentless.into(),
+                    &prefix,
+                )
+            })
+            .await
+            .map_err(db("setting provisioned limits"))?;
+        let (before, after, changed) = match done {
+            Provisioned::Set { before, after } => (before, after, true),
+            Provisioned::Unchanged(now) => (now, now, false),
+            Provisioned::OpenRequest(open) => return Err(r5(bu.as_str(), &open)),
+            Provisioned::Invalid(v) => return Err(error::violations(&v)),
+        };
+        if changed {
+            tracing::info!(business_unit = %bu, by = %actor, %before, %after, reason, "provisioned limits set");
+        }
+        Ok(pb::SetProvisionedLimitsResponse {
+            business_unit_id: bu.to_string(),
+            limits_before: Some(limits_pb(before)),
+            limits: Some(limits_pb(after)),
+            changed,
+        })
     }
 }
 
@@ -577,6 +655,91 @@ impl PortRequestService for RequestApi {
         Ok(Response::new(pb::CancelPortChangeRequestResponse {
             request: Some(self.current(&r.request_id).await?),
         }))
+    }
+
+    async fn set_provisioned_limits(
+        &self,
+        request: Request<pb::SetProvisionedLimitsRequest>,
+    ) -> Result<Response<pb::SetProvisionedLimitsResponse>, Status> {
+        let caller = caller(&request)?;
+        self.require_account_representative(&caller).await?;
+        let req = request.into_inner();
+        sspm_platform::rpc::annotate("", &req.business_unit_id);
+        let reason = parse_at("reason", Text::parse(&req.reason, "reason"))?;
+        let answer = self
+            .provision(
+                &caller.id,
+                &req.business_unit_id,
+                req.limits.as_ref(),
+                reason.as_str(),
+                "",
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn import_provisioned_limits(
+        &self,
+        request: Request<pb::ImportProvisionedLimitsRequest>,
+    ) -> Result<Response<pb::ImportProvisionedLimitsResponse>, Status> {
+        let caller = caller(&request)?;
+        self.require_account_representative(&caller).await?;
+        let req = request.into_inner();
+        let reason = parse_at("reason", Text::parse(&req.reason, "reason"))?;
+        if req.entries.is_empty() || req.entries.len() > MAX_IMPORT_ENTRIES {
+            return Err(invalid(
+                "entries",
+                format!("must hold 1 to {MAX_IMPORT_ENTRIES} business units (split a larger import)"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, e) in req.entries.iter().enumerate() {
+            if !seen.insert(e.business_unit_id.as_str()) {
+                return Err(invalid(
+                    &format!("entries[{i}].business_unit_id"),
+                    "appears twice: each business unit once per import",
+                ));
+            }
+        }
+        let mut results = Vec::with_capacity(req.entries.len());
+        for (i, e) in req.entries.iter().enumerate() {
+            let field = format!("entries[{i}].");
+            let result = match self
+                .provision(
+                    &caller.id,
+                    &e.business_unit_id,
+                    e.limits.as_ref(),
+                    reason.as_str(),
+                    &field,
+                )
+                .await
+            {
+                Ok(done) => pb::ProvisionedLimitsResult {
+                    business_unit_id: e.business_unit_id.clone(),
+                    outcome: if done.changed {
+                        pb::ProvisionedLimitsOutcome::Set
+                    } else {
+                        pb::ProvisionedLimitsOutcome::Unchanged
+                    }
+                    .into(),
+                    ..Default::default()
+                },
+                // The store or a dependency failing is the call's failure, not the entry's:
+                // the entries before it are set, and repeating the import is safe.
+                Err(s) if matches!(s.code(), Code::Internal | Code::Unavailable | Code::DeadlineExceeded) => {
+                    return Err(s);
+                }
+                Err(s) => pb::ProvisionedLimitsResult {
+                    business_unit_id: e.business_unit_id.clone(),
+                    outcome: pb::ProvisionedLimitsOutcome::Refused.into(),
+                    code: s.code().into(),
+                    reason: error::reason_of(&s),
+                    message: s.message().to_owned(),
+                },
+            };
+            results.push(result);
+        }
+        Ok(Response::new(pb::ImportProvisionedLimitsResponse { results }))
     }
 
     type WatchPortChangeRequestStream = WatchStream;

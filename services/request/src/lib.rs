@@ -131,7 +131,16 @@ pub async fn seed_demo(db: &DatabaseConnection, limits: &[(&str, i32, i32, i32)]
     }
     let store = store::Store::new(db.clone());
     for (bu, c, o, a) in limits {
-        store.put_limits(bu, *c, *o, *a, now_micros()).await?;
+        // The account representative's onboarding path (SetProvisionedLimits), as the
+        // demo's account representative would take it.
+        let provisioned = store
+            .provision(bu, "demo", "demo tenancy", now_micros(), |_| {
+                sspm_rules::PortLimits::parse((*c).into(), (*o).into(), (*a).into(), "limits")
+            })
+            .await?;
+        if let store::Provisioned::OpenRequest(_) | store::Provisioned::Invalid(_) = provisioned {
+            return Err(DbErr::Custom(format!("demo limits of {bu} refused: {provisioned:?}")));
+        }
     }
     Ok(true)
 }

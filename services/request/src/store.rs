@@ -894,37 +894,93 @@ impl Store {
             .await
     }
 
-    /// Records a business unit's limits (demo data and onboarding).
-    pub async fn put_limits(
+    /// Sets a business unit's provisioned limits (onboarding, a contract change, the demo
+    /// tenancy) in one transaction: its limits are locked, it must have no open request
+    /// (R5: that request was computed from the limits it has), `validate` computes the new
+    /// limits from the current ones (R1, R2), and the change is written with two audit
+    /// events on the business unit: the limits changed, and who provisioned them and why.
+    pub async fn provision(
         &self,
         bu: &str,
-        concurrent: i32,
-        outbound: i32,
-        agentless: i32,
+        actor: &str,
+        reason: &str,
         now: i64,
-    ) -> Result<(), DbErr> {
+        validate: impl FnOnce(sspm_rules::PortLimits) -> Result<sspm_rules::PortLimits, sspm_rules::Violations>,
+    ) -> Result<Provisioned, DbErr> {
         let tx = self.begin().await?;
         let current = limits::Entity::find_by_id(bu.to_owned())
             .lock_exclusive()
             .unique(&tx)
             .await?;
+        let open = request::Entity::find()
+            .filter(request::Column::BusinessUnitId.eq(bu))
+            .filter(Expr::cust(open_state_sql()))
+            .unique(&tx)
+            .await?;
+        if let Some(open) = open {
+            tx.rollback().await?;
+            return Ok(Provisioned::OpenRequest(open.request_id));
+        }
+        let before = current.as_ref().map_or(Ok(sspm_rules::PortLimits::default()), |l| {
+            sspm_rules::PortLimits::parse(l.concurrent.into(), l.outbound.into(), l.agentless.into(), "")
+                .map_err(|e| DbErr::Custom(format!("stored limits of {bu} are invalid: {e}")))
+        })?;
+        let after = match validate(before) {
+            Ok(after) => after,
+            Err(v) => {
+                tx.rollback().await?;
+                return Ok(Provisioned::Invalid(v));
+            }
+        };
+        if current.is_some() && after == before {
+            tx.rollback().await?;
+            return Ok(Provisioned::Unchanged(before));
+        }
         write_limits(
             &tx,
             current.as_ref(),
             limits::Model {
                 business_unit_id: bu.to_owned(),
-                concurrent,
-                outbound,
-                agentless,
+                concurrent: after.concurrent.get().into(),
+                outbound: after.outbound.get().into(),
+                agentless: after.agentless.get().into(),
                 version: 0,
                 update_time: now,
             },
-            "set",
+            &format!("provisioned by {actor}"),
             now,
         )
         .await?;
-        tx.commit().await
+        audit::record_as(
+            &tx,
+            Some(actor),
+            "limits.provisioned",
+            bu,
+            &format!("{before} -> {after}: {reason}"),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Provisioned::Set { before, after })
     }
+}
+
+/// What [`Store::provision`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioned {
+    /// Set now.
+    Set {
+        /// The limits before (zero when none were on record).
+        before: sspm_rules::PortLimits,
+        /// The limits now.
+        after: sspm_rules::PortLimits,
+    },
+    /// The business unit had these limits already: nothing written.
+    Unchanged(sspm_rules::PortLimits),
+    /// Refused: the business unit has this open request (R5).
+    OpenRequest(String),
+    /// Refused: the limits break these rules.
+    Invalid(sspm_rules::Violations),
 }
 
 /// `state IN ('NEW', ...)` with the open states as literals, exactly as the partial index

@@ -681,7 +681,18 @@ impl Workflow {
                 self.changed(id);
                 let wf = Arc::clone(self);
                 let (request, effects) = (started.request.clone(), started.effects.clone());
-                tokio::spawn(async move { wf.finish(request, effects).await }.in_current_span());
+                // Closing the case of a request that is over goes on after the answer; the
+                // calls that tell the requester to act (a comment asking for a
+                // justification, the case's new status) are made before it, so the case
+                // says so when the caller looks.
+                if effects
+                    .iter()
+                    .all(|e| e.kind == Effect::CloseCase(String::new()).kind())
+                {
+                    tokio::spawn(async move { wf.finish(request, effects).await }.in_current_span());
+                } else {
+                    wf.finish(request, effects).await;
+                }
                 Some(started)
             }
             Ok(None) => None,

@@ -47,6 +47,9 @@ pub const TABLE: &[(&str, Callers)] = &[
     ("/sspm.v1.PortRequestService/ProvideInformation", USERS),
     ("/sspm.v1.PortRequestService/CancelPortChangeRequest", USERS),
     ("/sspm.v1.PortRequestService/WatchPortChangeRequest", USERS),
+    // The request service: the account representative's onboarding (staff).
+    ("/sspm.v1.PortRequestService/SetProvisionedLimits", USERS),
+    ("/sspm.v1.PortRequestService/ImportProvisionedLimits", USERS),
     // Authorization: the checks the three other services make for their callers.
     (
         "/sspm.v1.AuthorizationService/Check",
