@@ -719,6 +719,10 @@ pub struct WorkflowConfig {
     /// decision feed (`WatchDecisions`) while it has nothing new, in milliseconds; its own
     /// decisions wake the feed at once.
     pub decision_feed_poll_ms: u64,
+    /// SQLite: the request path's writes of concurrent callers share one durable commit
+    /// (group commit); at most this many callers wait for the writer at once, the others
+    /// wait to be admitted. 0 commits each caller's transaction on its own.
+    pub group_commit_queue: usize,
 }
 
 impl Default for WorkflowConfig {
@@ -730,6 +734,7 @@ impl Default for WorkflowConfig {
             review_poll_seconds: 30,
             watch_poll_ms: 1_000,
             decision_feed_poll_ms: 1_000,
+            group_commit_queue: 256,
         }
     }
 }

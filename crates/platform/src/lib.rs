@@ -11,6 +11,7 @@ pub mod config;
 pub mod conn;
 pub mod db;
 pub mod error;
+pub mod group_commit;
 pub mod identity;
 pub mod metrics;
 pub mod rpc;

@@ -11,6 +11,7 @@ use sea_orm::{
 };
 use sspm_platform::audit;
 use sspm_platform::db::{DbErrorKind, SelectUnique, classify};
+use sspm_platform::group_commit::{GroupCommit, Savepoint};
 use sspm_rules::RequestState;
 
 use crate::entities::{cursor, effect, history, limits, request};
@@ -134,6 +135,8 @@ pub struct Store {
     read: DatabaseConnection,
     /// Write transactions begun (explicit ones, and single writing statements).
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The group committer of the hot path's writes, if any.
+    group: Option<GroupCommit>,
 }
 
 impl Store {
@@ -143,6 +146,7 @@ impl Store {
             read: db.clone(),
             db,
             writes: std::sync::Arc::default(),
+            group: None,
         }
     }
 
@@ -156,6 +160,45 @@ impl Store {
     async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
         self.autocommit();
         self.db.begin().await
+    }
+
+    /// Runs `work` as one write transaction: through the group committer when there is one
+    /// (SQLite: see [`Store::with_group_commit`]), else in a transaction of its own. The
+    /// answer comes after the commit that holds the work.
+    async fn write<T, F>(&self, work: F) -> Result<T, DbErr>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(
+                &'a DatabaseTransaction,
+            )
+                -> std::pin::Pin<Box<dyn Future<Output = Result<Savepoint<T>, DbErr>> + Send + 'a>>
+            + Send
+            + 'static,
+    {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(group) = &self.group {
+            return group.run(work).await;
+        }
+        let tx = self.db.begin().await?;
+        match work(&tx).await? {
+            Savepoint::Keep(v) => {
+                tx.commit().await?;
+                Ok(v)
+            }
+            Savepoint::Undo(v) => {
+                tx.rollback().await?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// The same store, with the hot path's writes (create, its first steps, its outbox
+    /// done) committed in groups by one writer task (`sspm_platform::group_commit`): for
+    /// SQLite, whose one writer otherwise makes each caller wait for every other caller's
+    /// sync. At most `queue` callers wait for it.
+    pub fn with_group_commit(mut self, queue: usize) -> Self {
+        self.group = Some(GroupCommit::start(self.db.clone(), queue));
+        self
     }
 
     /// Counts a single writing statement outside a transaction (its own commit).
@@ -280,28 +323,30 @@ impl Store {
     /// the limits in its `before_*` columns: if a change was applied since they were read,
     /// nothing is inserted and the caller computes it again.
     pub async fn insert(&self, r: request::Model, entry: Entry) -> Result<Inserted, DbErr> {
-        let tx = self.begin().await?;
-        let id = r.request_id.clone();
-        let time = r.create_time;
-        let bu = r.business_unit_id.clone();
-        let before = (r.before_concurrent, r.before_outbound, r.before_agentless);
-        request::Entity::insert(request::ActiveModel::from(r))
-            .exec_without_returning(&tx)
-            .await?;
-        // Read after the insert: the R5 index has waited for any request of the business
-        // unit still being applied, so this sees the limits that request left.
-        let now = limits::Entity::find_by_id(bu)
-            .lock_exclusive()
-            .unique(&tx)
-            .await?
-            .map_or((0, 0, 0), |l| (l.concurrent, l.outbound, l.agentless));
-        if now != before {
-            tx.rollback().await?;
-            return Ok(Inserted::LimitsMoved);
-        }
-        write_history(&tx, &id, time, entry).await?;
-        tx.commit().await?;
-        Ok(Inserted::Done)
+        self.write(move |tx| {
+            Box::pin(async move {
+                let id = r.request_id.clone();
+                let time = r.create_time;
+                let bu = r.business_unit_id.clone();
+                let before = (r.before_concurrent, r.before_outbound, r.before_agentless);
+                request::Entity::insert(request::ActiveModel::from(r))
+                    .exec_without_returning(tx)
+                    .await?;
+                // Read after the insert: the R5 index has waited for any request of the
+                // business unit still being applied, so this sees the limits that request left.
+                let now = limits::Entity::find_by_id(bu)
+                    .lock_exclusive()
+                    .unique(tx)
+                    .await?
+                    .map_or((0, 0, 0), |l| (l.concurrent, l.outbound, l.agentless));
+                if now != before {
+                    return Ok(Savepoint::Undo(Inserted::LimitsMoved));
+                }
+                write_history(tx, &id, time, entry).await?;
+                Ok(Savepoint::Keep(Inserted::Done))
+            })
+        })
+        .await
     }
 
     /// Records the case number of a request that has none; [`CaseLink::HeldByAnother`] (and
@@ -340,187 +385,73 @@ impl Store {
     /// The first steps of a new request in one transaction (see `Workflow::first_steps`):
     /// its case number, the decision and what follows from it, planned by `plan` from the
     /// business unit's limits. The limits are assumed to be those the request was computed
-    /// from (checked in the insert's transaction): the write is guarded by them, and only
-    /// when they moved since (a revert, an onboarding) are they read, locked, and the plan
-    /// made again. Nothing is written when the request is no longer new and unlinked
-    /// ([`FirstStep::Moved`]) or another request holds the case number.
+    /// from (checked in the insert's transaction): the write is guarded by them (compare
+    /// and set), and only when they moved since (a revert, an onboarding) are they read and
+    /// the plan made again. Nothing is written when the request is no longer new and
+    /// unlinked ([`FirstStep::Moved`]) or another request holds the case number.
     pub async fn first_step(
         &self,
         old: &request::Model,
         now: i64,
         plan: impl Fn(sspm_rules::PortLimits) -> Plan,
     ) -> Result<FirstStep, DbErr> {
-        let assumed = (old.before_concurrent, old.before_outbound, old.before_agentless);
-        let limits_of = |c: i32, o: i32, a: i32| {
-            sspm_rules::PortLimits::parse(c.into(), o.into(), a.into(), "")
-                .map_err(|e| DbErr::Custom(format!("stored limits of {} are invalid: {e}", old.business_unit_id)))
-        };
-        let mut p = plan(limits_of(assumed.0, assumed.1, assumed.2)?);
-        let tx = self.begin().await?;
-        if let Some(after) = p.limits {
-            let bu = old.business_unit_id.as_str();
-            let (c, o, a) = (
-                i32::from(after.concurrent.get()),
-                i32::from(after.outbound.get()),
-                i32::from(after.agentless.get()),
-            );
-            let mut written = limits::Entity::update_many()
-                .col_expr(limits::Column::Concurrent, Expr::val(c))
-                .col_expr(limits::Column::Outbound, Expr::val(o))
-                .col_expr(limits::Column::Agentless, Expr::val(a))
-                .col_expr(limits::Column::Version, Expr::col(limits::Column::Version).add(1))
-                .col_expr(limits::Column::UpdateTime, Expr::val(now))
-                .filter(limits::Column::BusinessUnitId.eq(bu))
-                .filter(limits::Column::Concurrent.eq(assumed.0))
-                .filter(limits::Column::Outbound.eq(assumed.1))
-                .filter(limits::Column::Agentless.eq(assumed.2))
-                .exec(&tx)
-                .await?
-                .rows_affected
-                == 1;
-            if !written && assumed == (0, 0, 0) {
-                // No limits on record yet (zero): the first ones.
-                let inserted = limits::Entity::insert(limits::ActiveModel {
-                    business_unit_id: Set(bu.to_owned()),
-                    concurrent: Set(c),
-                    outbound: Set(o),
-                    agentless: Set(a),
-                    version: Set(1),
-                    update_time: Set(now),
-                })
-                .on_conflict_do_nothing()
-                .exec_without_returning(&tx)
+        let mut assumed = sspm_rules::PortLimits::parse(
+            old.before_concurrent.into(),
+            old.before_outbound.into(),
+            old.before_agentless.into(),
+            "",
+        )
+        .map_err(|e| DbErr::Custom(format!("stored request {} is invalid: {e}", old.request_id)))?;
+        for _ in 0..5 {
+            let p = plan(assumed);
+            let old = old.clone();
+            let wrote = self
+                .write(move |tx| Box::pin(async move { first_step_in(tx, old, assumed, p, now).await }))
                 .await?;
-                written = matches!(inserted, sea_orm::TryInsertResult::Inserted(1));
-            }
-            if !written {
-                let current = limits::Entity::find_by_id(bu.to_owned())
-                    .lock_exclusive()
-                    .unique(&tx)
-                    .await?;
-                let now_limits = current.as_ref().map_or(Ok(sspm_rules::PortLimits::default()), |l| {
-                    limits_of(l.concurrent, l.outbound, l.agentless)
-                })?;
-                p = plan(now_limits);
-                if let Some(after) = p.limits {
-                    write_limits(
-                        &tx,
-                        current.as_ref(),
-                        limits::Model {
-                            business_unit_id: bu.to_owned(),
-                            concurrent: after.concurrent.get().into(),
-                            outbound: after.outbound.get().into(),
-                            agentless: after.agentless.get().into(),
-                            version: 0,
-                            update_time: now,
-                        },
-                        &format!("applied by {}", old.request_id),
-                        now,
-                    )
-                    .await?;
+            match wrote {
+                StepWrite::Done(started) => return Ok(FirstStep::Done(started)),
+                StepWrite::Moved => return Ok(FirstStep::Moved),
+                StepWrite::LimitsAre(current) => assumed = current,
+                StepWrite::CaseHeld(number) => {
+                    let holder = request::Entity::find()
+                        .filter(request::Column::CaseNumber.eq(number))
+                        .unique(&self.read)
+                        .await?
+                        .map(|r| r.request_id)
+                        .unwrap_or_default();
+                    return Ok(FirstStep::HeldByAnother(holder));
                 }
-            } else {
-                let detail = format!(
-                    "concurrent/outbound/agentless {}/{}/{} -> {c}/{o}/{a} (applied by {})",
-                    assumed.0, assumed.1, assumed.2, old.request_id
-                );
-                p.audit.push((None, "limits.changed", bu.to_owned(), detail));
             }
         }
-        let mut row = request::ActiveModel::from(p.request.clone()).reset_all();
-        row.request_id = NotSet;
-        let updated = request::Entity::update_many()
-            .set(row)
-            .filter(request::Column::RequestId.eq(old.request_id.as_str()))
-            .filter(request::Column::State.eq(RequestState::New.as_str()))
-            .filter(request::Column::CaseNumber.is_null())
-            .filter(request::Column::DecidedBy.is_null())
-            .exec(&tx)
-            .await;
-        match updated {
-            Ok(r) if r.rows_affected == 1 => {}
-            Ok(_) => {
-                tx.rollback().await?;
-                return Ok(FirstStep::Moved);
-            }
-            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
-                tx.rollback().await?;
-                let number = p.request.case_number.clone().unwrap_or_default();
-                let holder = request::Entity::find()
-                    .filter(request::Column::CaseNumber.eq(number))
-                    .unique(&self.db)
-                    .await?
-                    .map(|r| r.request_id)
-                    .unwrap_or_default();
-                return Ok(FirstStep::HeldByAnother(holder));
-            }
-            Err(e) => return Err(e),
-        }
-        let id = old.request_id.as_str();
-        let entry = p.entry.clone();
-        let detail = match entry.from {
-            Some(from) if from != entry.to => format!("{} -> {}: {}", from.as_str(), entry.to.as_str(), entry.reason),
-            _ => format!("{}: {}", entry.to.as_str(), entry.reason),
-        };
-        let mut audit: Vec<audit::Entry<'_>> = p
-            .audit
-            .iter()
-            .map(|(actor, action, target, detail)| (actor.as_deref(), *action, target.as_str(), detail.clone()))
-            .collect();
-        audit.push((Some(entry.actor.as_str()), "request.transition", id, detail));
-        audit::record_many(&tx, &audit, now).await?;
-        history::Entity::insert(history_row(id, now, entry))
-            .exec_without_returning(&tx)
-            .await?;
-        let effects = if p.effects.is_empty() {
-            Vec::new()
-        } else {
-            effect::Entity::insert_many(p.effects.iter().map(|e| effect::ActiveModel {
-                id: NotSet,
-                request_id: Set(id.to_owned()),
-                kind: Set(e.kind.to_owned()),
-                argument: Set(e.argument.clone()),
-                actor: Set(e.actor.clone()),
-                done_time: Set(None),
-            }))
-            .exec_with_returning(&tx)
-            .await?
-        };
-        tx.commit().await?;
-        Ok(FirstStep::Done(Box::new(Started {
-            history: history::Model {
-                id: 0,
-                request_id: id.to_owned(),
-                kind: p.entry.kind.to_owned(),
-                time: now,
-                actor: p.entry.actor,
-                from_state: p.entry.from.map(|s| s.as_str().to_owned()),
-                to_state: p.entry.to.as_str().to_owned(),
-                reason: p.entry.reason,
-            },
-            request: p.request,
-            effects,
-        })))
+        Err(DbErr::Custom(format!(
+            "the limits of {} keep changing while request {} is applied; it is retried",
+            old.business_unit_id, old.request_id
+        )))
     }
 
     /// Marks effects carried out and sets when the reconciler looks at the request next,
     /// in one transaction.
     pub async fn effects_done(&self, id: &str, effect_ids: &[i64], next: Option<i64>, now: i64) -> Result<(), DbErr> {
-        let tx = self.begin().await?;
-        if !effect_ids.is_empty() {
-            effect::Entity::update_many()
-                .col_expr(effect::Column::DoneTime, Expr::val(now))
-                .filter(effect::Column::Id.is_in(effect_ids.iter().copied()))
-                .exec(&tx)
-                .await?;
-        }
-        request::Entity::update_many()
-            .col_expr(request::Column::NextAttemptAt, Expr::val(next))
-            .col_expr(request::Column::Attempts, Expr::val(0))
-            .filter(request::Column::RequestId.eq(id))
-            .exec(&tx)
-            .await?;
-        tx.commit().await
+        let (id, effect_ids) = (id.to_owned(), effect_ids.to_vec());
+        self.write(move |tx| {
+            Box::pin(async move {
+                if !effect_ids.is_empty() {
+                    effect::Entity::update_many()
+                        .col_expr(effect::Column::DoneTime, Expr::val(now))
+                        .filter(effect::Column::Id.is_in(effect_ids))
+                        .exec(tx)
+                        .await?;
+                }
+                request::Entity::update_many()
+                    .col_expr(request::Column::NextAttemptAt, Expr::val(next))
+                    .col_expr(request::Column::Attempts, Expr::val(0))
+                    .filter(request::Column::RequestId.eq(id))
+                    .exec(tx)
+                    .await?;
+                Ok(Savepoint::Keep(()))
+            })
+        })
+        .await
     }
 
     /// Records a decision on an open request in `state` that has none yet; whether it did.
@@ -981,6 +912,147 @@ pub enum Provisioned {
     OpenRequest(String),
     /// Refused: the limits break these rules.
     Invalid(sspm_rules::Violations),
+}
+
+/// What one attempt of [`Store::first_step`] wrote.
+enum StepWrite {
+    /// Everything.
+    Done(Box<Started>),
+    /// Nothing: the request is no longer new and unlinked.
+    Moved,
+    /// Nothing: the limits are these, not those assumed; plan again.
+    LimitsAre(sspm_rules::PortLimits),
+    /// Nothing: another request holds this case number.
+    CaseHeld(String),
+}
+
+/// One attempt of [`Store::first_step`] in `tx`, with `p` planned from the limits `assumed`.
+async fn first_step_in(
+    tx: &DatabaseTransaction,
+    old: request::Model,
+    assumed: sspm_rules::PortLimits,
+    mut p: Plan,
+    now: i64,
+) -> Result<Savepoint<StepWrite>, DbErr> {
+    let id = old.request_id.as_str();
+    let bu = old.business_unit_id.as_str();
+    if let Some(after) = p.limits {
+        let was = (
+            i32::from(assumed.concurrent.get()),
+            i32::from(assumed.outbound.get()),
+            i32::from(assumed.agentless.get()),
+        );
+        let (c, o, a) = (
+            i32::from(after.concurrent.get()),
+            i32::from(after.outbound.get()),
+            i32::from(after.agentless.get()),
+        );
+        let mut written = limits::Entity::update_many()
+            .col_expr(limits::Column::Concurrent, Expr::val(c))
+            .col_expr(limits::Column::Outbound, Expr::val(o))
+            .col_expr(limits::Column::Agentless, Expr::val(a))
+            .col_expr(limits::Column::Version, Expr::col(limits::Column::Version).add(1))
+            .col_expr(limits::Column::UpdateTime, Expr::val(now))
+            .filter(limits::Column::BusinessUnitId.eq(bu))
+            .filter(limits::Column::Concurrent.eq(was.0))
+            .filter(limits::Column::Outbound.eq(was.1))
+            .filter(limits::Column::Agentless.eq(was.2))
+            .exec(tx)
+            .await?
+            .rows_affected
+            == 1;
+        if !written && was == (0, 0, 0) {
+            // No limits on record yet (zero): the first ones.
+            let inserted = limits::Entity::insert(limits::ActiveModel {
+                business_unit_id: Set(bu.to_owned()),
+                concurrent: Set(c),
+                outbound: Set(o),
+                agentless: Set(a),
+                version: Set(1),
+                update_time: Set(now),
+            })
+            .on_conflict_do_nothing()
+            .exec_without_returning(tx)
+            .await?;
+            written = matches!(inserted, sea_orm::TryInsertResult::Inserted(1));
+        }
+        if !written {
+            let current = limits::Entity::find_by_id(bu.to_owned()).unique(tx).await?;
+            let current = current.as_ref().map_or(Ok(sspm_rules::PortLimits::default()), |l| {
+                sspm_rules::PortLimits::parse(l.concurrent.into(), l.outbound.into(), l.agentless.into(), "")
+                    .map_err(|e| DbErr::Custom(format!("stored limits of {bu} are invalid: {e}")))
+            })?;
+            return Ok(Savepoint::Undo(StepWrite::LimitsAre(current)));
+        }
+        let detail = format!(
+            "concurrent/outbound/agentless {}/{}/{} -> {c}/{o}/{a} (applied by {id})",
+            was.0, was.1, was.2
+        );
+        p.audit.push((None, "limits.changed", bu.to_owned(), detail));
+    }
+    let mut row = request::ActiveModel::from(p.request.clone()).reset_all();
+    row.request_id = NotSet;
+    let updated = request::Entity::update_many()
+        .set(row)
+        .filter(request::Column::RequestId.eq(id))
+        .filter(request::Column::State.eq(RequestState::New.as_str()))
+        .filter(request::Column::CaseNumber.is_null())
+        .filter(request::Column::DecidedBy.is_null())
+        .exec(tx)
+        .await;
+    match updated {
+        Ok(r) if r.rows_affected == 1 => {}
+        Ok(_) => return Ok(Savepoint::Undo(StepWrite::Moved)),
+        Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+            return Ok(Savepoint::Undo(StepWrite::CaseHeld(
+                p.request.case_number.clone().unwrap_or_default(),
+            )));
+        }
+        Err(e) => return Err(e),
+    }
+    let entry = p.entry.clone();
+    let detail = match entry.from {
+        Some(from) if from != entry.to => format!("{} -> {}: {}", from.as_str(), entry.to.as_str(), entry.reason),
+        _ => format!("{}: {}", entry.to.as_str(), entry.reason),
+    };
+    let mut audit: Vec<audit::Entry<'_>> = p
+        .audit
+        .iter()
+        .map(|(actor, action, target, detail)| (actor.as_deref(), *action, target.as_str(), detail.clone()))
+        .collect();
+    audit.push((Some(entry.actor.as_str()), "request.transition", id, detail));
+    audit::record_many(tx, &audit, now).await?;
+    history::Entity::insert(history_row(id, now, entry))
+        .exec_without_returning(tx)
+        .await?;
+    let effects = if p.effects.is_empty() {
+        Vec::new()
+    } else {
+        effect::Entity::insert_many(p.effects.iter().map(|e| effect::ActiveModel {
+            id: NotSet,
+            request_id: Set(id.to_owned()),
+            kind: Set(e.kind.to_owned()),
+            argument: Set(e.argument.clone()),
+            actor: Set(e.actor.clone()),
+            done_time: Set(None),
+        }))
+        .exec_with_returning(tx)
+        .await?
+    };
+    Ok(Savepoint::Keep(StepWrite::Done(Box::new(Started {
+        history: history::Model {
+            id: 0,
+            request_id: id.to_owned(),
+            kind: p.entry.kind.to_owned(),
+            time: now,
+            actor: p.entry.actor,
+            from_state: p.entry.from.map(|s| s.as_str().to_owned()),
+            to_state: p.entry.to.as_str().to_owned(),
+            reason: p.entry.reason,
+        },
+        request: p.request,
+        effects,
+    }))))
 }
 
 /// `state IN ('NEW', ...)` with the open states as literals, exactly as the partial index
