@@ -30,7 +30,8 @@ pub enum Savepoint<T> {
     Undo(T),
 }
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The future of a caller's work, borrowing the transaction it runs in.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 type Erased = Box<dyn Any + Send>;
 type Work = Box<dyn for<'a> FnOnce(&'a DatabaseTransaction) -> BoxFuture<'a, Result<Savepoint<Erased>, DbErr>> + Send>;
 
@@ -101,6 +102,46 @@ impl GroupCommit {
             .downcast::<T>()
             .map(|v| *v)
             .map_err(|_| DbErr::Custom("the database writer answered with another type".into()))
+    }
+}
+
+/// How a store commits its write transactions: each on its own, or through a
+/// [`GroupCommit`] (SQLite; PostgreSQL groups commits by itself).
+#[derive(Debug, Clone)]
+pub struct Writer {
+    db: DatabaseConnection,
+    group: Option<GroupCommit>,
+}
+
+impl Writer {
+    /// A writer on `db`: with group commit for SQLite when `queue` (the callers that may wait
+    /// for it, `workflow.group_commit_queue`) is not 0, else a transaction per caller.
+    pub fn new(db: DatabaseConnection, queue: usize) -> Self {
+        let group = (db.get_database_backend() == sea_orm::DbBackend::Sqlite && queue > 0)
+            .then(|| GroupCommit::start(db.clone(), queue));
+        Self { db, group }
+    }
+
+    /// Runs `work` as one write transaction; its answer after the commit that holds it.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, DbErr>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a DatabaseTransaction) -> BoxFuture<'a, Result<Savepoint<T>, DbErr>> + Send + 'static,
+    {
+        if let Some(group) = &self.group {
+            return group.run(work).await;
+        }
+        let tx = self.db.begin().await?;
+        match work(&tx).await? {
+            Savepoint::Keep(v) => {
+                tx.commit().await?;
+                Ok(v)
+            }
+            Savepoint::Undo(v) => {
+                tx.rollback().await?;
+                Ok(v)
+            }
+        }
     }
 }
 

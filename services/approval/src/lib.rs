@@ -25,7 +25,8 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     .await?;
     let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Approval, &config)?)?;
     let store = store::Store::new(app.db.clone(), config.daily_limits.default_max_daily_increase)
-        .with_reader(app.read_db.clone());
+        .with_reader(app.read_db.clone())
+        .with_group_commit(config.workflow.group_commit_queue);
     register_figures(&app, store.clone(), config.daily_limits.day_utc_offset_minutes * 60);
     let readers = authz.audit_readers();
     let api = api::ApprovalApi::new(store, authz, config.daily_limits.day_utc_offset_minutes, app.draining())

@@ -17,6 +17,7 @@ use sspm_platform::audit;
 use sspm_platform::db::SelectUnique;
 use sspm_platform::db::{DbErrorKind, classify};
 
+use sspm_platform::group_commit::{Savepoint, Writer};
 use sspm_rules::daily::{self, Budget, LimitScope};
 
 use crate::entities::{daily_limit, decision, reservation, task, total};
@@ -88,6 +89,8 @@ pub struct Store {
     /// Plain reads outside transactions (see [`Store::with_reader`]).
     read: DatabaseConnection,
     default_max: i32,
+    /// How evaluations commit (group commit on SQLite: see [`Store::with_group_commit`]).
+    writer: Writer,
 }
 
 impl Store {
@@ -95,9 +98,17 @@ impl Store {
     pub fn new(db: DatabaseConnection, default_max: u32) -> Self {
         Self {
             read: db.clone(),
+            writer: Writer::new(db.clone(), 0),
             db,
             default_max: i32::try_from(default_max).unwrap_or(i32::MAX),
         }
+    }
+
+    /// The same store, with evaluations (one per create) committed in groups on SQLite
+    /// (`sspm_platform::group_commit`); at most `queue` callers wait; 0 commits each alone.
+    pub fn with_group_commit(mut self, queue: usize) -> Self {
+        self.writer = Writer::new(self.db.clone(), queue);
+        self
     }
 
     /// The same store, reading outside transactions from `read` (the service's reader
@@ -196,7 +207,44 @@ impl Store {
         day: i64,
         now: i64,
     ) -> Result<Evaluated, DbErr> {
-        let tx = self.db.begin().await?;
+        let store = self.clone();
+        let (request_id, business_unit_id, cluster) =
+            (request_id.to_owned(), business_unit_id.to_owned(), cluster.to_owned());
+        let id = request_id.clone();
+        let evaluated = self
+            .writer
+            .write(move |tx| {
+                Box::pin(async move {
+                    store
+                        .evaluate_in(tx, &request_id, &business_unit_id, &cluster, increase, day, now)
+                        .await
+                })
+            })
+            .await?;
+        match evaluated {
+            // Evaluated before (a retry), concurrently, or released before it was evaluated:
+            // the reservation on record is the answer, and nothing more is counted.
+            None => reservation::Entity::find_by_id(id.clone())
+                .unique(&self.db)
+                .await?
+                .map(Evaluated::AlreadyReserved)
+                .ok_or_else(|| DbErr::Custom(format!("the reservation of {id} vanished"))),
+            Some(e) => Ok(e),
+        }
+    }
+
+    /// [`Store::evaluate`] in `tx`: `None` (and undone) when the request has a reservation.
+    #[allow(clippy::too_many_arguments)]
+    async fn evaluate_in(
+        &self,
+        tx: &sea_orm::DatabaseTransaction,
+        request_id: &str,
+        business_unit_id: &str,
+        cluster: &str,
+        increase: i32,
+        day: i64,
+        now: i64,
+    ) -> Result<Savepoint<Option<Evaluated>>, DbErr> {
         let backend = tx.get_database_backend();
         let totals = tx
             .query_all_raw(sea_orm::Statement::from_sql_and_values(
@@ -212,7 +260,7 @@ impl Store {
         for row in totals {
             used.insert(row.try_get::<String>("", "scope")?, row.try_get::<i32>("", "used")?);
         }
-        let limits = self.applicable(&tx, cluster, business_unit_id).await?;
+        let limits = self.applicable(tx, cluster, business_unit_id).await?;
         let budgets: Vec<Budget> = limits
             .iter()
             .map(|a| Budget {
@@ -231,8 +279,7 @@ impl Store {
             })
             .collect();
         if !evaluation.fits {
-            tx.rollback().await?;
-            return Ok(Evaluated::Exceeds(usage));
+            return Ok(Savepoint::Undo(Some(Evaluated::Exceeds(usage))));
         }
         // The business unit's total counts every increase, limited or not: a limit set on
         // it later in the day starts from what it already received.
@@ -252,7 +299,7 @@ impl Store {
                             .add(total::Column::Target.eq(business_unit_id)),
                     ),
             )
-            .exec(&tx)
+            .exec(tx)
             .await?;
         let inserted = reservation::Entity::insert(reservation::ActiveModel {
             request_id: Set(request_id.to_owned()),
@@ -263,27 +310,17 @@ impl Store {
             create_time: Set(now),
             release_time: Set(None),
         })
-        .exec_without_returning(&tx)
+        .exec_without_returning(tx)
         .await;
         match inserted {
             Ok(_) => {
                 let detail = format!(
                     "+{increase} concurrent ports on {business_unit_id} (cluster {cluster}) reserved in day {day}'s budget"
                 );
-                audit::record(&tx, "reservation.made", request_id, &detail, now).await?;
-                tx.commit().await?;
-                Ok(Evaluated::Fits(usage))
+                audit::record(tx, "reservation.made", request_id, &detail, now).await?;
+                Ok(Savepoint::Keep(Some(Evaluated::Fits(usage))))
             }
-            // Evaluated before (a retry), concurrently, or released before it was evaluated:
-            // the reservation on record is the answer, and nothing more is counted.
-            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
-                tx.rollback().await?;
-                reservation::Entity::find_by_id(request_id.to_owned())
-                    .unique(&self.db)
-                    .await?
-                    .map(Evaluated::AlreadyReserved)
-                    .ok_or(e)
-            }
+            Err(e) if classify(&e) == DbErrorKind::UniqueViolation => Ok(Savepoint::Undo(None)),
             Err(e) => Err(e),
         }
     }

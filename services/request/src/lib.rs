@@ -36,10 +36,9 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     let endpoint = |k| config.services.get(k).endpoint();
     let authz = Authz::new(&config, identity.clone())?;
     let readers = authz.audit_readers();
-    let mut store = store::Store::new(app.db.clone()).with_reader(app.read_db.clone());
-    if app.db.get_database_backend() == sea_orm::DbBackend::Sqlite && config.workflow.group_commit_queue > 0 {
-        store = store.with_group_commit(config.workflow.group_commit_queue);
-    }
+    let store = store::Store::new(app.db.clone())
+        .with_reader(app.read_db.clone())
+        .with_group_commit(config.workflow.group_commit_queue);
     let workflow = Arc::new(workflow::Workflow::new(
         store,
         authz,

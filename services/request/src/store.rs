@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use sspm_platform::audit;
 use sspm_platform::db::{DbErrorKind, SelectUnique, classify};
-use sspm_platform::group_commit::{GroupCommit, Savepoint};
+use sspm_platform::group_commit::{BoxFuture, Savepoint, Writer};
 use sspm_rules::RequestState;
 
 use crate::entities::{cursor, effect, history, limits, request};
@@ -135,8 +135,8 @@ pub struct Store {
     read: DatabaseConnection,
     /// Write transactions begun (explicit ones, and single writing statements).
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The group committer of the hot path's writes, if any.
-    group: Option<GroupCommit>,
+    /// How the hot path's write transactions commit.
+    writer: Writer,
 }
 
 impl Store {
@@ -144,9 +144,9 @@ impl Store {
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
             read: db.clone(),
+            writer: Writer::new(db.clone(), 0),
             db,
             writes: std::sync::Arc::default(),
-            group: None,
         }
     }
 
@@ -162,42 +162,23 @@ impl Store {
         self.db.begin().await
     }
 
-    /// Runs `work` as one write transaction: through the group committer when there is one
-    /// (SQLite: see [`Store::with_group_commit`]), else in a transaction of its own. The
-    /// answer comes after the commit that holds the work.
+    /// Runs `work` as one write transaction (see [`Store::with_group_commit`]); the answer
+    /// comes after the commit that holds it.
     async fn write<T, F>(&self, work: F) -> Result<T, DbErr>
     where
         T: Send + 'static,
-        F: for<'a> FnOnce(
-                &'a DatabaseTransaction,
-            )
-                -> std::pin::Pin<Box<dyn Future<Output = Result<Savepoint<T>, DbErr>> + Send + 'a>>
-            + Send
-            + 'static,
+        F: for<'a> FnOnce(&'a DatabaseTransaction) -> BoxFuture<'a, Result<Savepoint<T>, DbErr>> + Send + 'static,
     {
         self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(group) = &self.group {
-            return group.run(work).await;
-        }
-        let tx = self.db.begin().await?;
-        match work(&tx).await? {
-            Savepoint::Keep(v) => {
-                tx.commit().await?;
-                Ok(v)
-            }
-            Savepoint::Undo(v) => {
-                tx.rollback().await?;
-                Ok(v)
-            }
-        }
+        self.writer.write(work).await
     }
 
     /// The same store, with the hot path's writes (create, its first steps, its outbox
-    /// done) committed in groups by one writer task (`sspm_platform::group_commit`): for
-    /// SQLite, whose one writer otherwise makes each caller wait for every other caller's
-    /// sync. At most `queue` callers wait for it.
+    /// done) committed in groups on SQLite (`sspm_platform::group_commit`), whose one writer
+    /// otherwise makes each caller wait for every other caller's sync. At most `queue`
+    /// callers wait for it; 0 commits each on its own.
     pub fn with_group_commit(mut self, queue: usize) -> Self {
-        self.group = Some(GroupCommit::start(self.db.clone(), queue));
+        self.writer = Writer::new(self.db.clone(), queue);
         self
     }
 

@@ -40,7 +40,9 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     .await?;
     let authz = Authz::new(&config, ServiceIdentity::new(ServiceKind::Ticketing, &config)?)?;
     let readers = authz.audit_readers();
-    let store = store::Store::new(app.db.clone()).with_reader(app.read_db.clone());
+    let store = store::Store::new(app.db.clone())
+        .with_reader(app.read_db.clone())
+        .with_group_commit(config.workflow.group_commit_queue);
     let (api, background) = match org {
         None => (api::TicketingApi::new(store, authz), vec![]),
         Some(client) => {

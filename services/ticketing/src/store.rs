@@ -9,6 +9,7 @@ use sea_orm::{
 use sspm_platform::audit;
 use sspm_platform::db::SelectUnique;
 use sspm_platform::db::{DbErrorKind, classify};
+use sspm_platform::group_commit::{Savepoint, Writer};
 use sspm_rules::CaseNumber;
 
 use crate::entities::{case, comment, org_write};
@@ -124,6 +125,9 @@ pub struct Store {
     read: DatabaseConnection,
     /// Whether the cases' writes go to an org too.
     mirror: Option<Mirror>,
+    /// How opening and closing cases commit (group commit on SQLite: see
+    /// [`Store::with_group_commit`]).
+    writer: Writer,
 }
 
 impl Store {
@@ -131,9 +135,18 @@ impl Store {
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
             read: db.clone(),
+            writer: Writer::new(db.clone(), 0),
             db,
             mirror: None,
         }
+    }
+
+    /// The same store, opening and closing cases (two per create) with commits shared in
+    /// groups on SQLite (`sspm_platform::group_commit`); at most `queue` callers wait; 0
+    /// commits each alone.
+    pub fn with_group_commit(mut self, queue: usize) -> Self {
+        self.writer = Writer::new(self.db.clone(), queue);
+        self
     }
 
     /// The same store, queueing every write to a case the org has (one with an `org_id`)
@@ -218,32 +231,36 @@ impl Store {
             close_time: None,
             org_id: org.map(|(id, _)| id.to_owned()),
         };
-        let inserted = async {
-            let tx = self.db.begin().await?;
-            let mut row = case::ActiveModel::from(case.clone());
-            row.id = NotSet;
-            let id = case::Entity::insert(row).exec(&tx).await?.last_insert_id;
-            let number = match org {
-                Some((_, number)) => number.to_owned(),
-                None => {
-                    let number = CaseNumber::from_sequence(u64::try_from(id).unwrap_or_default());
-                    case::Entity::update_many()
-                        .col_expr(case::Column::CaseNumber, Expr::val(number.as_str()))
-                        .filter(case::Column::Id.eq(id))
-                        .exec(&tx)
-                        .await?;
-                    number.as_str().to_owned()
-                }
-            };
-            let detail = match org {
-                Some((org_id, _)) => format!("opened for {} (Salesforce {org_id})", case.external_reference),
-                None => format!("opened for {}", case.external_reference),
-            };
-            audit::record(&tx, "case.opened", &number, &detail, now).await?;
-            tx.commit().await?;
-            Ok::<_, DbErr>((id, number))
-        }
-        .await;
+        let row = case.clone();
+        let org: Option<(String, String)> = org.map(|(id, number)| (id.to_owned(), number.to_owned()));
+        let inserted = self
+            .writer
+            .write(move |tx| {
+                Box::pin(async move {
+                    let mut active = case::ActiveModel::from(row.clone());
+                    active.id = NotSet;
+                    let id = case::Entity::insert(active).exec(tx).await?.last_insert_id;
+                    let number = match &org {
+                        Some((_, number)) => number.clone(),
+                        None => {
+                            let number = CaseNumber::from_sequence(u64::try_from(id).unwrap_or_default());
+                            case::Entity::update_many()
+                                .col_expr(case::Column::CaseNumber, Expr::val(number.as_str()))
+                                .filter(case::Column::Id.eq(id))
+                                .exec(tx)
+                                .await?;
+                            number.as_str().to_owned()
+                        }
+                    };
+                    let detail = match &org {
+                        Some((org_id, _)) => format!("opened for {} (Salesforce {org_id})", row.external_reference),
+                        None => format!("opened for {}", row.external_reference),
+                    };
+                    audit::record(tx, "case.opened", &number, &detail, now).await?;
+                    Ok(Savepoint::Keep((id, number)))
+                })
+            })
+            .await;
         match inserted {
             Ok((id, number)) => {
                 case.id = id;
@@ -359,8 +376,33 @@ impl Store {
 
     /// Closes a case with a resolution (a no-op when closed with the same one).
     pub async fn close(&self, number: &str, resolution: &str, now: i64) -> Result<Option<Closed>, DbErr> {
-        let tx = self.db.begin().await?;
-        // The case as closed now, or nothing when it was closed already (or does not exist).
+        let store = self.clone();
+        let (n, r) = (number.to_owned(), resolution.to_owned());
+        let closed = self
+            .writer
+            .write(move |tx| Box::pin(async move { store.close_in(tx, &n, &r, now).await }))
+            .await?;
+        match closed {
+            Some(case) => Ok(self.with_comments(Some(case)).await?.map(Closed::Ok)),
+            None => Ok(self.by_number(number).await?.map(|c| {
+                if c.case.resolution.as_deref() == Some(resolution) {
+                    Closed::Ok(c)
+                } else {
+                    Closed::Conflict(c)
+                }
+            })),
+        }
+    }
+
+    /// [`Store::close`] in `tx`: the case as closed now, or `None` (nothing written) when it
+    /// was closed already or does not exist.
+    async fn close_in(
+        &self,
+        tx: &sea_orm::DatabaseTransaction,
+        number: &str,
+        resolution: &str,
+        now: i64,
+    ) -> Result<Savepoint<Option<case::Model>>, DbErr> {
         let closed = case::Entity::update_many()
             .col_expr(case::Column::Status, Expr::val("CLOSED"))
             .col_expr(case::Column::Resolution, Expr::val(resolution))
@@ -368,32 +410,24 @@ impl Store {
             .col_expr(case::Column::UpdateTime, Expr::val(now))
             .filter(case::Column::CaseNumber.eq(number))
             .filter(case::Column::Status.ne("CLOSED"))
-            .exec_with_returning(&tx)
+            .exec_with_returning(tx)
             .await?
             .pop();
         let Some(case) = closed else {
-            tx.rollback().await?;
-            return Ok(self.by_number(number).await?.map(|c| {
-                if c.case.resolution.as_deref() == Some(resolution) {
-                    Closed::Ok(c)
-                } else {
-                    Closed::Conflict(c)
-                }
-            }));
+            return Ok(Savepoint::Undo(None));
         };
-        audit::record(&tx, "case.closed", number, &format!("closed: {resolution}"), now).await?;
+        audit::record(tx, "case.closed", number, &format!("closed: {resolution}"), now).await?;
         if self.mirror.is_some_and(|m| m.resolution_as_comment) {
             let text = org_comment(
                 &format!("Resolution: {resolution}"),
                 "system",
                 &format!("{number}/close"),
             );
-            self.queue_for_org(&tx, &case, OrgWriteKind::Comment, text, now).await?;
+            self.queue_for_org(tx, &case, OrgWriteKind::Comment, text, now).await?;
         }
-        self.queue_for_org(&tx, &case, OrgWriteKind::Close, resolution.to_owned(), now)
+        self.queue_for_org(tx, &case, OrgWriteKind::Close, resolution.to_owned(), now)
             .await?;
-        tx.commit().await?;
-        Ok(self.with_comments(Some(case)).await?.map(Closed::Ok))
+        Ok(Savepoint::Keep(Some(case)))
     }
 
     /// Cases newest first, with ids below `before`, filtered.
