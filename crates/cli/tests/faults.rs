@@ -468,6 +468,7 @@ async fn request_killed_mid_burst(backend: Backend) {
         workers.spawn(async move {
             let mut target = *initial;
             let mut i = 0;
+            let mut unanswered = None;
             while !stop.load(Ordering::Relaxed) {
                 // Small steps are approved automatically until the day's 100 ports are used;
                 // every fourth is large, for review.
@@ -478,9 +479,29 @@ async fn request_killed_mid_burst(backend: Backend) {
                         acknowledged.lock().await.push(id);
                         target = next;
                         i += 1;
+                        unanswered = None;
                     }
-                    // An open request (under review): wait for the approver.
-                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                    // An open request (under review): wait for the approver; or the service
+                    // was killed under the call, which may have committed: the same id again.
+                    None => {
+                        unanswered = Some(id);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            // The burst ends with a create unanswered: as a client would, learn whether it
+            // was made (it was if it is stored) before counting what was acknowledged.
+            if let Some(id) = unanswered {
+                let made = common::eventually("the last create's fate", || async {
+                    match get(&clients, &id).await {
+                        Ok(_) => Some(true),
+                        Err(e) if e.code() == Code::NotFound => Some(false),
+                        Err(_) => None,
+                    }
+                })
+                .await;
+                if made {
+                    acknowledged.lock().await.push(id);
                 }
             }
         });
