@@ -492,7 +492,7 @@ async fn request_killed_mid_burst(backend: Backend) {
             // The burst ends with a create unanswered: as a client would, learn whether it
             // was made (it was if it is stored) before counting what was acknowledged.
             if let Some(id) = unanswered {
-                let made = common::eventually("the last create's fate", || async {
+                let made = eventually("the last create's fate", || async {
                     match get(&clients, &id).await {
                         Ok(_) => Some(true),
                         Err(e) if e.code() == Code::NotFound => Some(false),
