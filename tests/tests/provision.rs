@@ -7,10 +7,10 @@
 
 use sspm_e2e::{TestSystem, scenario};
 use sspm_platform::ServiceKind;
+use sspm_platform::error::reason_of;
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::audit_service_client::AuditServiceClient;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 const REP: &str = "rep@sspm.example";
 const PERCY: &str = "percy@classics.example";
@@ -45,10 +45,6 @@ async fn provision(
         .set_provisioned_limits(s.authed(who, req))
         .await
         .map(tonic::Response::into_inner)
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
 }
 
 async fn daily_used(s: &TestSystem) -> i32 {
@@ -150,16 +146,16 @@ async fn provisioning_keeps_the_rules_and_the_staff_line(s: &TestSystem) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert_eq!(reason(&err), "R1_PORT_RANGE", "{err:?}");
+    assert_eq!(reason_of(&err), "R1_PORT_RANGE", "{err:?}");
     let err = provision(s, REP, set(LEAGUE, limits(100, 101, 0), "pc"))
         .await
         .unwrap_err();
     assert!(err.message().contains("outbound"), "{err:?}");
-    assert_eq!(reason(&err), "R2_PERSONAL_CONNECTION", "{err:?}");
+    assert_eq!(reason_of(&err), "R2_PERSONAL_CONNECTION", "{err:?}");
     let err = provision(s, REP, set(MUSKETEERS, limits(500, 10, 0), "no pc"))
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), "R2_PERSONAL_CONNECTION", "{err:?}");
+    assert_eq!(reason_of(&err), "R2_PERSONAL_CONNECTION", "{err:?}");
     assert!(
         provision(s, REP, set(MUSKETEERS, limits(500, 0, 0), "no pc"))
             .await

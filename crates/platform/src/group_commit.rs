@@ -132,16 +132,8 @@ impl Writer {
             return group.run(work).await;
         }
         let tx = self.db.begin().await?;
-        match work(&tx).await? {
-            Savepoint::Keep(v) => {
-                tx.commit().await?;
-                Ok(v)
-            }
-            Savepoint::Undo(v) => {
-                tx.rollback().await?;
-                Ok(v)
-            }
-        }
+        let done = work(&tx).await;
+        settle(tx, done).await
     }
 }
 
@@ -199,17 +191,23 @@ async fn run_one(tx: &DatabaseTransaction, work: Work, call: Option<CallContext>
         Some(call) => call.scope(work(&savepoint)).await,
         None => work(&savepoint).await,
     };
+    settle(savepoint, done).await
+}
+
+/// Ends `tx` (a transaction or a savepoint) as its work asked: committed (released) when
+/// kept, rolled back when undone or failed.
+async fn settle<T>(tx: DatabaseTransaction, done: Result<Savepoint<T>, DbErr>) -> Result<T, DbErr> {
     match done {
         Ok(Savepoint::Keep(v)) => {
-            savepoint.commit().await?;
+            tx.commit().await?;
             Ok(v)
         }
         Ok(Savepoint::Undo(v)) => {
-            savepoint.rollback().await?;
+            tx.rollback().await?;
             Ok(v)
         }
         Err(e) => {
-            savepoint.rollback().await?;
+            tx.rollback().await?;
             Err(e)
         }
     }

@@ -475,16 +475,7 @@ impl PortRequestService for RequestApi {
         };
         sspm_platform::rpc::annotate_state(&started.request.state);
         let outcome = outcome(&started.request);
-        let created_entry = crate::entities::history::Model {
-            id: 0,
-            request_id: model.request_id.clone(),
-            kind: entry.kind.to_owned(),
-            time: model.create_time,
-            actor: entry.actor,
-            from_state: None,
-            to_state: entry.to.as_str().to_owned(),
-            reason: entry.reason,
-        };
+        let created_entry = crate::store::history_model(&model.request_id, model.create_time, entry);
         Ok(Response::new(pb::CreatePortChangeRequestResponse {
             request: Some(request_pb(started.request, vec![created_entry, started.history])),
             outcome: outcome.into(),

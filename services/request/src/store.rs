@@ -330,6 +330,16 @@ impl Store {
         .await
     }
 
+    /// The request that holds case `number` (empty if none does).
+    async fn holder_of_case(&self, number: &str) -> Result<String, DbErr> {
+        Ok(request::Entity::find()
+            .filter(request::Column::CaseNumber.eq(number))
+            .unique(&self.db)
+            .await?
+            .map(|r| r.request_id)
+            .unwrap_or_default())
+    }
+
     /// Records the case number of a request that has none; [`CaseLink::HeldByAnother`] (and
     /// nothing recorded) when another request already has that number, which the unique
     /// index on `case_number` enforces whatever the replicas.
@@ -346,13 +356,7 @@ impl Store {
             Ok(r) => r.rows_affected == 1,
             Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
                 tx.rollback().await?;
-                let holder = request::Entity::find()
-                    .filter(request::Column::CaseNumber.eq(number))
-                    .unique(&self.db)
-                    .await?
-                    .map(|r| r.request_id)
-                    .unwrap_or_default();
-                return Ok(CaseLink::HeldByAnother(holder));
+                return Ok(CaseLink::HeldByAnother(self.holder_of_case(number).await?));
             }
             Err(e) => return Err(e),
         };
@@ -365,24 +369,19 @@ impl Store {
 
     /// The first steps of a new request in one transaction (see `Workflow::first_steps`):
     /// its case number, the decision and what follows from it, planned by `plan` from the
-    /// business unit's limits. The limits are assumed to be those the request was computed
-    /// from (checked in the insert's transaction): the write is guarded by them (compare
+    /// business unit's limits. The limits are assumed to be `before`, those the request was
+    /// computed from (checked in the insert's transaction): the write is guarded by them (compare
     /// and set), and only when they moved since (a revert, an onboarding) are they read and
     /// the plan made again. Nothing is written when the request is no longer new and
     /// unlinked ([`FirstStep::Moved`]) or another request holds the case number.
     pub async fn first_step(
         &self,
         old: &request::Model,
+        before: sspm_rules::PortLimits,
         now: i64,
         plan: impl Fn(sspm_rules::PortLimits) -> Plan,
     ) -> Result<FirstStep, DbErr> {
-        let mut assumed = sspm_rules::PortLimits::parse(
-            old.before_concurrent.into(),
-            old.before_outbound.into(),
-            old.before_agentless.into(),
-            "",
-        )
-        .map_err(|e| DbErr::Custom(format!("stored request {} is invalid: {e}", old.request_id)))?;
+        let mut assumed = before;
         for _ in 0..5 {
             let p = plan(assumed);
             let old = old.clone();
@@ -394,13 +393,7 @@ impl Store {
                 StepWrite::Moved => return Ok(FirstStep::Moved),
                 StepWrite::LimitsAre(current) => assumed = current,
                 StepWrite::CaseHeld(number) => {
-                    let holder = request::Entity::find()
-                        .filter(request::Column::CaseNumber.eq(number))
-                        .unique(&self.read)
-                        .await?
-                        .map(|r| r.request_id)
-                        .unwrap_or_default();
-                    return Ok(FirstStep::HeldByAnother(holder));
+                    return Ok(FirstStep::HeldByAnother(self.holder_of_case(&number).await?));
                 }
             }
         }
@@ -833,10 +826,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(Provisioned::OpenRequest(open.request_id));
         }
-        let before = current.as_ref().map_or(Ok(sspm_rules::PortLimits::default()), |l| {
-            sspm_rules::PortLimits::parse(l.concurrent.into(), l.outbound.into(), l.agentless.into(), "")
-                .map_err(|e| DbErr::Custom(format!("stored limits of {bu} are invalid: {e}")))
-        })?;
+        let before = stored_limits(current.as_ref())?;
         let after = match validate(before) {
             Ok(after) => after,
             Err(v) => {
@@ -851,14 +841,7 @@ impl Store {
         write_limits(
             &tx,
             current.as_ref(),
-            limits::Model {
-                business_unit_id: bu.to_owned(),
-                concurrent: after.concurrent.get().into(),
-                outbound: after.outbound.get().into(),
-                agentless: after.agentless.get().into(),
-                version: 0,
-                update_time: now,
-            },
+            limits_row(bu, after),
             &format!("provisioned by {actor}"),
             now,
         )
@@ -959,10 +942,7 @@ async fn first_step_in(
         }
         if !written {
             let current = limits::Entity::find_by_id(bu.to_owned()).unique(tx).await?;
-            let current = current.as_ref().map_or(Ok(sspm_rules::PortLimits::default()), |l| {
-                sspm_rules::PortLimits::parse(l.concurrent.into(), l.outbound.into(), l.agentless.into(), "")
-                    .map_err(|e| DbErr::Custom(format!("stored limits of {bu} are invalid: {e}")))
-            })?;
+            let current = stored_limits(current.as_ref())?;
             return Ok(Savepoint::Undo(StepWrite::LimitsAre(current)));
         }
         let detail = format!(
@@ -992,10 +972,7 @@ async fn first_step_in(
         Err(e) => return Err(e),
     }
     let entry = p.entry.clone();
-    let detail = match entry.from {
-        Some(from) if from != entry.to => format!("{} -> {}: {}", from.as_str(), entry.to.as_str(), entry.reason),
-        _ => format!("{}: {}", entry.to.as_str(), entry.reason),
-    };
+    let detail = audit_detail(&entry);
     let mut audit: Vec<audit::Entry<'_>> = p
         .audit
         .iter()
@@ -1021,16 +998,7 @@ async fn first_step_in(
         .await?
     };
     Ok(Savepoint::Keep(StepWrite::Done(Box::new(Started {
-        history: history::Model {
-            id: 0,
-            request_id: id.to_owned(),
-            kind: p.entry.kind.to_owned(),
-            time: now,
-            actor: p.entry.actor,
-            from_state: p.entry.from.map(|s| s.as_str().to_owned()),
-            to_state: p.entry.to.as_str().to_owned(),
-            reason: p.entry.reason,
-        },
+        history: history_model(id, now, p.entry),
         request: p.request,
         effects,
     }))))
@@ -1101,29 +1069,60 @@ async fn write_history(tx: &DatabaseTransaction, id: &str, time: i64, e: Entry) 
         ("REVERTED", _) => "request.reverted",
         _ => "request.note",
     };
-    let detail = match e.from {
-        Some(from) if from != e.to => format!("{} -> {}: {}", from.as_str(), e.to.as_str(), e.reason),
-        _ => format!("{}: {}", e.to.as_str(), e.reason),
-    };
-    audit::record_as(tx, Some(&e.actor), action, id, &detail, time).await?;
+    audit::record_as(tx, Some(&e.actor), action, id, &audit_detail(&e), time).await?;
     history::Entity::insert(history_row(id, time, e))
         .exec_without_returning(tx)
         .await
         .map(|_| ())
 }
 
+/// What the audit trail says of history entry `e`.
+fn audit_detail(e: &Entry) -> String {
+    match e.from {
+        Some(from) if from != e.to => format!("{} -> {}: {}", from.as_str(), e.to.as_str(), e.reason),
+        _ => format!("{}: {}", e.to.as_str(), e.reason),
+    }
+}
+
+/// History entry `e` of request `id` as stored (its `id` assigned by the database on insert).
+pub(crate) fn history_model(id: &str, time: i64, e: Entry) -> history::Model {
+    history::Model {
+        id: 0,
+        request_id: id.to_owned(),
+        kind: e.kind.to_owned(),
+        time,
+        actor: e.actor,
+        from_state: e.from.map(|s| s.as_str().to_owned()),
+        to_state: e.to.as_str().to_owned(),
+        reason: e.reason,
+    }
+}
+
 /// The row of history entry `e` of request `id`.
 fn history_row(id: &str, time: i64, e: Entry) -> history::ActiveModel {
-    history::ActiveModel {
-        id: NotSet,
-        request_id: Set(id.to_owned()),
-        kind: Set(e.kind.to_owned()),
-        time: Set(time),
-        actor: Set(e.actor),
-        from_state: Set(e.from.map(|s| s.as_str().to_owned())),
-        to_state: Set(e.to.as_str().to_owned()),
-        reason: Set(e.reason),
+    let mut row = history::ActiveModel::from(history_model(id, time, e));
+    row.id = NotSet;
+    row
+}
+
+/// The row of `limits` for business unit `bu` (version and time are set when written).
+pub(crate) fn limits_row(bu: &str, l: sspm_rules::PortLimits) -> limits::Model {
+    limits::Model {
+        business_unit_id: bu.to_owned(),
+        concurrent: l.concurrent.get().into(),
+        outbound: l.outbound.get().into(),
+        agentless: l.agentless.get().into(),
+        version: 0,
+        update_time: 0,
     }
+}
+
+/// A business unit's stored limits (zero when none are on record).
+fn stored_limits(l: Option<&limits::Model>) -> Result<sspm_rules::PortLimits, DbErr> {
+    l.map_or(Ok(sspm_rules::PortLimits::default()), |l| {
+        sspm_rules::PortLimits::parse(l.concurrent.into(), l.outbound.into(), l.agentless.into(), "")
+            .map_err(|e| DbErr::Custom(format!("stored limits of {} are invalid: {e}", l.business_unit_id)))
+    })
 }
 
 async fn write_effects(tx: &DatabaseTransaction, id: &str, effects: Vec<NewEffect>) -> Result<(), DbErr> {

@@ -24,15 +24,31 @@ use tonic::{Code, Status};
 use tracing::Instrument;
 
 use crate::entities::{effect, limits, request};
-use crate::store::{Apply, CaseLink, Entry, FirstStep, NewEffect, Plan, Started, Store, Transition};
+use crate::store::{Apply, CaseLink, Entry, FirstStep, NewEffect, Plan, Started, Store, Transition, limits_row};
 
 /// The verdict on a new request's increase (R8), with the reason in words.
 #[derive(Debug, Clone)]
 enum Verdict {
     /// It fits the daily limit, or needs no check: approve automatically.
     Fits(String),
-    /// It exceeds the daily limit: a human decides.
-    Exceeds(String),
+    /// It exceeds the daily limit: a human decides. The request goes `to` review or to a
+    /// request for information ([`Workflow::to_review`]), with these effects.
+    Exceeds {
+        /// Why, in words.
+        why: String,
+        /// The state it goes to.
+        to: RequestState,
+        /// The calls that say so.
+        effects: Vec<NewEffect>,
+    },
+}
+
+/// The effects of an approved change that cannot be applied (it fails instead).
+fn cannot_apply(why: &str) -> Vec<NewEffect> {
+    vec![
+        Effect::Release("the change could not be applied".into()).by(SYSTEM),
+        Effect::CloseCase(format!("Failed: approved but cannot be applied: {why}")).by(SYSTEM),
+    ]
 }
 
 /// The plan of [`Workflow::first_steps`] from the business unit's limits as they are
@@ -43,7 +59,6 @@ fn first_plan(
     change: &ValidatedChange,
     case: &str,
     verdict: &Verdict,
-    review: &Option<(RequestState, Vec<NewEffect>)>,
     facts: Option<BusinessUnitFacts>,
     current: PortLimits,
     now: i64,
@@ -62,11 +77,8 @@ fn first_plan(
         to,
         reason,
     };
-    let (Verdict::Fits(words) | Verdict::Exceeds(words)) = verdict;
-    // `review` is what an excess leads to (Workflow::to_review); without it, approval.
-    match review {
-        Some((to, effects)) => {
-            let why = words;
+    match verdict {
+        Verdict::Exceeds { why, to, effects } => {
             new.state = to.as_str().to_owned();
             new.approval_path = Some("REVIEW".to_owned());
             Plan {
@@ -77,8 +89,7 @@ fn first_plan(
                 effects: effects.clone(),
             }
         }
-        None => {
-            let reason = words;
+        Verdict::Fits(reason) => {
             new.decided_by = Some(SYSTEM.to_owned());
             new.decision_approved = Some(true);
             new.decision_reason = Some(reason.clone());
@@ -118,10 +129,7 @@ fn first_plan(
                             format!("approved but cannot be applied: {why}"),
                         ),
                         audit,
-                        effects: vec![
-                            Effect::Release("the change could not be applied".into()).by(SYSTEM),
-                            Effect::CloseCase(format!("Failed: approved but cannot be applied: {why}")).by(SYSTEM),
-                        ],
+                        effects: cannot_apply(&why),
                     }
                 }
             }
@@ -246,17 +254,6 @@ pub fn change_of(r: &request::Model) -> Result<ValidatedChange, DbErr> {
 pub fn limits_of(m: Option<&limits::Model>) -> PortLimits {
     m.and_then(|m| PortLimits::parse(m.concurrent.into(), m.outbound.into(), m.agentless.into(), "").ok())
         .unwrap_or_default()
-}
-
-fn limits_model(bu: &str, l: PortLimits) -> limits::Model {
-    limits::Model {
-        business_unit_id: bu.to_owned(),
-        concurrent: l.concurrent.get().into(),
-        outbound: l.outbound.get().into(),
-        agentless: l.agentless.get().into(),
-        version: 0,
-        update_time: 0,
-    }
 }
 
 /// The request service's workflow: the steps, the outbox and the background loops.
@@ -448,9 +445,8 @@ impl Workflow {
 
     /// Opens the request's case (or finds the one opened before: the request id is its
     /// external reference); its number.
-    async fn open_case_call(&self, r: &request::Model) -> Result<String, StepError> {
-        let change = change_of(r)?;
-        let summary = describe(&change);
+    async fn open_case_call(&self, r: &request::Model, change: &ValidatedChange) -> Result<String, StepError> {
+        let summary = describe(change);
         let req = pb::OpenCaseRequest {
             external_reference: r.request_id.clone(),
             subject: format!("Port change for {}: {summary}", r.business_unit_id),
@@ -501,7 +497,7 @@ impl Workflow {
     }
 
     async fn open_case(&self, r: &request::Model) -> Result<(), StepError> {
-        let number = self.open_case_call(r).await?;
+        let number = self.open_case_call(r, &change_of(r)?).await?;
         match self.store.set_case_number(&r.request_id, &number, now_micros()).await? {
             CaseLink::Linked => Ok(()),
             CaseLink::HeldByAnother(holder) => Err(Self::case_held_by_another(r, &number, &holder)),
@@ -510,8 +506,7 @@ impl Workflow {
 
     /// Whether the request's increase fits the daily limit (reserving it when it does), with
     /// the reason in words (R8).
-    async fn verdict(&self, r: &request::Model) -> Result<Verdict, StepError> {
-        let change = change_of(r)?;
+    async fn verdict(&self, r: &request::Model, change: &ValidatedChange) -> Result<Verdict, StepError> {
         if !change.needs_daily_limit_check() {
             return Ok(Verdict::Fits(
                 "approved automatically: no increase of concurrent ports, no daily-limit check needed (R8)".to_owned(),
@@ -550,10 +545,12 @@ impl Workflow {
                 answer.day
             )));
         }
-        Ok(Verdict::Exceeds(format!(
+        let why = format!(
             "+{increase} concurrent ports exceed the daily limit for automatic approval on {} ({budget})",
             answer.day
-        )))
+        );
+        let (to, effects) = Self::to_review(r, &why)?;
+        Ok(Verdict::Exceeds { why, to, effects })
     }
 
     /// What a request that exceeds the daily limit goes to, with its effects: review when
@@ -586,7 +583,7 @@ impl Workflow {
 
     async fn evaluate(&self, r: &request::Model) -> Result<(), StepError> {
         let now = now_micros();
-        match self.verdict(r).await? {
+        match self.verdict(r, &change_of(r)?).await? {
             Verdict::Fits(reason) => {
                 self.store
                     .record_decision(
@@ -601,8 +598,7 @@ impl Workflow {
                     )
                     .await?;
             }
-            Verdict::Exceeds(why) => {
-                let (to, effects) = Self::to_review(r, &why)?;
+            Verdict::Exceeds { why, to, effects } => {
                 self.store
                     .transition(
                         &r.request_id,
@@ -636,22 +632,17 @@ impl Workflow {
         facts: Option<BusinessUnitFacts>,
     ) -> Result<Option<Started>, StepError> {
         let change = change_of(r)?;
-        let (case, verdict) = tokio::join!(self.open_case_call(r), self.verdict(r));
+        let (case, verdict) = tokio::join!(self.open_case_call(r, &change), self.verdict(r, &change));
         let (case, verdict) = (case?, verdict?);
         let facts = match (&verdict, facts) {
             (Verdict::Fits(_), None) => self.facts(&r.business_unit_id).await?,
             (_, facts) => facts,
         };
-        // Whatever the verdict's words, only an excess goes to review; the plan follows this.
-        let review = match &verdict {
-            Verdict::Exceeds(why) => Some(Self::to_review(r, why)?),
-            Verdict::Fits(_) => None,
-        };
         let now = now_micros();
         let step = self
             .store
-            .first_step(r, now, |current| {
-                first_plan(r, &change, &case, &verdict, &review, facts, current, now)
+            .first_step(r, change.before, now, |current| {
+                first_plan(r, &change, &case, &verdict, facts, current, now)
             })
             .await?;
         match step {
@@ -687,7 +678,7 @@ impl Workflow {
                 // says so when the caller looks.
                 if effects
                     .iter()
-                    .all(|e| e.kind == Effect::CloseCase(String::new()).kind())
+                    .all(|e| matches!(Effect::decode(&e.kind, &e.argument), Some(Effect::CloseCase(_))))
                 {
                     tokio::spawn(async move { wf.finish(request, effects).await }.in_current_span());
                 } else {
@@ -768,7 +759,7 @@ impl Workflow {
                         };
                         let resolution = format!("{how} and applied: {current} -> {after}. {reason}");
                         Apply::Limits(
-                            limits_model(&r.business_unit_id, after),
+                            limits_row(&r.business_unit_id, after),
                             Transition {
                                 from: state,
                                 to,
@@ -785,10 +776,7 @@ impl Workflow {
                         actor: SYSTEM.to_owned(),
                         reason: format!("approved but cannot be applied: {why}"),
                         set: vec![(request::Column::FailureReason, Expr::val(why.clone()))],
-                        effects: vec![
-                            Effect::Release("the change could not be applied".into()).by(SYSTEM),
-                            Effect::CloseCase(format!("Failed: approved but cannot be applied: {why}")).by(SYSTEM),
-                        ],
+                        effects: cannot_apply(&why),
                     }),
                 }
             })
@@ -814,7 +802,7 @@ impl Workflow {
                 let after = revert(&change, before, facts);
                 let text = format!("temporary change reverted: {before} -> {after}");
                 (
-                    limits_model(&r.business_unit_id, after),
+                    limits_row(&r.business_unit_id, after),
                     Entry {
                         kind: "REVERTED",
                         actor: SYSTEM.to_owned(),
