@@ -591,6 +591,30 @@ async fn daily_limit_accounting(s: &TestSystem) {
         .into_inner();
     assert!(released.released);
     assert_eq!(usage(s, "C14").await, before);
+
+    // An evaluation retried after its answer was lost (the request service killed in
+    // between) gets the same answer, even when its own reservation filled the day: the
+    // fault test found a retry answered "exceeds" and the request sent to review with its
+    // ports still reserved.
+    set_cluster_limit(s, "C14", before + 4).await;
+    for attempt in 0..2 {
+        let answer = s
+            .approval()
+            .evaluate_increase(s.as_service(
+                ServiceKind::Request,
+                pb::EvaluateIncreaseRequest {
+                    request_id: "d-edge".into(),
+                    business_unit_id: LEAGUE.into(),
+                    cluster: "C14".into(),
+                    increase: 4,
+                },
+            ))
+            .await
+            .expect("evaluate")
+            .into_inner();
+        assert_eq!(answer.outcome(), pb::EvaluationOutcome::Fits, "attempt {attempt}");
+        assert_eq!(usage(s, "C14").await, before + 4, "attempt {attempt}");
+    }
 }
 scenario!(daily_limit_accounting, daily_limits_on_sqlite, daily_limits_on_postgres);
 

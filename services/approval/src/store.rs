@@ -279,6 +279,16 @@ impl Store {
             })
             .collect();
         if !evaluation.fits {
+            // A retry of an evaluation that fitted: the totals include its own reservation,
+            // which must not count against it a second time. Only this path looks (a
+            // fitting one finds out from its insert below).
+            let reserved = reservation::Entity::find_by_id(request_id.to_owned())
+                .unique(tx)
+                .await?
+                .is_some();
+            if reserved {
+                return Ok(Savepoint::Undo(None));
+            }
             return Ok(Savepoint::Undo(Some(Evaluated::Exceeds(usage))));
         }
         // The business unit's total counts every increase, limited or not: a limit set on
