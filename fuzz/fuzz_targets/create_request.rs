@@ -1,7 +1,7 @@
-//! A `CreatePortChangeRequestRequest` as bytes off the wire, taken through the conversion
-//! the request service makes (protobuf decoding, ids, texts, targets, the revert time) and
-//! through every rule, against limits and business-unit facts also taken from the input.
-//! Nothing may panic, every refusal is a bounded message, and whatever passes keeps the
+//! A `CreatePortChangeRequestRequest` as bytes off the wire, taken through the parsing and
+//! checks the request service's handler makes (`sspm_rules::parse_create`: ids, texts,
+//! targets, the revert time, then every rule of the change), against limits and
+//! business-unit facts also taken from the input. Nothing may panic, every refusal is a bounded message, and whatever passes keeps the
 //! rules: R1 ceilings, R2 with Personal Connection, R9 (something changes), R11, and a
 //! revert never raising a limit.
 
@@ -11,8 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use sspm_proto::v1 as pb;
 use sspm_rules::{
-    BusinessUnitFacts, BusinessUnitId, PortKind, PortLimits, Price, RequestId, RequestedTargets, Text,
-    monthly_cost_change, reapply, revert, validate_change, validate_temporary,
+    BusinessUnitFacts, CreateFields, PortKind, PortLimits, Price, monthly_cost_change, parse_create, reapply, revert,
 };
 
 /// The longest message a refusal may carry (errors never echo a whole input).
@@ -36,24 +35,27 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
 
-    for refused in [
-        RequestId::parse(&req.request_id).err(),
-        BusinessUnitId::parse(&req.business_unit_id).err(),
-        Text::parse(&req.justification, "justification").err(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        assert!(refused.0.len() <= MAX_MESSAGE, "{}", refused.0.len());
-    }
-
+    // The handler's own parsing and checks (`sspm_rules::parse_create`), on the decoded call.
     let t = req.targets.unwrap_or_default();
-    let requested = RequestedTargets {
-        concurrent: t.concurrent.map(i64::from),
-        outbound: t.outbound.map(i64::from),
-        agentless: t.agentless.map(i64::from),
+    let fields = CreateFields {
+        request_id: &req.request_id,
+        business_unit_id: &req.business_unit_id,
+        concurrent: t.concurrent,
+        outbound: t.outbound,
+        agentless: t.agentless,
+        justification: &req.justification,
+        revert_at: req.revert_at.as_ref().map(|ts| (ts.seconds, ts.nanos)),
     };
-    let change = match validate_change(current, facts, &requested, "targets") {
+    let command = match parse_create(&fields) {
+        Ok(command) => command,
+        Err(refused) => {
+            assert!(refused.message.len() <= MAX_MESSAGE, "{}", refused.message.len());
+            return;
+        }
+    };
+    let requested = command.requested();
+    let now_micros = 1_795_000_000_000_000;
+    let change = match command.change(current, facts, now_micros) {
         Ok(change) => change,
         Err(v) => {
             assert!(!v.to_string().is_empty());
@@ -83,20 +85,18 @@ fuzz_target!(|data: &[u8]| {
     let cost = monthly_cost_change(change.before, change.after, &price);
     let _ = cost.units_and_nanos();
 
-    if let Some(at) = req.revert_at {
-        let now = 1_795_000_000;
-        if validate_temporary(&change, at.seconds, now).is_ok() {
-            assert!(at.seconds > now, "R11: a revert time in the past");
-            assert!(change.is_increase_only(), "R11: a temporary decrease");
-            let back = revert(&change, change.after, facts);
-            for kind in PortKind::ALL {
-                assert!(back.get(kind) <= change.after.get(kind), "a revert raised {kind}");
-            }
-            let r2_held = !facts.personal_connection
-                || (current.outbound <= current.concurrent && current.agentless <= current.concurrent);
-            if r2_held {
-                assert_eq!(back, change.before, "reverting at once restores the limits");
-            }
+    if let Some(at) = command.revert_at {
+        // Accepted with a revert time: R11 held.
+        assert!(at > now_micros, "R11: a revert time in the past");
+        assert!(change.is_increase_only(), "R11: a temporary decrease");
+        let back = revert(&change, change.after, facts);
+        for kind in PortKind::ALL {
+            assert!(back.get(kind) <= change.after.get(kind), "a revert raised {kind}");
+        }
+        let r2_held = !facts.personal_connection
+            || (current.outbound <= current.concurrent && current.agentless <= current.concurrent);
+        if r2_held {
+            assert_eq!(back, change.before, "reverting at once restores the limits");
         }
     }
 });

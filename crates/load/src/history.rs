@@ -13,8 +13,9 @@
 use std::time::Instant;
 
 use sspm_platform::rpc::now_micros;
+use sspm_request::bulk;
 use sspm_request::entities::request;
-use sspm_request::store::{Entry, Store};
+use sspm_request::plan::Entry;
 use sspm_rules::RequestState;
 
 use crate::tenancy;
@@ -47,8 +48,7 @@ pub async fn write(database_url: &str, plan: HistoryPlan) -> anyhow::Result<usiz
     let db = sspm_platform::db::connect(database_url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the request service's database {database_url}: {e}"))?;
-    let store = Store::new(db);
-    let have = store.count_with_prefix(PREFIX).await.map_err(|e| {
+    let have = bulk::count_with_prefix(&db, PREFIX).await.map_err(|e| {
         anyhow::anyhow!("cannot read the requests of {database_url} (has the request service started on it once, creating its tables?): {e}")
     })?;
     let have = usize::try_from(have)?;
@@ -61,16 +61,14 @@ pub async fn write(database_url: &str, plan: HistoryPlan) -> anyhow::Result<usiz
     while next < plan.requests {
         let end = (next + BATCH).min(plan.requests);
         let batch = (next..end).map(|i| synthetic(i, plan)).collect();
-        store
-            .import_history(batch, tenancy::NETOPS, now_micros())
+        bulk::import_history(&db, batch, tenancy::NETOPS, now_micros())
             .await
             .map_err(|e| anyhow::anyhow!("writing requests {next}..{end}: {e}"))?;
         next = end;
         let rate = (next - have) as f64 / start.elapsed().as_secs_f64().max(1e-3);
         eprint!("\r  {next} of {} ({rate:.0}/s)", plan.requests);
     }
-    store
-        .analyze()
+    bulk::analyze(&db)
         .await
         .map_err(|e| anyhow::anyhow!("refreshing the planner's statistics: {e}"))?;
     let written = plan.requests - have;
@@ -176,7 +174,8 @@ mod tests {
         assert_eq!(write(&db.url, plan).await.unwrap(), 0);
         assert_eq!(write(&db.url, HistoryPlan { requests: 12, ..plan }).await.unwrap(), 5);
 
-        let store = Store::new(sspm_platform::db::connect(&db.url).await.unwrap());
+        let conn = sspm_platform::db::connect(&db.url).await.unwrap();
+        let store = sspm_request::store::Store::new(conn.clone());
         let unit1 = store.list(Some(&[tenancy::unit(1)]), &[], None, 50).await.unwrap();
         let ids: Vec<_> = unit1.iter().map(|r| r.request_id.as_str()).collect();
         assert_eq!(
@@ -194,11 +193,10 @@ mod tests {
         // An open request is refused, and nothing of its batch is written.
         let (mut open, entries) = synthetic(13, plan);
         open.state = RequestState::New.as_str().to_owned();
-        let err = store
-            .import_history(vec![synthetic(12, plan), (open, entries)], tenancy::NETOPS, 0)
+        let err = bulk::import_history(&conn, vec![synthetic(12, plan), (open, entries)], tenancy::NETOPS, 0)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("only requests that are over"), "{err}");
-        assert_eq!(store.count_with_prefix(PREFIX).await.unwrap(), 12);
+        assert_eq!(bulk::count_with_prefix(&conn, PREFIX).await.unwrap(), 12);
     }
 }

@@ -10,11 +10,13 @@
 //! - R10 cost: [`monthly_cost_change`]
 //! - R11 temporary changes: [`validate_temporary`], [`revert`]
 //! - the lifecycle: [`lifecycle::next`]
+//! - a create call's fields parsed and checked, as the handler and the fuzz target do: [`parse_create`]
 //!
 //! Every violation is a [`Violation`] naming the rule and the field.
 
 pub mod change;
 pub mod cost;
+pub mod create;
 pub mod daily;
 pub mod ids;
 pub mod lifecycle;
@@ -28,6 +30,7 @@ pub use change::{
     validate_temporary,
 };
 pub use cost::{Amount, Price, monthly_cost_change};
+pub use create::{CreateCommand, CreateFields, parse_create};
 pub use ids::{BusinessUnitId, CaseNumber, ClusterName, InvalidValue, PrincipalId, RequestId, Text};
 pub use lifecycle::{Event, RequestState};
 pub use limits::{PortKind, PortLimit, PortLimits};

@@ -3,20 +3,18 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use sea_orm::sea_query::Expr;
 use sspm_platform::db::{DbErrorKind, classify};
 use sspm_platform::error::{self, db, not_found};
 use sspm_platform::rpc::{
-    enum_filter, invalid, micros_of, next_page_token, now_micros, page_size, page_time_id, parse_at, time_id_key,
+    enum_filter, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at, time_id_key,
 };
 use sspm_platform::{Draining, caller};
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::port_request_service_server::PortRequestService;
 use sspm_rules::daily::{Budget, LimitScope};
-use sspm_rules::lifecycle::{Event, next};
 use sspm_rules::{
-    BusinessUnitFacts, BusinessUnitId, Price, PrincipalId, RequestId, RequestState, RequestedTargets, Rule, Text,
-    Violation, monthly_cost_change, validate_change, validate_provisioned, validate_temporary,
+    BusinessUnitFacts, BusinessUnitId, CreateFields, Price, PrincipalId, RequestId, RequestState, Rule, Text,
+    Violation, monthly_cost_change, parse_create, validate_provisioned,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
@@ -25,9 +23,11 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::convert::{limits_pb, outcome, request_pb};
 use crate::entities::request;
-use crate::store::{Entry, Inserted, Provisioned, Transition};
+use crate::model::limits_of;
+use crate::plan::{Entry, describe};
+use crate::store::{Inserted, Provisioned};
 use crate::watch::Watchers;
-use crate::workflow::{Effect, SYSTEM, Workflow, limits_of, state_of};
+use crate::workflow::{Command, Workflow};
 
 /// The handlers.
 #[derive(Debug, Clone)]
@@ -278,18 +278,23 @@ impl PortRequestService for RequestApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         sspm_platform::rpc::annotate(&req.request_id, &req.business_unit_id);
-        let id = parse_at("request_id", RequestId::parse(&req.request_id))?;
-        let bu_id = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
         let t = req.targets.unwrap_or_default();
+        let command = parse_create(&CreateFields {
+            request_id: &req.request_id,
+            business_unit_id: &req.business_unit_id,
+            concurrent: t.concurrent,
+            outbound: t.outbound,
+            agentless: t.agentless,
+            justification: &req.justification,
+            revert_at: req.revert_at.as_ref().map(|ts| (ts.seconds, ts.nanos)),
+        })
+        .map_err(error::violation)?;
+        let (id, bu_id) = (&command.request_id, &command.business_unit_id);
         let payload = CreatePayload {
             business_unit_id: bu_id.to_string(),
-            targets: (t.concurrent, t.outbound, t.agentless),
-            justification: optional_text("justification", &req.justification, "justification")?,
-            revert_at: req
-                .revert_at
-                .as_ref()
-                .map(|ts| micros_of(ts, "revert_at"))
-                .transpose()?,
+            targets: command.targets,
+            justification: command.justification.as_ref().map(ToString::to_string),
+            revert_at: command.revert_at,
         };
         let bu = self
             .wf
@@ -339,18 +344,8 @@ impl PortRequestService for RequestApi {
                     .map_err(db("loading limits"))?
                     .as_ref(),
             );
-            let requested = RequestedTargets {
-                concurrent: t.concurrent.map(i64::from),
-                outbound: t.outbound.map(i64::from),
-                agentless: t.agentless.map(i64::from),
-            };
             let now = now_micros();
-            let valid =
-                validate_change(current, facts, &requested, "targets").and_then(|change| match payload.revert_at {
-                    Some(at) => validate_temporary(&change, at / 1_000_000, now / 1_000_000).map(|()| change),
-                    None => Ok(change),
-                });
-            let change = match valid {
+            let change = match command.change(current, facts, now) {
                 Ok(change) => change,
                 Err(v) => {
                     if !req.validate_only
@@ -427,7 +422,7 @@ impl PortRequestService for RequestApi {
                 actor: caller.id.to_string(),
                 from: None,
                 to: RequestState::New,
-                reason: format!("requested: {}", crate::workflow::describe(&change)),
+                reason: format!("requested: {}", describe(&change)),
             };
             match store.insert(model.clone(), entry.clone()).await {
                 Ok(Inserted::Done) => break (change, model, entry),
@@ -456,7 +451,7 @@ impl PortRequestService for RequestApi {
             }
         };
         let (change, model, entry) = created;
-        tracing::info!(request_id = %id, business_unit = %bu_id, requester = %caller.id, change = %crate::workflow::describe(&change), "request created");
+        tracing::info!(request_id = %id, business_unit = %bu_id, requester = %caller.id, change = %describe(&change), "request created");
         let facts = BusinessUnitFacts {
             monitoring_gateway: bu.monitoring_gateway_enabled,
             personal_connection: bu.personal_connection_enabled,
@@ -563,40 +558,13 @@ impl PortRequestService for RequestApi {
             .load_for(&caller.id, &req.request_id, pb::Action::RequestPortChange)
             .await?;
         let justification = parse_at("justification", Text::parse(&req.justification, "justification"))?;
-        let from = state_of(&r);
-        let to = next(from, Event::ProvideInformation).map_err(error::violation)?;
-        let who = caller.id.to_string();
-        let t = Transition {
-            from,
-            to,
-            actor: who.clone(),
-            reason: format!("justification provided: {justification}"),
-            set: vec![(request::Column::Justification, Expr::val(justification.as_str()))],
-            effects: vec![
-                Effect::Comment(format!("Justification from {who}: {justification}")).by(&who),
-                Effect::CaseStatus(pb::CaseStatus::Escalated).by(SYSTEM),
-                Effect::SubmitReview.by(&who),
-            ],
+        let command = Command::ProvideInformation {
+            by: caller.id.to_string(),
+            justification: justification.to_string(),
         };
-        if !self
-            .wf
-            .store()
-            .transition(&r.request_id, t, now_micros())
-            .await
-            .map_err(db("updating a request"))?
-        {
-            let now = self.load(&r.request_id).await?;
-            return Err(error::violation(
-                next(state_of(&now), Event::ProvideInformation)
-                    .err()
-                    .unwrap_or_else(|| {
-                        Violation::new(Rule::Lifecycle, "request_id", "the request changed meanwhile; retry")
-                    }),
-            ));
-        }
-        self.wf.drive(&r.request_id).await;
+        let r = self.wf.command(&r.request_id, command).await?;
         Ok(Response::new(pb::ProvideInformationResponse {
-            request: Some(self.current(&r.request_id).await?),
+            request: Some(self.show(r).await?),
         }))
     }
 
@@ -609,42 +577,13 @@ impl PortRequestService for RequestApi {
         let r = self
             .load_for(&caller.id, &req.request_id, pb::Action::RequestPortChange)
             .await?;
-        let reason = optional_text("reason", &req.reason, "reason")?;
-        let from = state_of(&r);
-        let to = next(from, Event::Cancel).map_err(error::violation)?;
-        let who = caller.id.to_string();
-        let why = reason.unwrap_or_else(|| "no reason given".to_owned());
-        let mut effects = vec![Effect::Release("cancelled".into()).by(&who)];
-        if from == RequestState::UnderReview {
-            effects.push(Effect::WithdrawReview(format!("cancelled by {who}: {why}")).by(&who));
-        }
-        effects.push(Effect::CloseCase(format!("Cancelled by {who}: {why}")).by(&who));
-        let t = Transition {
-            from,
-            to,
-            actor: who.clone(),
-            reason: format!("cancelled: {why}"),
-            set: vec![],
-            effects,
+        let command = Command::Cancel {
+            by: caller.id.to_string(),
+            reason: optional_text("reason", &req.reason, "reason")?,
         };
-        if !self
-            .wf
-            .store()
-            .transition(&r.request_id, t, now_micros())
-            .await
-            .map_err(db("cancelling a request"))?
-        {
-            let now = self.load(&r.request_id).await?;
-            return Err(error::violation(
-                next(state_of(&now), Event::Cancel).err().unwrap_or_else(|| {
-                    Violation::new(Rule::Lifecycle, "request_id", "the request changed meanwhile; retry")
-                }),
-            ));
-        }
-        tracing::info!(request_id = r.request_id, by = who, "request cancelled");
-        self.wf.drive(&r.request_id).await;
+        let r = self.wf.command(&r.request_id, command).await?;
         Ok(Response::new(pb::CancelPortChangeRequestResponse {
-            request: Some(self.current(&r.request_id).await?),
+            request: Some(self.show(r).await?),
         }))
     }
 

@@ -5,7 +5,7 @@ use sspm_proto::v1 as pb;
 use sspm_rules::{Amount, PortLimits, RequestState};
 
 use crate::entities::{history, request};
-use crate::workflow::{change_of, state_of};
+use crate::model::{change_of, state_of};
 
 /// Limits as the API shows them.
 pub fn limits_pb(l: PortLimits) -> pb::PortLimits {

@@ -2,13 +2,25 @@
 //! history, and the workflow that drives each request to a terminal state (DESIGN §2).
 //!
 //! It owns its database (schema in [`migration`]) and serves `sspm.v1.PortRequestService`.
+//!
+//! How it is laid out: [`model`] is the request as the steps see it, [`plan`] the
+//! transition table (pure: request, event, time → next step), [`store`] writes a step in
+//! one transaction, [`outbox`] carries out the calls a step queued, [`workflow`] runs the
+//! steps (create's first steps inline, decisions, reverts, commands), [`worker`] its
+//! background loops, [`api`] the handlers (parse, authorise, command), [`watch`] the watch
+//! streams, and [`bulk`] what only the load harness writes.
 
 pub mod api;
+pub mod bulk;
 pub mod convert;
 pub mod entities;
 pub mod migration;
+pub mod model;
+pub mod outbox;
+pub mod plan;
 pub mod store;
 pub mod watch;
+pub mod worker;
 pub mod workflow;
 
 use std::sync::Arc;
@@ -39,14 +51,12 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     let store = store::Store::new(app.db.clone())
         .with_reader(app.read_db.clone())
         .with_group_commit(config.workflow.group_commit_queue);
-    let workflow = Arc::new(workflow::Workflow::new(
-        store,
-        authz,
-        TicketingServiceClient::new(connect_lazy(&endpoint(ServiceKind::Ticketing), &config.clients)?),
-        ApprovalServiceClient::new(connect_lazy(&endpoint(ServiceKind::Approval), &config.clients)?),
+    let outbox = outbox::Outbox {
+        ticketing: TicketingServiceClient::new(connect_lazy(&endpoint(ServiceKind::Ticketing), &config.clients)?),
+        approval: ApprovalServiceClient::new(connect_lazy(&endpoint(ServiceKind::Approval), &config.clients)?),
         identity,
-        config.workflow.clone(),
-    ));
+    };
+    let workflow = Arc::new(workflow::Workflow::new(store, authz, outbox, config.workflow.clone()));
     let watchers = watch::Watchers::new(
         config.admission.max_watch_streams,
         config.admission.per_principal_max_watch_streams,

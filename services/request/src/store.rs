@@ -12,27 +12,11 @@ use sea_orm::{
 use sspm_platform::audit;
 use sspm_platform::db::{DbErrorKind, SelectUnique, classify};
 use sspm_platform::group_commit::{BoxFuture, Savepoint, Writer};
-use sspm_rules::RequestState;
+use sspm_rules::{RequestState, Rule, Violation};
 
 use crate::entities::{cursor, effect, history, limits, request};
-
-/// Requests per INSERT statement of [`Store::import_history`] (31 columns each).
-const IMPORT_CHUNK: usize = 1000;
-
-/// A history entry to write.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    /// `TRANSITION`, `REVERTED` or `NOTE`.
-    pub kind: &'static str,
-    /// Who.
-    pub actor: String,
-    /// State before.
-    pub from: Option<RequestState>,
-    /// State after.
-    pub to: RequestState,
-    /// Why.
-    pub reason: String,
-}
+use crate::model::Request;
+use crate::plan::{self, Entry, Step};
 
 /// What [`Store::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,73 +27,23 @@ pub enum Inserted {
     LimitsMoved,
 }
 
-/// An effect to enqueue.
-#[derive(Debug, Clone)]
-pub struct NewEffect {
-    /// Kind (see `crate::workflow::Effect`).
-    pub kind: &'static str,
-    /// Argument.
-    pub argument: String,
-    /// On whose behalf.
-    pub actor: String,
-}
-
-/// A transition: the state change, extra columns, history and effects.
+/// What [`Store::first_step`] and [`Store::step`] did.
 #[derive(Debug)]
-pub struct Transition {
-    /// From.
-    pub from: RequestState,
-    /// To.
-    pub to: RequestState,
-    /// Who.
-    pub actor: String,
-    /// Why.
-    pub reason: String,
-    /// Other columns to set.
-    pub set: Vec<(request::Column, Expr)>,
-    /// Effects to enqueue.
-    pub effects: Vec<NewEffect>,
-}
-
-/// What applying an approved change decided.
-#[derive(Debug)]
-pub enum Apply {
-    /// Write these limits and make the transition.
-    Limits(limits::Model, Transition),
-    /// The change cannot be applied: make this transition (to FAILED).
-    Fail(Transition),
-}
-
-/// What the first steps of a new request write, planned from the business unit's limits
-/// (see [`Store::first_step`]).
-#[derive(Debug, Clone)]
-pub struct Plan {
-    /// The request as it is after them (every column is written).
-    pub request: request::Model,
-    /// The limits to apply, if any.
-    pub limits: Option<sspm_rules::PortLimits>,
-    /// Its history entry.
-    pub entry: Entry,
-    /// Audit events besides the transition's: (actor, action, target, detail).
-    pub audit: Vec<(Option<String>, &'static str, String, String)>,
-    /// Effects to enqueue.
-    pub effects: Vec<NewEffect>,
-}
-
-/// What [`Store::first_step`] did.
-#[derive(Debug)]
-pub enum FirstStep {
+pub enum Stepped {
     /// Written.
-    Done(Box<Started>),
-    /// The request was no longer new and unlinked: nothing written.
-    Moved,
-    /// Another request, named, holds the case number: nothing written.
+    Done(Box<Written>),
+    /// Nothing written: the step does not apply to the request as it is now (another
+    /// worker, replica or caller moved it), as the transition table says.
+    Refused(Violation),
+    /// Nothing written: there is no such request.
+    Gone,
+    /// Nothing written: another request, named, holds the case number.
     HeldByAnother(String),
 }
 
-/// A request after its first steps.
+/// A request after a step.
 #[derive(Debug, Clone)]
-pub struct Started {
+pub struct Written {
     /// The request as stored now.
     pub request: request::Model,
     /// The history entry written.
@@ -368,32 +302,36 @@ impl Store {
     }
 
     /// The first steps of a new request in one transaction (see `Workflow::first_steps`):
-    /// its case number, the decision and what follows from it, planned by `plan` from the
-    /// business unit's limits. The limits are assumed to be `before`, those the request was
-    /// computed from (checked in the insert's transaction): the write is guarded by them (compare
-    /// and set), and only when they moved since (a revert, an onboarding) are they read and
-    /// the plan made again. Nothing is written when the request is no longer new and
-    /// unlinked ([`FirstStep::Moved`]) or another request holds the case number.
+    /// its case number, the decision and what follows from it, the step `plan` makes from
+    /// the business unit's limits. The limits are assumed to be `before`, those the request
+    /// was computed from (checked in the insert's transaction): the write is guarded by them
+    /// (compare and set), and only when they moved since (a revert, an onboarding) are they
+    /// read and the step planned again. Nothing is written when the request is no longer
+    /// new and undecided ([`Stepped::Refused`]) or another request holds the case number.
     pub async fn first_step(
         &self,
         old: &request::Model,
         before: sspm_rules::PortLimits,
         now: i64,
-        plan: impl Fn(sspm_rules::PortLimits) -> Plan,
-    ) -> Result<FirstStep, DbErr> {
+        lease_until: i64,
+        plan: impl Fn(sspm_rules::PortLimits) -> Result<Step, Violation>,
+    ) -> Result<Stepped, DbErr> {
         let mut assumed = before;
         for _ in 0..5 {
-            let p = plan(assumed);
+            let step = match plan(assumed) {
+                Ok(step) => step,
+                Err(v) => return Ok(Stepped::Refused(v)),
+            };
             let old = old.clone();
             let wrote = self
-                .write(move |tx| Box::pin(async move { first_step_in(tx, old, assumed, p, now).await }))
+                .write(move |tx| Box::pin(async move { first_step_in(tx, old, assumed, step, now, lease_until).await }))
                 .await?;
             match wrote {
-                StepWrite::Done(started) => return Ok(FirstStep::Done(started)),
-                StepWrite::Moved => return Ok(FirstStep::Moved),
+                StepWrite::Done(written) => return Ok(Stepped::Done(written)),
+                StepWrite::Moved(v) => return Ok(Stepped::Refused(v)),
                 StepWrite::LimitsAre(current) => assumed = current,
                 StepWrite::CaseHeld(number) => {
-                    return Ok(FirstStep::HeldByAnother(self.holder_of_case(&number).await?));
+                    return Ok(Stepped::HeldByAnother(self.holder_of_case(&number).await?));
                 }
             }
         }
@@ -428,209 +366,66 @@ impl Store {
         .await
     }
 
-    /// Records a decision on an open request in `state` that has none yet; whether it did.
-    /// The request is scheduled for the worker at `lease_until`: if the caller dies before
-    /// applying the decision, the worker applies it then.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn record_decision(
+    /// One step of request `id` in one transaction: the request (and, `with_limits`, its
+    /// business unit's limits) read and locked, the step `plan` makes from them (the
+    /// transition table, `crate::plan::next_step`) written: the request's state and columns,
+    /// the limits, history, audit and outbox. A step that queues effects leaves the request
+    /// leased until `lease_until`, so that the worker carries them out if the caller dies.
+    pub async fn step<P>(
         &self,
         id: &str,
-        state: RequestState,
-        by: &str,
-        approved: bool,
-        reason: &str,
-        path: &str,
+        with_limits: bool,
         now: i64,
         lease_until: i64,
-    ) -> Result<bool, DbErr> {
-        let tx = self.begin().await?;
-        let r = request::Entity::update_many()
-            .col_expr(request::Column::DecidedBy, Expr::val(by))
-            .col_expr(request::Column::DecisionApproved, Expr::val(approved))
-            .col_expr(request::Column::DecisionReason, Expr::val(reason))
-            .col_expr(request::Column::DecideTime, Expr::val(now))
-            .col_expr(request::Column::ApprovalPath, Expr::val(path))
-            .col_expr(request::Column::UpdateTime, Expr::val(now))
-            .col_expr(request::Column::NextAttemptAt, Expr::val(lease_until))
-            .filter(request::Column::RequestId.eq(id))
-            .filter(request::Column::State.eq(state.as_str()))
-            .filter(request::Column::DecidedBy.is_null())
-            .exec(&tx)
-            .await?;
-        if r.rows_affected == 1 {
-            let verdict = if approved { "approved" } else { "rejected" };
-            let detail = format!("{verdict} ({path}): {reason}");
-            audit::record_as(&tx, Some(by), "request.decided", id, &detail, now).await?;
-        }
-        tx.commit().await?;
-        Ok(r.rows_affected == 1)
-    }
-
-    /// Makes a transition if the request is still in `t.from`; whether it did.
-    pub async fn transition(&self, id: &str, t: Transition, now: i64) -> Result<bool, DbErr> {
-        let tx = self.begin().await?;
-        if !transition_in(&tx, id, t, now).await? {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Applies an approved change: locks the business unit's limits, lets `decide` compute
-    /// the new limits (or the failure) from the request and the limits as they are now, and
-    /// writes both in one transaction. `None` when the request left `from` meanwhile.
-    pub async fn apply(
-        &self,
-        id: &str,
-        from: RequestState,
-        now: i64,
-        decide: impl FnOnce(&request::Model, Option<&limits::Model>) -> Apply,
-    ) -> Result<Option<bool>, DbErr> {
-        let tx = self.begin().await?;
-        let Some(r) = request::Entity::find_by_id(id.to_owned())
-            .lock_exclusive()
-            .unique(&tx)
-            .await?
-            .filter(|r| r.state == from.as_str())
-        else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let current = limits::Entity::find_by_id(r.business_unit_id.clone())
-            .lock_exclusive()
-            .unique(&tx)
-            .await?;
-        let applied = match decide(&r, current.as_ref()) {
-            Apply::Limits(new, t) => {
-                write_limits(&tx, current.as_ref(), new, &format!("applied by {id}"), now).await?;
-                transition_in(&tx, id, t, now).await?;
-                true
-            }
-            Apply::Fail(t) => {
-                transition_in(&tx, id, t, now).await?;
-                false
-            }
-        };
-        tx.commit().await?;
-        Ok(Some(applied))
-    }
-
-    /// Reverts a temporary change: computes the limits with `revert` from the limits as
-    /// they are now and records the revert, once. Whether it reverted.
-    pub async fn revert(
-        &self,
-        id: &str,
-        now: i64,
-        revert: impl FnOnce(&request::Model, &limits::Model) -> (limits::Model, Entry, NewEffect),
-    ) -> Result<bool, DbErr> {
-        let tx = self.begin().await?;
-        let Some(r) = request::Entity::find_by_id(id.to_owned())
-            .lock_exclusive()
-            .unique(&tx)
-            .await?
-            .filter(|r| r.reverted_time.is_none() && r.revert_at.is_some())
-        else {
-            tx.rollback().await?;
-            return Ok(false);
-        };
-        let Some(current) = limits::Entity::find_by_id(r.business_unit_id.clone())
-            .lock_exclusive()
-            .unique(&tx)
-            .await?
-        else {
-            tx.rollback().await?;
-            return Ok(false);
-        };
-        let (new, entry, effect) = revert(&r, &current);
-        request::Entity::update_many()
-            .col_expr(request::Column::RevertedTime, Expr::val(now))
-            .col_expr(request::Column::RevertedConcurrent, Expr::val(new.concurrent))
-            .col_expr(request::Column::RevertedOutbound, Expr::val(new.outbound))
-            .col_expr(request::Column::RevertedAgentless, Expr::val(new.agentless))
-            .col_expr(request::Column::UpdateTime, Expr::val(now))
-            .filter(request::Column::RequestId.eq(id))
-            .exec(&tx)
-            .await?;
-        write_limits(&tx, Some(&current), new, &format!("reverted by {id}"), now).await?;
-        write_history(&tx, id, now, entry).await?;
-        write_effects(&tx, id, vec![effect]).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Writes requests that are already over, each with its history (entries with their
-    /// times), in one transaction, and
-    /// one audit event for them all (`request.history_imported`): the bulk path of the load
-    /// harness (`sspm-load history`) for measuring with a long history. Nothing is written
-    /// when any of them cannot be (an id that exists, an open state).
-    pub async fn import_history(
-        &self,
-        requests: Vec<(request::Model, Vec<(i64, Entry)>)>,
-        actor: &str,
-        now: i64,
-    ) -> Result<(), DbErr> {
-        if let Some((r, _)) = requests
-            .iter()
-            .find(|(r, _)| RequestState::from_name(&r.state).is_none_or(|s| s.is_open()))
-        {
-            return Err(DbErr::Custom(format!(
-                "request {} is {}: only requests that are over can be imported",
-                r.request_id, r.state
-            )));
-        }
-        let count = requests.len();
-        let mut rows = Vec::with_capacity(count);
-        let mut entries = Vec::with_capacity(count * 2);
-        for (r, history) in requests {
-            entries.extend(history.into_iter().map(|(time, e)| history_row(&r.request_id, time, e)));
-            rows.push(request::ActiveModel::from(r));
-        }
-        let tx = self.begin().await?;
-        // Chunks keep each statement under SQLite's limit of bound parameters (32,766).
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            request::Entity::insert_many(rows.by_ref().take(IMPORT_CHUNK))
-                .exec_without_returning(&tx)
-                .await?;
-        }
-        let mut entries = entries.into_iter().peekable();
-        while entries.peek().is_some() {
-            history::Entity::insert_many(entries.by_ref().take(IMPORT_CHUNK * 4))
-                .exec_without_returning(&tx)
-                .await?;
-        }
-        let detail = format!("{count} requests that are over, with their history");
-        audit::record_as(
-            &tx,
-            Some(actor),
-            "request.history_imported",
-            "port_change_requests",
-            &detail,
-            now,
-        )
-        .await?;
-        tx.commit().await
-    }
-
-    /// Refreshes the query planner's statistics of the requests and their history, as after
-    /// any bulk load ([`Store::import_history`]): until autovacuum gets to it, PostgreSQL
-    /// would plan for the table as it was.
-    pub async fn analyze(&self) -> Result<(), DbErr> {
-        let sql = match self.db.get_database_backend() {
-            sea_orm::DbBackend::Postgres => "ANALYZE port_change_requests, request_history",
-            _ => "ANALYZE port_change_requests; ANALYZE request_history",
-        };
-        self.db.execute_unprepared(sql).await.map(|_| ())
-    }
-
-    /// How many requests have an id starting with `prefix` (`sspm-load history` resumes after them).
-    pub async fn count_with_prefix(&self, prefix: &str) -> Result<u64, DbErr> {
-        use sea_orm::PaginatorTrait;
-        request::Entity::find()
-            .filter(request::Column::RequestId.starts_with(prefix))
-            .count(&self.read)
-            .await
+        plan: P,
+    ) -> Result<Stepped, DbErr>
+    where
+        P: FnOnce(&Request, sspm_rules::PortLimits) -> Result<Step, Violation> + Send + 'static,
+    {
+        let id = id.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let Some(old) = request::Entity::find_by_id(id.clone())
+                    .lock_exclusive()
+                    .unique(tx)
+                    .await?
+                else {
+                    return Ok(Savepoint::Undo(Stepped::Gone));
+                };
+                let current = if with_limits {
+                    limits::Entity::find_by_id(old.business_unit_id.clone())
+                        .lock_exclusive()
+                        .unique(tx)
+                        .await?
+                } else {
+                    None
+                };
+                let model = Request::from_row(&old)?;
+                let step = match plan(&model, stored_limits(current.as_ref())?) {
+                    Ok(step) => step,
+                    Err(v) => return Ok(Savepoint::Undo(Stepped::Refused(v))),
+                };
+                if let Some(after) = step.limits {
+                    let cause = if step.entry.kind == "REVERTED" {
+                        "reverted"
+                    } else {
+                        "applied"
+                    };
+                    let new = limits_row(&old.business_unit_id, after);
+                    write_limits(tx, current.as_ref(), new, &format!("{cause} by {id}"), now).await?;
+                }
+                let guard = Condition::all().add(request::Column::State.eq(step.from.as_str()));
+                match write_step_in(tx, old, step, Vec::new(), guard, now, lease_until).await? {
+                    Some(written) => Ok(Savepoint::Keep(Stepped::Done(Box::new(written)))),
+                    None => Ok(Savepoint::Undo(Stepped::Refused(Violation::new(
+                        Rule::Lifecycle,
+                        "request_id",
+                        "the request changed meanwhile; retry",
+                    )))),
+                }
+            })
+        })
+        .await
     }
 
     /// Business figures: the number of requests by state and approval path, and of effects
@@ -881,26 +676,28 @@ pub enum Provisioned {
 /// What one attempt of [`Store::first_step`] wrote.
 enum StepWrite {
     /// Everything.
-    Done(Box<Started>),
-    /// Nothing: the request is no longer new and unlinked.
-    Moved,
+    Done(Box<Written>),
+    /// Nothing: the request is no longer new and undecided.
+    Moved(Violation),
     /// Nothing: the limits are these, not those assumed; plan again.
     LimitsAre(sspm_rules::PortLimits),
     /// Nothing: another request holds this case number.
     CaseHeld(String),
 }
 
-/// One attempt of [`Store::first_step`] in `tx`, with `p` planned from the limits `assumed`.
+/// One attempt of [`Store::first_step`] in `tx`, with `step` planned from the limits `assumed`.
 async fn first_step_in(
     tx: &DatabaseTransaction,
     old: request::Model,
     assumed: sspm_rules::PortLimits,
-    mut p: Plan,
+    step: Step,
     now: i64,
+    lease_until: i64,
 ) -> Result<Savepoint<StepWrite>, DbErr> {
-    let id = old.request_id.as_str();
-    let bu = old.business_unit_id.as_str();
-    if let Some(after) = p.limits {
+    let id = old.request_id.clone();
+    let bu = old.business_unit_id.clone();
+    let mut audit = Vec::new();
+    if let Some(after) = step.limits {
         let was = (
             i32::from(assumed.concurrent.get()),
             i32::from(assumed.outbound.get()),
@@ -917,7 +714,7 @@ async fn first_step_in(
             .col_expr(limits::Column::Agentless, Expr::val(a))
             .col_expr(limits::Column::Version, Expr::col(limits::Column::Version).add(1))
             .col_expr(limits::Column::UpdateTime, Expr::val(now))
-            .filter(limits::Column::BusinessUnitId.eq(bu))
+            .filter(limits::Column::BusinessUnitId.eq(bu.as_str()))
             .filter(limits::Column::Concurrent.eq(was.0))
             .filter(limits::Column::Outbound.eq(was.1))
             .filter(limits::Column::Agentless.eq(was.2))
@@ -928,7 +725,7 @@ async fn first_step_in(
         if !written && was == (0, 0, 0) {
             // No limits on record yet (zero): the first ones.
             let inserted = limits::Entity::insert(limits::ActiveModel {
-                business_unit_id: Set(bu.to_owned()),
+                business_unit_id: Set(bu.clone()),
                 concurrent: Set(c),
                 outbound: Set(o),
                 agentless: Set(a),
@@ -941,7 +738,7 @@ async fn first_step_in(
             written = matches!(inserted, sea_orm::TryInsertResult::Inserted(1));
         }
         if !written {
-            let current = limits::Entity::find_by_id(bu.to_owned()).unique(tx).await?;
+            let current = limits::Entity::find_by_id(bu.clone()).unique(tx).await?;
             let current = stored_limits(current.as_ref())?;
             return Ok(Savepoint::Undo(StepWrite::LimitsAre(current)));
         }
@@ -949,46 +746,127 @@ async fn first_step_in(
             "concurrent/outbound/agentless {}/{}/{} -> {c}/{o}/{a} (applied by {id})",
             was.0, was.1, was.2
         );
-        p.audit.push((None, "limits.changed", bu.to_owned(), detail));
+        audit.push((None, "limits.changed", bu.clone(), detail));
     }
-    let mut row = request::ActiveModel::from(p.request.clone()).reset_all();
+    // Still new and undecided, and unlinked or linked to this very case (a request an
+    // earlier version linked first).
+    let case = step.set.iter().find_map(|s| match s {
+        plan::Set::CaseNumber(c) => Some(c.clone()),
+        _ => None,
+    });
+    let linked = match &old.case_number {
+        Some(mine) => request::Column::CaseNumber.eq(mine.as_str()),
+        None => request::Column::CaseNumber.is_null(),
+    };
+    let guard = Condition::all()
+        .add(request::Column::State.eq(RequestState::New.as_str()))
+        .add(request::Column::DecidedBy.is_null())
+        .add(linked);
+    match write_step_in(tx, old, step, audit, guard, now, lease_until).await {
+        Ok(Some(written)) => Ok(Savepoint::Keep(StepWrite::Done(Box::new(written)))),
+        Ok(None) => Ok(Savepoint::Undo(StepWrite::Moved(Violation::new(
+            Rule::Lifecycle,
+            "request_id",
+            format!("request {id} is no longer new and undecided"),
+        )))),
+        Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
+            Ok(Savepoint::Undo(StepWrite::CaseHeld(case.unwrap_or_default())))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `old` with what `step` sets, as it is after the step at `now`.
+fn patched(mut r: request::Model, step: &Step, now: i64, lease_until: i64) -> request::Model {
+    r.state = step.to().as_str().to_owned();
+    r.update_time = now;
+    for set in &step.set {
+        match set {
+            plan::Set::CaseNumber(number) => r.case_number = Some(number.clone()),
+            plan::Set::Decision(d) => {
+                r.decided_by = Some(d.by.clone());
+                r.decision_approved = Some(d.approved);
+                r.decision_reason = Some(d.reason.clone());
+                r.decide_time = Some(d.time);
+                r.approval_path = Some(d.path.as_str().to_owned());
+            }
+            plan::Set::Path(path) => r.approval_path = Some(path.as_str().to_owned()),
+            plan::Set::Justification(text) => r.justification = Some(text.clone()),
+            plan::Set::FailureReason(why) => r.failure_reason = Some(why.clone()),
+            plan::Set::Reverted(l) => {
+                r.reverted_time = Some(now);
+                r.reverted_concurrent = Some(l.concurrent.get().into());
+                r.reverted_outbound = Some(l.outbound.get().into());
+                r.reverted_agentless = Some(l.agentless.get().into());
+            }
+        }
+    }
+    if !step.effects.is_empty() {
+        // Leased: whoever made the step carries the effects out; the worker once the
+        // lease ends, if it could not.
+        r.next_attempt_at = Some(lease_until);
+        r.attempts = 0;
+    }
+    r
+}
+
+/// Writes `step` of request `old` in `tx` where `guard` still holds of its row: the row as
+/// the step leaves it, one multi-row audit insert (`audit`, besides the step's own and its
+/// history entry's), the history entry and the effects (their ids returned). `None`, and
+/// nothing written, when the guard no longer holds.
+async fn write_step_in(
+    tx: &DatabaseTransaction,
+    old: request::Model,
+    step: Step,
+    mut audit: Vec<(Option<String>, &'static str, String, String)>,
+    guard: Condition,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<Written>, DbErr> {
+    let id = old.request_id.clone();
+    let new = patched(old, &step, now, lease_until);
+    let mut row = request::ActiveModel::from(new.clone()).reset_all();
     row.request_id = NotSet;
     let updated = request::Entity::update_many()
         .set(row)
-        .filter(request::Column::RequestId.eq(id))
-        .filter(request::Column::State.eq(RequestState::New.as_str()))
-        .filter(request::Column::CaseNumber.is_null())
-        .filter(request::Column::DecidedBy.is_null())
+        .filter(request::Column::RequestId.eq(id.as_str()))
+        .filter(guard)
         .exec(tx)
-        .await;
-    match updated {
-        Ok(r) if r.rows_affected == 1 => {}
-        Ok(_) => return Ok(Savepoint::Undo(StepWrite::Moved)),
-        Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
-            return Ok(Savepoint::Undo(StepWrite::CaseHeld(
-                p.request.case_number.clone().unwrap_or_default(),
-            )));
-        }
-        Err(e) => return Err(e),
+        .await?;
+    if updated.rows_affected != 1 {
+        return Ok(None);
     }
-    let entry = p.entry.clone();
-    let detail = audit_detail(&entry);
-    let mut audit: Vec<audit::Entry<'_>> = p
-        .audit
+    let Step {
+        entry,
+        audit: step_audit,
+        effects,
+        ..
+    } = step;
+    audit.extend(
+        step_audit
+            .into_iter()
+            .map(|(actor, action, detail)| (actor, action, id.clone(), detail)),
+    );
+    audit.push((
+        Some(entry.actor.clone()),
+        audit_action(&entry),
+        id.clone(),
+        audit_detail(&entry),
+    ));
+    let rows: Vec<audit::Entry<'_>> = audit
         .iter()
         .map(|(actor, action, target, detail)| (actor.as_deref(), *action, target.as_str(), detail.clone()))
         .collect();
-    audit.push((Some(entry.actor.as_str()), "request.transition", id, detail));
-    audit::record_many(tx, &audit, now).await?;
-    history::Entity::insert(history_row(id, now, entry))
+    audit::record_many(tx, &rows, now).await?;
+    history::Entity::insert(history_row(&id, now, entry.clone()))
         .exec_without_returning(tx)
         .await?;
-    let effects = if p.effects.is_empty() {
+    let effects = if effects.is_empty() {
         Vec::new()
     } else {
-        effect::Entity::insert_many(p.effects.iter().map(|e| effect::ActiveModel {
+        effect::Entity::insert_many(effects.iter().map(|e| effect::ActiveModel {
             id: NotSet,
-            request_id: Set(id.to_owned()),
+            request_id: Set(id.clone()),
             kind: Set(e.kind.to_owned()),
             argument: Set(e.argument.clone()),
             actor: Set(e.actor.clone()),
@@ -997,11 +875,11 @@ async fn first_step_in(
         .exec_with_returning(tx)
         .await?
     };
-    Ok(Savepoint::Keep(StepWrite::Done(Box::new(Started {
-        history: history_model(id, now, p.entry),
-        request: p.request,
+    Ok(Some(Written {
+        history: history_model(&id, now, entry),
+        request: new,
         effects,
-    }))))
+    }))
 }
 
 /// `state IN ('NEW', ...)` with the open states as literals, exactly as the partial index
@@ -1063,17 +941,21 @@ async fn write_limits(
 }
 
 async fn write_history(tx: &DatabaseTransaction, id: &str, time: i64, e: Entry) -> Result<(), DbErr> {
-    let action = match (e.kind, e.from) {
-        ("TRANSITION", None) => "request.created",
-        ("TRANSITION", Some(_)) => "request.transition",
-        ("REVERTED", _) => "request.reverted",
-        _ => "request.note",
-    };
-    audit::record_as(tx, Some(&e.actor), action, id, &audit_detail(&e), time).await?;
+    audit::record_as(tx, Some(&e.actor), audit_action(&e), id, &audit_detail(&e), time).await?;
     history::Entity::insert(history_row(id, time, e))
         .exec_without_returning(tx)
         .await
         .map(|_| ())
+}
+
+/// The audit action of history entry `e`.
+fn audit_action(e: &Entry) -> &'static str {
+    match (e.kind, e.from) {
+        ("TRANSITION", None) => "request.created",
+        ("TRANSITION", Some(_)) => "request.transition",
+        ("REVERTED", _) => "request.reverted",
+        _ => "request.note",
+    }
 }
 
 /// What the audit trail says of history entry `e`.
@@ -1099,7 +981,7 @@ pub(crate) fn history_model(id: &str, time: i64, e: Entry) -> history::Model {
 }
 
 /// The row of history entry `e` of request `id`.
-fn history_row(id: &str, time: i64, e: Entry) -> history::ActiveModel {
+pub(crate) fn history_row(id: &str, time: i64, e: Entry) -> history::ActiveModel {
     let mut row = history::ActiveModel::from(history_model(id, time, e));
     row.id = NotSet;
     row
@@ -1123,54 +1005,4 @@ fn stored_limits(l: Option<&limits::Model>) -> Result<sspm_rules::PortLimits, Db
         sspm_rules::PortLimits::parse(l.concurrent.into(), l.outbound.into(), l.agentless.into(), "")
             .map_err(|e| DbErr::Custom(format!("stored limits of {} are invalid: {e}", l.business_unit_id)))
     })
-}
-
-async fn write_effects(tx: &DatabaseTransaction, id: &str, effects: Vec<NewEffect>) -> Result<(), DbErr> {
-    for e in effects {
-        effect::Entity::insert(effect::ActiveModel {
-            id: NotSet,
-            request_id: Set(id.to_owned()),
-            kind: Set(e.kind.to_owned()),
-            argument: Set(e.argument),
-            actor: Set(e.actor),
-            done_time: Set(None),
-        })
-        .exec_without_returning(tx)
-        .await?;
-    }
-    Ok(())
-}
-
-async fn transition_in(tx: &DatabaseTransaction, id: &str, t: Transition, now: i64) -> Result<bool, DbErr> {
-    let mut update = request::Entity::update_many()
-        .col_expr(request::Column::State, Expr::val(t.to.as_str()))
-        .col_expr(request::Column::UpdateTime, Expr::val(now));
-    for (col, value) in t.set {
-        update = update.col_expr(col, value);
-    }
-    let changed = update
-        .filter(request::Column::RequestId.eq(id))
-        .filter(request::Column::State.eq(t.from.as_str()))
-        .exec(tx)
-        .await?
-        .rows_affected
-        == 1;
-    if !changed {
-        return Ok(false);
-    }
-    write_history(
-        tx,
-        id,
-        now,
-        Entry {
-            kind: "TRANSITION",
-            actor: t.actor.clone(),
-            from: Some(t.from),
-            to: t.to,
-            reason: t.reason,
-        },
-    )
-    .await?;
-    write_effects(tx, id, t.effects).await?;
-    Ok(true)
 }

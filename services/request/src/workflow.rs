@@ -1,144 +1,29 @@
-//! The reconciler (DESIGN §2): each request's next step is computed from its stored state,
-//! and every step is idempotent (the case is opened with the request id as its external
-//! reference, the ledger reservation is keyed by the request id, transitions are guarded by
-//! the state they leave, calls to other services go through an outbox written with the
-//! transition). Create runs the steps inline; a worker re-runs any request whose step failed,
-//! with backoff, so an outage or a crash never loses or duplicates anything.
+//! The reconciler (RELIABILITY.md, "The request path, step by step"): each request's next
+//! step is computed by the transition table ([`crate::plan`]) from its stored state and
+//! what other services answered, and every step is idempotent (the case is opened with the
+//! request id as its external reference, the ledger reservation is keyed by the request
+//! id, steps are guarded by the state they leave, calls to other services go through the
+//! outbox written with the step). Create runs the first steps inline; the worker
+//! ([`crate::worker`]) re-runs any request whose step failed, with backoff, so an outage or
+//! a crash never loses or duplicates anything.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::Rng;
 use sea_orm::DbErr;
-use sea_orm::sea_query::Expr;
-use sspm_platform::client::InternalChannel;
 use sspm_platform::config::WorkflowConfig;
 use sspm_platform::rpc::{Authz, ServiceIdentity, is_transient, now_micros};
 use sspm_proto::v1 as pb;
-use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
-use sspm_proto::v1::ticketing_service_client::TicketingServiceClient;
-use sspm_rules::lifecycle::{Event, next};
-use sspm_rules::{BusinessUnitFacts, PortLimits, RequestState, Targets, ValidatedChange, reapply, revert};
+use sspm_rules::{BusinessUnitFacts, RequestState, ValidatedChange, Violation};
 use tokio::sync::broadcast;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
-use crate::entities::{effect, limits, request};
-use crate::store::{Apply, CaseLink, Entry, FirstStep, NewEffect, Plan, Started, Store, Transition, limits_row};
-
-/// The verdict on a new request's increase (R8), with the reason in words.
-#[derive(Debug, Clone)]
-enum Verdict {
-    /// It fits the daily limit, or needs no check: approve automatically.
-    Fits(String),
-    /// It exceeds the daily limit: a human decides. The request goes `to` review or to a
-    /// request for information ([`Workflow::to_review`]), with these effects.
-    Exceeds {
-        /// Why, in words.
-        why: String,
-        /// The state it goes to.
-        to: RequestState,
-        /// The calls that say so.
-        effects: Vec<NewEffect>,
-    },
-}
-
-/// The effects of an approved change that cannot be applied (it fails instead).
-fn cannot_apply(why: &str) -> Vec<NewEffect> {
-    vec![
-        Effect::Release("the change could not be applied".into()).by(SYSTEM),
-        Effect::CloseCase(format!("Failed: approved but cannot be applied: {why}")).by(SYSTEM),
-    ]
-}
-
-/// The plan of [`Workflow::first_steps`] from the business unit's limits as they are
-/// (`current`): a pure function of what the case, the verdict and the facts say.
-#[allow(clippy::too_many_arguments)]
-fn first_plan(
-    r: &request::Model,
-    change: &ValidatedChange,
-    case: &str,
-    verdict: &Verdict,
-    facts: Option<BusinessUnitFacts>,
-    current: PortLimits,
-    now: i64,
-) -> Plan {
-    let id = r.request_id.clone();
-    let mut new = r.clone();
-    new.case_number = Some(case.to_owned());
-    new.update_time = now;
-    new.next_attempt_at = Some(Workflow::lease_until(now));
-    new.attempts = 0;
-    let mut audit = vec![(None, "request.case_linked", id.clone(), format!("case {case}"))];
-    let transition = |to: RequestState, actor: &str, reason: String| Entry {
-        kind: "TRANSITION",
-        actor: actor.to_owned(),
-        from: Some(RequestState::New),
-        to,
-        reason,
-    };
-    match verdict {
-        Verdict::Exceeds { why, to, effects } => {
-            new.state = to.as_str().to_owned();
-            new.approval_path = Some("REVIEW".to_owned());
-            Plan {
-                request: new,
-                limits: None,
-                entry: transition(*to, SYSTEM, why.clone()),
-                audit,
-                effects: effects.clone(),
-            }
-        }
-        Verdict::Fits(reason) => {
-            new.decided_by = Some(SYSTEM.to_owned());
-            new.decision_approved = Some(true);
-            new.decision_reason = Some(reason.clone());
-            new.decide_time = Some(now);
-            new.approval_path = Some("AUTOMATIC".to_owned());
-            audit.push((
-                Some(SYSTEM.to_owned()),
-                "request.decided",
-                id,
-                format!("approved (AUTOMATIC): {reason}"),
-            ));
-            let applied = match facts {
-                None => Err("the business unit no longer exists".to_owned()),
-                Some(f) => reapply(change, current, f).map_err(|v| v.to_string()),
-            };
-            match (applied, next(RequestState::New, Event::AutoApprove)) {
-                (Ok(after), Ok(to)) => {
-                    new.state = to.as_str().to_owned();
-                    let resolution = format!("Approved automatically and applied: {current} -> {after}. {reason}");
-                    Plan {
-                        request: new,
-                        limits: Some(after),
-                        entry: transition(to, SYSTEM, format!("{reason}; applied: {current} -> {after}")),
-                        audit,
-                        effects: vec![Effect::CloseCase(resolution).by(SYSTEM)],
-                    }
-                }
-                (Err(why), _) | (_, Err(sspm_rules::Violation { message: why, .. })) => {
-                    new.state = RequestState::Failed.as_str().to_owned();
-                    new.failure_reason = Some(why.clone());
-                    Plan {
-                        request: new,
-                        limits: None,
-                        entry: transition(
-                            RequestState::Failed,
-                            SYSTEM,
-                            format!("approved but cannot be applied: {why}"),
-                        ),
-                        audit,
-                        effects: cannot_apply(&why),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The actor of SSPM's own steps.
-pub const SYSTEM: &str = "system";
+use crate::entities::{effect, request};
+use crate::model::{ApprovalPath, Decision, Request, change_of, state_of};
+use crate::outbox::{Effect, Outbox};
+use crate::plan::{Input, SYSTEM, Verdict, describe, next_step};
+use crate::store::{CaseLink, Stepped, Store, Written};
 
 /// Why a step could not complete.
 #[derive(Debug, thiserror::Error)]
@@ -151,121 +36,71 @@ pub enum StepError {
     Db(#[from] DbErr),
 }
 
-/// A call to another service that a transition enqueues (the outbox), with what it needs;
-/// carried out in order, after the transition committed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
-    /// Add this comment to the case.
-    Comment(String),
-    /// Set the case's status.
-    CaseStatus(pb::CaseStatus),
-    /// Close the case with this resolution.
-    CloseCase(String),
-    /// Create the approval task (from the request as stored).
-    SubmitReview,
-    /// Withdraw the approval task, for this reason.
-    WithdrawReview(String),
-    /// Release the daily-limit reservation, for this reason.
-    Release(String),
+/// What a requester asks of an open request (the handlers' commands).
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Cancel it.
+    Cancel {
+        /// Who.
+        by: String,
+        /// Why, if said.
+        reason: Option<String>,
+    },
+    /// Send it for review with this justification.
+    ProvideInformation {
+        /// Who.
+        by: String,
+        /// The justification.
+        justification: String,
+    },
 }
 
-impl Effect {
-    /// Stored kind.
-    pub fn kind(&self) -> &'static str {
+impl Command {
+    /// The event of the transition table.
+    fn input(&self) -> Input<'_> {
         match self {
-            Effect::Comment(_) => "COMMENT",
-            Effect::CaseStatus(_) => "CASE_STATUS",
-            Effect::CloseCase(_) => "CLOSE_CASE",
-            Effect::SubmitReview => "SUBMIT_REVIEW",
-            Effect::WithdrawReview(_) => "WITHDRAW_REVIEW",
-            Effect::Release(_) => "RELEASE",
-        }
-    }
-
-    /// Stored argument.
-    fn argument(&self) -> String {
-        match self {
-            Effect::Comment(text) | Effect::CloseCase(text) | Effect::WithdrawReview(text) | Effect::Release(text) => {
-                text.clone()
-            }
-            Effect::CaseStatus(status) => status.as_str_name().trim_start_matches("CASE_STATUS_").to_owned(),
-            Effect::SubmitReview => String::new(),
-        }
-    }
-
-    /// The effect a stored row holds; `None` for one this version does not know.
-    pub fn decode(kind: &str, argument: &str) -> Option<Self> {
-        let text = argument.to_owned();
-        Some(match kind {
-            "COMMENT" => Effect::Comment(text),
-            "CASE_STATUS" => Effect::CaseStatus(pb::CaseStatus::from_str_name(&format!("CASE_STATUS_{argument}"))?),
-            "CLOSE_CASE" => Effect::CloseCase(text),
-            "SUBMIT_REVIEW" => Effect::SubmitReview,
-            "WITHDRAW_REVIEW" => Effect::WithdrawReview(text),
-            "RELEASE" => Effect::Release(text),
-            _ => return None,
-        })
-    }
-
-    /// This effect, on behalf of `actor`, as the outbox stores it.
-    pub fn by(self, actor: &str) -> NewEffect {
-        NewEffect {
-            kind: self.kind(),
-            argument: self.argument(),
-            actor: actor.to_owned(),
+            Command::Cancel { by, reason } => Input::Cancel {
+                by,
+                reason: reason.as_deref(),
+            },
+            Command::ProvideInformation { by, justification } => Input::ProvideInformation { by, justification },
         }
     }
 }
 
-/// The state of a stored request.
-pub fn state_of(r: &request::Model) -> RequestState {
-    RequestState::from_name(&r.state).unwrap_or(RequestState::Failed)
+/// Why a command was not carried out: the one error of the handlers that drive requests,
+/// mapped to a status at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The request cannot take it as it is (FAILED_PRECONDITION, naming the rule).
+    #[error("{0}")]
+    Refused(Violation),
+    /// There is no such request.
+    #[error("port change request {0} not found")]
+    NotFound(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
 }
 
-/// The change a stored request asks for.
-pub fn change_of(r: &request::Model) -> Result<ValidatedChange, DbErr> {
-    let bad = |e: sspm_rules::Violations| DbErr::Custom(format!("stored request {} is invalid: {e}", r.request_id));
-    let before = PortLimits::parse(
-        r.before_concurrent.into(),
-        r.before_outbound.into(),
-        r.before_agentless.into(),
-        "",
-    )
-    .map_err(bad)?;
-    let mut targets = Targets::default();
-    for (kind, v) in [
-        (sspm_rules::PortKind::Concurrent, r.target_concurrent),
-        (sspm_rules::PortKind::Outbound, r.target_outbound),
-        (sspm_rules::PortKind::Agentless, r.target_agentless),
-    ] {
-        if let Some(v) = v {
-            let p = sspm_rules::PortLimit::parse(v.into(), "").map_err(|e| bad(e.into()))?;
-            targets.set(kind, p);
+impl From<CommandError> for Status {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Refused(v) => sspm_platform::error::violation(v),
+            CommandError::NotFound(id) => sspm_platform::error::not_found("port change request", &id),
+            CommandError::Db(e) => sspm_platform::error::database("updating a request", &e),
         }
     }
-    Ok(ValidatedChange {
-        before,
-        after: targets.apply_to(before),
-        targets,
-    })
-}
-
-/// A business unit's stored limits (zero when SSPM has none on record).
-pub fn limits_of(m: Option<&limits::Model>) -> PortLimits {
-    m.and_then(|m| PortLimits::parse(m.concurrent.into(), m.outbound.into(), m.agentless.into(), "").ok())
-        .unwrap_or_default()
 }
 
 /// The request service's workflow: the steps, the outbox and the background loops.
 #[derive(Debug, Clone)]
 pub struct Workflow {
-    store: Store,
+    pub(crate) store: Store,
     authz: Authz,
-    ticketing: TicketingServiceClient<InternalChannel>,
-    approval: ApprovalServiceClient<InternalChannel>,
-    identity: ServiceIdentity,
+    pub(crate) outbox: Outbox,
     changes: broadcast::Sender<String>,
-    cfg: WorkflowConfig,
+    pub(crate) cfg: WorkflowConfig,
 }
 
 /// Lease of a request claimed by a worker, in microseconds: long enough for every call of
@@ -274,20 +109,11 @@ const LEASE_MICROS: i64 = 60_000_000;
 
 impl Workflow {
     /// A workflow with its clients.
-    pub fn new(
-        store: Store,
-        authz: Authz,
-        ticketing: TicketingServiceClient<InternalChannel>,
-        approval: ApprovalServiceClient<InternalChannel>,
-        identity: ServiceIdentity,
-        cfg: WorkflowConfig,
-    ) -> Self {
+    pub fn new(store: Store, authz: Authz, outbox: Outbox, cfg: WorkflowConfig) -> Self {
         Self {
             store,
             authz,
-            ticketing,
-            approval,
-            identity,
+            outbox,
             changes: broadcast::Sender::new(1024),
             cfg,
         }
@@ -304,13 +130,15 @@ impl Workflow {
     }
 
     /// The approval client (for dry runs).
-    pub fn approval(&self) -> ApprovalServiceClient<InternalChannel> {
-        self.approval.clone()
+    pub fn approval(
+        &self,
+    ) -> sspm_proto::v1::approval_service_client::ApprovalServiceClient<sspm_platform::client::InternalChannel> {
+        self.outbox.approval.clone()
     }
 
     /// The service identity.
     pub fn identity(&self) -> &ServiceIdentity {
-        &self.identity
+        &self.outbox.identity
     }
 
     /// Subscribes to changed request ids (the watch streams).
@@ -328,8 +156,8 @@ impl Workflow {
         now + LEASE_MICROS
     }
 
-    /// The delay before retry number `attempt` (1 for the first), see [`backoff_ms`].
-    fn backoff_ms(&self, attempt: u32) -> u64 {
+    /// The delay before retry number `attempt` (1 for the first).
+    pub(crate) fn backoff_ms(&self, attempt: u32) -> u64 {
         sspm_platform::rpc::backoff_ms(
             self.cfg.retry_initial_ms,
             self.cfg.retry_max_ms,
@@ -345,11 +173,10 @@ impl Workflow {
         self.changed(id);
         match outcome {
             Ok(r) => {
-                let next = r.as_ref().and_then(|r| {
-                    (state_of(r) == RequestState::Approved && r.reverted_time.is_none())
-                        .then_some(r.revert_at)
-                        .flatten()
-                });
+                let next = r
+                    .as_ref()
+                    .and_then(|r| Request::from_row(r).ok())
+                    .and_then(|r| r.next_look());
                 if let Err(e) = self.store.schedule(id, next, 0).await {
                     tracing::error!(request_id = id, error = %e, "cannot schedule the request");
                 }
@@ -394,39 +221,17 @@ impl Workflow {
 
     /// One step; whether it changed anything.
     async fn step(&self, r: &request::Model) -> Result<bool, StepError> {
-        let state = state_of(r);
+        let model = Request::from_row(r)?;
         let now = now_micros();
-        if r.case_number.is_none() {
-            if state == RequestState::New && r.decided_by.is_none() {
-                self.first_steps(r, None).await?;
-            } else {
-                self.open_case(r).await?;
-            }
+        if model.state == RequestState::New && model.decision.is_none() {
+            return Ok(self.first_steps(r, None).await?.is_some());
+        }
+        if model.case_number.is_none() {
+            self.open_case(r).await?;
             return Ok(true);
         }
-        if state.is_open() {
-            match r.decision_approved {
-                None if state == RequestState::New => return self.evaluate(r).await.map(|()| true),
-                Some(true) => return self.apply(r).await.map(|()| true),
-                Some(false) => {
-                    let by = r.decided_by.clone().unwrap_or_else(|| SYSTEM.to_owned());
-                    let why = r.decision_reason.clone().unwrap_or_default();
-                    let t = Transition {
-                        from: state,
-                        to: next(state, Event::Reject).map_err(|v| DbErr::Custom(v.to_string()))?,
-                        actor: by.clone(),
-                        reason: why.clone(),
-                        set: vec![],
-                        effects: vec![
-                            Effect::Release("rejected".into()).by(&by),
-                            Effect::CloseCase(format!("Rejected by {by}: {why}")).by(&by),
-                        ],
-                    };
-                    self.store.transition(&r.request_id, t, now).await?;
-                    return Ok(true);
-                }
-                None => {}
-            }
+        if model.state.is_open() && model.decision.is_some() {
+            return self.resume(&model).await;
         }
         let effects = self.store.pending_effects(&r.request_id).await?;
         if !effects.is_empty() {
@@ -436,9 +241,8 @@ impl Workflow {
             }
             return Ok(true);
         }
-        if state == RequestState::Approved && r.reverted_time.is_none() && r.revert_at.is_some_and(|t| t <= now) {
-            self.revert(r).await?;
-            return Ok(true);
+        if model.next_look().is_some_and(|t| t <= now) {
+            return self.revert(&model).await;
         }
         Ok(false)
     }
@@ -469,9 +273,10 @@ impl Workflow {
             requester: r.requester.clone(),
         };
         let case = self
+            .outbox
             .ticketing
             .clone()
-            .open_case(self.identity.request(req, Some(&r.requester)))
+            .open_case(self.outbox.identity.request(req, Some(&r.requester)))
             .await
             .map_err(|s| remote("ticketing service", &s))?
             .into_inner()
@@ -520,9 +325,10 @@ impl Workflow {
             increase,
         };
         let answer = self
+            .outbox
             .approval
             .clone()
-            .evaluate_increase(self.identity.request(req, Some(&r.requester)))
+            .evaluate_increase(self.outbox.identity.request(req, Some(&r.requester)))
             .await
             .map_err(|s| remote("approval service", &s))?
             .into_inner();
@@ -549,90 +355,25 @@ impl Workflow {
             "+{increase} concurrent ports exceed the daily limit for automatic approval on {} ({budget})",
             answer.day
         );
-        let (to, effects) = Self::to_review(r, &why)?;
-        Ok(Verdict::Exceeds { why, to, effects })
+        Ok(Verdict::Exceeds(why))
     }
 
-    /// What a request that exceeds the daily limit goes to, with its effects: review when
-    /// it came with a justification, else a request for information.
-    fn to_review(r: &request::Model, why: &str) -> Result<(RequestState, Vec<NewEffect>), DbErr> {
-        let (event, effects) = if r.justification.is_some() {
-            (
-                Event::SendToReview,
-                vec![
-                    Effect::Comment(format!(
-                        "{why}. Sent to Network Operations for review with the justification given."
-                    ))
-                    .by(SYSTEM),
-                    Effect::CaseStatus(pb::CaseStatus::Escalated).by(SYSTEM),
-                    Effect::SubmitReview.by(SYSTEM),
-                ],
-            )
-        } else {
-            (
-                Event::AskForInformation,
-                vec![
-                    Effect::Comment(format!("{why}. Please provide a justification (PortRequestService.ProvideInformation) to send the request for approval.")).by(SYSTEM),
-                    Effect::CaseStatus(pb::CaseStatus::WaitingOnCustomer).by(SYSTEM),
-                ],
-            )
-        };
-        let to = next(RequestState::New, event).map_err(|v| DbErr::Custom(v.to_string()))?;
-        Ok((to, effects))
-    }
-
-    async fn evaluate(&self, r: &request::Model) -> Result<(), StepError> {
-        let now = now_micros();
-        match self.verdict(r, &change_of(r)?).await? {
-            Verdict::Fits(reason) => {
-                self.store
-                    .record_decision(
-                        &r.request_id,
-                        RequestState::New,
-                        SYSTEM,
-                        true,
-                        &reason,
-                        "AUTOMATIC",
-                        now,
-                        Self::lease_until(now),
-                    )
-                    .await?;
-            }
-            Verdict::Exceeds { why, to, effects } => {
-                self.store
-                    .transition(
-                        &r.request_id,
-                        Transition {
-                            from: RequestState::New,
-                            to,
-                            actor: SYSTEM.to_owned(),
-                            reason: why,
-                            set: vec![(request::Column::ApprovalPath, Expr::val("REVIEW"))],
-                            effects,
-                        },
-                        now,
-                    )
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The first steps of a new request (no case, no decision yet), in one: its case is
-    /// opened and its increase evaluated at the same time, then the case number, the
-    /// decision and what follows from it (the limits applied and the case's closing queued;
-    /// or the request sent to review, or asked for information) are written in one
-    /// transaction (BENCHMARKS.md, "Statements per create"). Both calls are idempotent, so
-    /// a failure of either writes nothing and the whole step is retried. `facts` are the
-    /// business unit's as the caller's authorization answered them, if at hand. `None` when
-    /// the request was no longer new meanwhile (another replica's worker took it).
+    /// The first steps of a new request (no decision yet), in one: its case is opened (or
+    /// found, when an earlier version opened it) and its increase evaluated at the same
+    /// time, then the case number, the decision and what follows from it (the limits
+    /// applied and the case's closing queued; or the request sent to review, or asked for
+    /// information) are written in one transaction (BENCHMARKS.md, "Statements per
+    /// create"). Both calls are idempotent, so a failure of either writes nothing and the
+    /// whole step is retried. `facts` are the business unit's as the caller's authorization
+    /// answered them, if at hand. `None` when the request was no longer new meanwhile
+    /// (another replica's worker took it, or its requester cancelled it).
     pub async fn first_steps(
         &self,
         r: &request::Model,
         facts: Option<BusinessUnitFacts>,
-    ) -> Result<Option<Started>, StepError> {
-        let change = change_of(r)?;
-        let (case, verdict) = tokio::join!(self.open_case_call(r, &change), self.verdict(r, &change));
+    ) -> Result<Option<Written>, StepError> {
+        let model = Request::from_row(r)?;
+        let (case, verdict) = tokio::join!(self.open_case_call(r, &model.change), self.verdict(r, &model.change));
         let (case, verdict) = (case?, verdict?);
         let facts = match (&verdict, facts) {
             (Verdict::Fits(_), None) => self.facts(&r.business_unit_id).await?,
@@ -641,22 +382,28 @@ impl Workflow {
         let now = now_micros();
         let step = self
             .store
-            .first_step(r, change.before, now, |current| {
-                first_plan(r, &change, &case, &verdict, facts, current, now)
+            .first_step(r, model.change.before, now, Self::lease_until(now), |current| {
+                let input = Input::Started {
+                    case: &case,
+                    verdict: &verdict,
+                    facts,
+                    current,
+                };
+                next_step(&model, input, now)
             })
             .await?;
         match step {
-            FirstStep::Done(started) => {
+            Stepped::Done(written) => {
                 tracing::info!(
                     request_id = r.request_id,
-                    state = started.request.state,
+                    state = written.request.state,
                     case = case,
                     "request decided"
                 );
-                Ok(Some(*started))
+                Ok(Some(*written))
             }
-            FirstStep::Moved => Ok(None),
-            FirstStep::HeldByAnother(holder) => Err(Self::case_held_by_another(r, &case, &holder)),
+            Stepped::Refused(_) | Stepped::Gone => Ok(None),
+            Stepped::HeldByAnother(holder) => Err(Self::case_held_by_another(r, &case, &holder)),
         }
     }
 
@@ -665,13 +412,13 @@ impl Workflow {
     /// the background, so the caller waits for its outcome being durable, not for them.
     /// `None` when the steps could not run now (a dependency is down: they are retried
     /// with backoff) or another worker took the request.
-    pub async fn start(self: &Arc<Self>, r: &request::Model, facts: BusinessUnitFacts) -> Option<Started> {
+    pub async fn start(self: &Arc<Self>, r: &request::Model, facts: BusinessUnitFacts) -> Option<Written> {
         let id = r.request_id.as_str();
         match self.first_steps(r, Some(facts)).await {
-            Ok(Some(started)) => {
+            Ok(Some(written)) => {
                 self.changed(id);
                 let wf = Arc::clone(self);
-                let (request, effects) = (started.request.clone(), started.effects.clone());
+                let (request, effects) = (written.request.clone(), written.effects.clone());
                 // Closing the case of a request that is over goes on after the answer; the
                 // calls that tell the requester to act (a comment asking for a
                 // justification, the case's new status) are made before it, so the case
@@ -684,7 +431,7 @@ impl Workflow {
                 } else {
                     wf.finish(request, effects).await;
                 }
-                Some(started)
+                Some(written)
             }
             Ok(None) => None,
             Err(e) => {
@@ -707,9 +454,7 @@ impl Workflow {
             }
         }
         let ids: Vec<i64> = effects.iter().map(|e| e.id).collect();
-        let next = (state_of(&r) == RequestState::Approved && r.reverted_time.is_none())
-            .then_some(r.revert_at)
-            .flatten();
+        let next = Request::from_row(&r).ok().and_then(|r| r.next_look());
         if let Err(e) = self.store.effects_done(&id, &ids, next, now_micros()).await {
             // The effects are carried out again by the worker once the lease ends; each is
             // idempotent on the other side.
@@ -730,206 +475,82 @@ impl Workflow {
         }))
     }
 
-    async fn apply(&self, r: &request::Model) -> Result<(), StepError> {
-        let state = state_of(r);
-        let facts = self.facts(&r.business_unit_id).await?;
-        let change = change_of(r)?;
-        let event = if state == RequestState::New {
-            Event::AutoApprove
+    /// Carries out the decision recorded on an open request (an earlier version recorded
+    /// decisions and applied them in two steps); whether it did.
+    async fn resume(&self, r: &Request) -> Result<bool, StepError> {
+        let approved = r.decision.as_ref().is_some_and(|d| d.approved);
+        let facts = if approved {
+            self.facts(&r.business_unit_id).await?
         } else {
-            Event::Approve
+            None
         };
-        let by = r.decided_by.clone().unwrap_or_else(|| SYSTEM.to_owned());
-        let reason = r.decision_reason.clone().unwrap_or_default();
-        let automatic = r.approval_path.as_deref() == Some("AUTOMATIC");
-        let applied = self
+        let now = now_micros();
+        let step = self
             .store
-            .apply(&r.request_id, state, now_micros(), |_, current| {
-                let current = limits_of(current);
-                let result = match facts {
-                    None => Err("the business unit no longer exists".to_owned()),
-                    Some(f) => reapply(&change, current, f).map_err(|v| v.to_string()),
-                };
-                match (result, next(state, event)) {
-                    (Ok(after), Ok(to)) => {
-                        let how = if automatic {
-                            "Approved automatically".to_owned()
-                        } else {
-                            format!("Approved by {by}")
-                        };
-                        let resolution = format!("{how} and applied: {current} -> {after}. {reason}");
-                        Apply::Limits(
-                            limits_row(&r.business_unit_id, after),
-                            Transition {
-                                from: state,
-                                to,
-                                actor: by.clone(),
-                                reason: format!("{reason}; applied: {current} -> {after}"),
-                                set: vec![],
-                                effects: vec![Effect::CloseCase(resolution).by(&by)],
-                            },
-                        )
-                    }
-                    (Err(why), _) | (_, Err(sspm_rules::Violation { message: why, .. })) => Apply::Fail(Transition {
-                        from: state,
-                        to: RequestState::Failed,
-                        actor: SYSTEM.to_owned(),
-                        reason: format!("approved but cannot be applied: {why}"),
-                        set: vec![(request::Column::FailureReason, Expr::val(why.clone()))],
-                        effects: cannot_apply(&why),
-                    }),
-                }
+            .step(&r.id, approved, now, Self::lease_until(now), move |r, current| {
+                next_step(r, Input::Resume { facts, current }, now)
             })
             .await?;
-        if let Some(applied) = applied {
-            tracing::info!(request_id = r.request_id, applied, "approved change processed");
-        }
-        Ok(())
+        Ok(matches!(step, Stepped::Done(_)))
     }
 
-    async fn revert(&self, r: &request::Model) -> Result<(), StepError> {
+    /// Reverts a temporary change whose time is up (R11); whether it did.
+    async fn revert(&self, r: &Request) -> Result<bool, StepError> {
         // Without facts the revert still runs, clamped as with Personal Connection: that
         // keeps R2 whatever the business unit's flags are.
         let facts = self.facts(&r.business_unit_id).await?.unwrap_or(BusinessUnitFacts {
             monitoring_gateway: true,
             personal_connection: true,
         });
-        let change = change_of(r)?;
-        let reverted = self
+        let now = now_micros();
+        let step = self
             .store
-            .revert(&r.request_id, now_micros(), |_, current| {
-                let before = limits_of(Some(current));
-                let after = revert(&change, before, facts);
-                let text = format!("temporary change reverted: {before} -> {after}");
-                (
-                    limits_row(&r.business_unit_id, after),
-                    Entry {
-                        kind: "REVERTED",
-                        actor: SYSTEM.to_owned(),
-                        from: Some(RequestState::Approved),
-                        to: RequestState::Approved,
-                        reason: text.clone(),
-                    },
-                    Effect::Comment(format!("The {text} (requested by {}).", r.requester)).by(SYSTEM),
-                )
+            .step(&r.id, true, now, Self::lease_until(now), move |r, current| {
+                next_step(r, Input::Revert { facts, current }, now)
             })
             .await?;
+        let reverted = matches!(step, Stepped::Done(_));
         if reverted {
-            tracing::info!(request_id = r.request_id, "temporary change reverted");
+            tracing::info!(request_id = r.id, "temporary change reverted");
         }
-        Ok(())
+        Ok(reverted)
+    }
+
+    /// Carries out a requester's command on request `id` in one step, then its effects
+    /// (the case told, the task withdrawn or created); the request as the step left it.
+    pub async fn command(&self, id: &str, command: Command) -> Result<request::Model, CommandError> {
+        let (Command::Cancel { by, .. } | Command::ProvideInformation { by, .. }) = &command;
+        let by = by.clone();
+        let now = now_micros();
+        let step = self
+            .store
+            .step(id, false, now, Self::lease_until(now), move |r, _| {
+                next_step(r, command.input(), now)
+            })
+            .await?;
+        match step {
+            Stepped::Done(written) => {
+                let Written { request, effects, .. } = *written;
+                tracing::info!(
+                    request_id = id,
+                    state = request.state,
+                    by,
+                    "request changed by its requester"
+                );
+                self.changed(id);
+                self.finish(request.clone(), effects).await;
+                Ok(request)
+            }
+            Stepped::Refused(v) => Err(CommandError::Refused(v)),
+            Stepped::Gone | Stepped::HeldByAnother(_) => Err(CommandError::NotFound(id.to_owned())),
+        }
     }
 
     /// Carries out one effect. Answers that mean "already done" count as done; other
     /// permanent refusals are recorded as a note and not retried.
     async fn carry_out(&self, r: &request::Model, e: &effect::Model) -> Result<(), StepError> {
-        let Some(effect) = Effect::decode(&e.kind, &e.argument) else {
-            tracing::error!(request_id = r.request_id, kind = e.kind, "unknown effect; skipped");
-            return Ok(());
-        };
-        let case = r.case_number.clone().unwrap_or_default();
-        let actor = Some(e.actor.as_str());
-        let is_status = matches!(effect, Effect::CaseStatus(_));
-        let result = match effect {
-            Effect::Comment(body) => self
-                .ticketing
-                .clone()
-                .add_case_comment(self.identity.request(
-                    pb::AddCaseCommentRequest {
-                        case_number: case,
-                        body,
-                        // The outbox entry's id: a retry after a crash or a timeout
-                        // does not comment twice.
-                        comment_id: format!("{}/{}", r.request_id, e.id),
-                    },
-                    actor,
-                ))
-                .await
-                .map(|_| ()),
-            Effect::CaseStatus(status) => self
-                .ticketing
-                .clone()
-                .update_case_status(self.identity.request(
-                    pb::UpdateCaseStatusRequest {
-                        case_number: case,
-                        status: status.into(),
-                    },
-                    actor,
-                ))
-                .await
-                .map(|_| ()),
-            Effect::CloseCase(resolution) => self
-                .ticketing
-                .clone()
-                .close_case(self.identity.request(
-                    pb::CloseCaseRequest {
-                        case_number: case,
-                        resolution,
-                    },
-                    actor,
-                ))
-                .await
-                .map(|_| ()),
-            Effect::SubmitReview => {
-                let change = change_of(r)?;
-                let (units, nanos) = sspm_rules::Amount {
-                    currency: r.currency.clone(),
-                    micros: r.cost_change_micros,
-                }
-                .units_and_nanos();
-                self.approval
-                    .clone()
-                    .submit_for_review(self.identity.request(
-                        pb::SubmitForReviewRequest {
-                            request_id: r.request_id.clone(),
-                            business_unit_id: r.business_unit_id.clone(),
-                            cluster: r.cluster.clone(),
-                            requester: r.requester.clone(),
-                            case_number: case,
-                            limits_before: Some(crate::convert::limits_pb(change.before)),
-                            targets: Some(pb::PortTargets {
-                                concurrent: r.target_concurrent,
-                                outbound: r.target_outbound,
-                                agentless: r.target_agentless,
-                            }),
-                            justification: r.justification.clone().unwrap_or_default(),
-                            estimated_monthly_cost_change: Some(pb::Money {
-                                currency_code: r.currency.clone(),
-                                units,
-                                nanos,
-                            }),
-                        },
-                        actor,
-                    ))
-                    .await
-                    .map(|_| ())
-            }
-            Effect::WithdrawReview(reason) => self
-                .approval
-                .clone()
-                .withdraw_review(self.identity.request(
-                    pb::WithdrawReviewRequest {
-                        request_id: r.request_id.clone(),
-                        reason,
-                    },
-                    actor,
-                ))
-                .await
-                .map(|_| ()),
-            Effect::Release(reason) => self
-                .approval
-                .clone()
-                .release_reservation(self.identity.request(
-                    pb::ReleaseReservationRequest {
-                        request_id: r.request_id.clone(),
-                        reason,
-                    },
-                    actor,
-                ))
-                .await
-                .map(|_| ()),
-        };
-        match result {
+        let is_status = e.kind == Effect::CaseStatus(pb::CaseStatus::Unspecified).kind();
+        match self.outbox.call(r, e).await {
             Ok(()) => Ok(()),
             Err(s) if is_transient(&s) => Err(remote("a dependency", &s)),
             // A closed case cannot change status; anything else permanent is recorded.
@@ -950,8 +571,9 @@ impl Workflow {
         }
     }
 
-    /// A decision from the approval service (the feed or the poll): recorded on the request
-    /// under review, then applied.
+    /// A decision from the approval service (the feed or the poll), recorded and carried
+    /// out in one step: the change applied (or the request failed, when it can no longer
+    /// be) or the request rejected; then its effects.
     pub async fn on_decision(&self, task: &pb::ApprovalTask) -> Result<(), StepError> {
         let approved = match task.state() {
             pb::ApprovalTaskState::Approved => true,
@@ -963,199 +585,53 @@ impl Workflow {
             .as_ref()
             .and_then(|t| sspm_platform::rpc::micros_of(t, "decide_time").ok())
             .unwrap_or_else(now_micros);
-        let recorded = self
+        let decision = Decision {
+            by: task.decided_by.clone(),
+            approved,
+            reason: task.decision_reason.clone(),
+            path: ApprovalPath::Review,
+            time,
+        };
+        let facts = if approved {
+            self.facts(&task.business_unit_id).await?
+        } else {
+            None
+        };
+        let now = now_micros();
+        let step = self
             .store
-            .record_decision(
+            .step(
                 &task.request_id,
-                RequestState::UnderReview,
-                &task.decided_by,
                 approved,
-                &task.decision_reason,
-                "REVIEW",
-                time,
-                Self::lease_until(now_micros()),
+                now,
+                Self::lease_until(now),
+                move |r, current| {
+                    let input = Input::Decided {
+                        decision: &decision,
+                        facts,
+                        current,
+                    };
+                    next_step(r, input, now)
+                },
             )
             .await?;
-        if recorded {
+        if let Stepped::Done(written) = step {
             tracing::info!(
                 request_id = task.request_id,
                 approved,
                 by = task.decided_by,
-                "decision received"
+                state = written.request.state,
+                "decision carried out"
             );
-            self.drive(&task.request_id).await;
-        } else if let Some(r) = self.store.request(&task.request_id).await?
-            && state_of(&r) == RequestState::UnderReview
-            && r.decided_by.is_some()
-        {
-            // Recorded before, but not applied: the service stopped in between (the feed
-            // resumes from the decision's cursor). Apply it now.
-            tracing::info!(request_id = task.request_id, "decision recorded earlier; applying it");
-            self.drive(&task.request_id).await;
+            self.changed(&task.request_id);
+            self.finish(written.request, written.effects).await;
         }
         Ok(())
-    }
-
-    /// The background loops: due work (retries, reverts), the decision feed and the review
-    /// poll. They run until the returned handles are aborted.
-    pub fn spawn_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        let worker = Arc::clone(self);
-        let feed = Arc::clone(self);
-        let poll = Arc::clone(self);
-        vec![
-            tokio::spawn(async move { worker.work_loop().await }),
-            tokio::spawn(async move { feed.decision_feed().await }),
-            tokio::spawn(async move { poll.review_poll().await }),
-        ]
-    }
-
-    async fn work_loop(&self) {
-        let interval = Duration::from_millis(self.cfg.poll_interval_ms);
-        loop {
-            tokio::time::sleep(interval).await;
-            let now = now_micros();
-            let due = match self.store.due(now, 32).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot look for due requests");
-                    continue;
-                }
-            };
-            for (id, scheduled) in due {
-                match self.store.claim(&id, scheduled, Self::lease_until(now)).await {
-                    Ok(true) => {
-                        // A retry or revert is a trace of its own, rooted here.
-                        let span =
-                            tracing::info_span!("reconcile", otel.name = "sspm.reconcile", sspm.request_id = %id);
-                        self.drive(&id).instrument(span).await;
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(request_id = id, error = %e, "cannot claim a request"),
-                }
-            }
-        }
-    }
-
-    async fn decision_feed(&self) {
-        let mut failures: u32 = 0;
-        loop {
-            if failures > 0 {
-                tokio::time::sleep(Duration::from_millis(self.backoff_ms(failures))).await;
-            }
-            let after = match self.store.cursor().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the decision cursor");
-                    failures += 1;
-                    continue;
-                }
-            };
-            let req = pb::WatchDecisionsRequest {
-                after_cursor: u64::try_from(after).unwrap_or_default(),
-            };
-            let mut stream = match self
-                .approval
-                .clone()
-                .watch_decisions(self.identity.request(req, None))
-                .await
-            {
-                Ok(s) => s.into_inner(),
-                Err(s) => {
-                    tracing::debug!(code = ?s.code(), message = s.message(), "decision feed unavailable");
-                    failures += 1;
-                    continue;
-                }
-            };
-            failures = 0;
-            loop {
-                match stream.message().await {
-                    Ok(Some(ev)) => {
-                        let Some(task) = ev.task else { continue };
-                        let span = tracing::info_span!(
-                            "decision",
-                            otel.name = "sspm.decision",
-                            sspm.request_id = %task.request_id,
-                            sspm.cursor = ev.cursor
-                        );
-                        if let Err(e) = self.on_decision(&task).instrument(span).await {
-                            tracing::warn!(error = %e, "cannot record a decision; the feed resumes from the last one stored");
-                            failures += 1;
-                            break;
-                        }
-                        let cursor = i64::try_from(ev.cursor).unwrap_or(i64::MAX);
-                        if let Err(e) = self.store.set_cursor(cursor).await {
-                            tracing::warn!(error = %e, "cannot store the decision cursor");
-                        }
-                    }
-                    Ok(None) => {
-                        failures += 1;
-                        break;
-                    }
-                    Err(s) => {
-                        tracing::debug!(code = ?s.code(), message = s.message(), "decision feed interrupted");
-                        failures += 1;
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn review_poll(&self) {
-        let interval = Duration::from_secs(self.cfg.review_poll_seconds);
-        loop {
-            tokio::time::sleep(interval).await;
-            let ids = match self.store.awaiting_decision(100).await {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list requests under review");
-                    continue;
-                }
-            };
-            for id in ids {
-                let req = pb::GetApprovalTaskRequest {
-                    key: Some(pb::get_approval_task_request::Key::RequestId(id.clone())),
-                };
-                match self
-                    .approval
-                    .clone()
-                    .get_approval_task(self.identity.request(req, None))
-                    .await
-                {
-                    Ok(r) => {
-                        if let Some(task) = r.into_inner().task
-                            && let Err(e) = self.on_decision(&task).await
-                        {
-                            tracing::warn!(request_id = id, error = %e, "cannot record a polled decision");
-                        }
-                    }
-                    // No task yet: its submission is still in the outbox.
-                    Err(s) if s.code() == Code::NotFound => {}
-                    Err(s) => {
-                        tracing::debug!(code = ?s.code(), "review poll: approval service unavailable");
-                        break;
-                    }
-                }
-            }
-        }
     }
 }
 
 fn remote(dependency: &str, s: &Status) -> StepError {
     StepError::Retry(format!("{dependency}: {:?}: {}", s.code(), s.message()))
-}
-
-/// "concurrent 100 -> 120, outbound 20 -> 40".
-pub fn describe(change: &ValidatedChange) -> String {
-    let parts: Vec<String> = change
-        .changed_kinds()
-        .map(|k| format!("{k} {} -> {}", change.before.get(k), change.after.get(k)))
-        .collect();
-    if parts.is_empty() {
-        "no change".to_owned()
-    } else {
-        parts.join(", ")
-    }
 }
 
 /// A stored time in RFC 3339 (UTC, seconds).

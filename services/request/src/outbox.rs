@@ -1,0 +1,194 @@
+//! The outbox: the calls to other services a step queues, stored in the transaction of
+//! the step ([`crate::entities::effect`]) and carried out in order after it committed, each
+//! idempotent on the other side (RELIABILITY.md, "The request path, step by step").
+
+use sspm_platform::client::InternalChannel;
+use sspm_platform::rpc::ServiceIdentity;
+use sspm_proto::v1 as pb;
+use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
+use sspm_proto::v1::ticketing_service_client::TicketingServiceClient;
+use tonic::Status;
+
+use crate::entities::{effect, request};
+use crate::model::change_of;
+
+/// A call to another service that a step queues, with what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Add this comment to the case.
+    Comment(String),
+    /// Set the case's status.
+    CaseStatus(pb::CaseStatus),
+    /// Close the case with this resolution.
+    CloseCase(String),
+    /// Create the approval task (from the request as stored).
+    SubmitReview,
+    /// Withdraw the approval task, for this reason.
+    WithdrawReview(String),
+    /// Release the daily-limit reservation, for this reason.
+    Release(String),
+}
+
+/// An effect to enqueue, as the outbox stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEffect {
+    /// Kind ([`Effect::kind`]).
+    pub kind: &'static str,
+    /// Argument.
+    pub argument: String,
+    /// On whose behalf.
+    pub actor: String,
+}
+
+impl Effect {
+    /// Stored kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Effect::Comment(_) => "COMMENT",
+            Effect::CaseStatus(_) => "CASE_STATUS",
+            Effect::CloseCase(_) => "CLOSE_CASE",
+            Effect::SubmitReview => "SUBMIT_REVIEW",
+            Effect::WithdrawReview(_) => "WITHDRAW_REVIEW",
+            Effect::Release(_) => "RELEASE",
+        }
+    }
+
+    /// Stored argument.
+    fn argument(&self) -> String {
+        match self {
+            Effect::Comment(text) | Effect::CloseCase(text) | Effect::WithdrawReview(text) | Effect::Release(text) => {
+                text.clone()
+            }
+            Effect::CaseStatus(status) => status.as_str_name().trim_start_matches("CASE_STATUS_").to_owned(),
+            Effect::SubmitReview => String::new(),
+        }
+    }
+
+    /// The effect a stored row holds; `None` for one this version does not know.
+    pub fn decode(kind: &str, argument: &str) -> Option<Self> {
+        let text = argument.to_owned();
+        Some(match kind {
+            "COMMENT" => Effect::Comment(text),
+            "CASE_STATUS" => Effect::CaseStatus(pb::CaseStatus::from_str_name(&format!("CASE_STATUS_{argument}"))?),
+            "CLOSE_CASE" => Effect::CloseCase(text),
+            "SUBMIT_REVIEW" => Effect::SubmitReview,
+            "WITHDRAW_REVIEW" => Effect::WithdrawReview(text),
+            "RELEASE" => Effect::Release(text),
+            _ => return None,
+        })
+    }
+
+    /// This effect, on behalf of `actor`, as the outbox stores it.
+    pub fn by(self, actor: &str) -> NewEffect {
+        NewEffect {
+            kind: self.kind(),
+            argument: self.argument(),
+            actor: actor.to_owned(),
+        }
+    }
+}
+
+/// Carries out stored effects: the clients of the services they call.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    /// The ticketing service (the case).
+    pub ticketing: TicketingServiceClient<InternalChannel>,
+    /// The approval service (the task and the reservation).
+    pub approval: ApprovalServiceClient<InternalChannel>,
+    /// Who calls.
+    pub identity: ServiceIdentity,
+}
+
+impl Outbox {
+    /// Makes the call of stored effect `e` of request `r` (an effect this version does not
+    /// know is skipped, and says so).
+    pub async fn call(&self, r: &request::Model, e: &effect::Model) -> Result<(), Status> {
+        let Some(effect) = Effect::decode(&e.kind, &e.argument) else {
+            tracing::error!(request_id = r.request_id, kind = e.kind, "unknown effect; skipped");
+            return Ok(());
+        };
+        let case = r.case_number.clone().unwrap_or_default();
+        let actor = Some(e.actor.as_str());
+        let id = self.identity.clone();
+        match effect {
+            Effect::Comment(body) => {
+                let req = pb::AddCaseCommentRequest {
+                    case_number: case,
+                    body,
+                    // The outbox entry's id: a retry after a crash or a timeout does not
+                    // comment twice.
+                    comment_id: format!("{}/{}", r.request_id, e.id),
+                };
+                self.ticketing.clone().add_case_comment(id.request(req, actor)).await?;
+            }
+            Effect::CaseStatus(status) => {
+                let req = pb::UpdateCaseStatusRequest {
+                    case_number: case,
+                    status: status.into(),
+                };
+                self.ticketing
+                    .clone()
+                    .update_case_status(id.request(req, actor))
+                    .await?;
+            }
+            Effect::CloseCase(resolution) => {
+                let req = pb::CloseCaseRequest {
+                    case_number: case,
+                    resolution,
+                };
+                self.ticketing.clone().close_case(id.request(req, actor)).await?;
+            }
+            Effect::SubmitReview => {
+                let req = review_of(r, case).map_err(|e| Status::internal(e.to_string()))?;
+                self.approval.clone().submit_for_review(id.request(req, actor)).await?;
+            }
+            Effect::WithdrawReview(reason) => {
+                let req = pb::WithdrawReviewRequest {
+                    request_id: r.request_id.clone(),
+                    reason,
+                };
+                self.approval.clone().withdraw_review(id.request(req, actor)).await?;
+            }
+            Effect::Release(reason) => {
+                let req = pb::ReleaseReservationRequest {
+                    request_id: r.request_id.clone(),
+                    reason,
+                };
+                self.approval
+                    .clone()
+                    .release_reservation(id.request(req, actor))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The approval task of request `r`, whose case is `case`.
+fn review_of(r: &request::Model, case: String) -> Result<pb::SubmitForReviewRequest, sea_orm::DbErr> {
+    let change = change_of(r)?;
+    let (units, nanos) = sspm_rules::Amount {
+        currency: r.currency.clone(),
+        micros: r.cost_change_micros,
+    }
+    .units_and_nanos();
+    Ok(pb::SubmitForReviewRequest {
+        request_id: r.request_id.clone(),
+        business_unit_id: r.business_unit_id.clone(),
+        cluster: r.cluster.clone(),
+        requester: r.requester.clone(),
+        case_number: case,
+        limits_before: Some(crate::convert::limits_pb(change.before)),
+        targets: Some(pb::PortTargets {
+            concurrent: r.target_concurrent,
+            outbound: r.target_outbound,
+            agentless: r.target_agentless,
+        }),
+        justification: r.justification.clone().unwrap_or_default(),
+        estimated_monthly_cost_change: Some(pb::Money {
+            currency_code: r.currency.clone(),
+            units,
+            nanos,
+        }),
+    })
+}
