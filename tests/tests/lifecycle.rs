@@ -1299,9 +1299,44 @@ async fn outage_recovery(backend: Backend) {
     .await
     .unwrap_err();
     assert_eq!(rule(&e).0, "R5");
+    // A request cancelled before its case could be opened: the case is found or opened
+    // once ticketing is back, then closed saying so.
+    create(
+        &s,
+        PERCY,
+        create_req("outage-3", MUSKETEERS, targets(Some(70), None, None)),
+    )
+    .await
+    .expect("accepted despite the outage");
+    let cancelled = s
+        .requests()
+        .cancel_port_change_request(s.authed(
+            PERCY,
+            pb::CancelPortChangeRequestRequest {
+                request_id: "outage-3".into(),
+                reason: "not needed".into(),
+            },
+        ))
+        .await
+        .expect("cancel during the outage")
+        .into_inner()
+        .request
+        .expect("request");
+    assert_eq!((cancelled.state(), cancelled.case_number.as_str()), (S::Cancelled, ""));
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.start_held(ServiceKind::Ticketing).await;
     let r = s.wait_for_state(PERCY, "outage-1", S::Approved).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let number = loop {
+        let c = s.port_change_request(PERCY, "outage-3").await;
+        if !c.case_number.is_empty() {
+            break c.case_number;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no case linked: {c:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let case = closed_case(&s, &number).await;
+    assert!(case.resolution.contains("Cancelled by"), "{case:#?}");
     assert_eq!(limits(&s, LEAGUE).await.concurrent, 120);
     closed_case(&s, &r.case_number).await;
     let cases = s

@@ -538,8 +538,14 @@ impl Workflow {
                     "request changed by its requester"
                 );
                 self.changed(id);
-                self.finish(request.clone(), effects).await;
-                Ok(request)
+                if request.case_number.is_some() {
+                    self.finish(request.clone(), effects).await;
+                    return Ok(request);
+                }
+                // No case linked yet (the request's first steps were still under way): the
+                // reconciler finds or opens its case first, so the calls reach it.
+                self.drive(id).await;
+                Ok(self.store.request(id).await?.unwrap_or(request))
             }
             Stepped::Refused(v) => Err(CommandError::Refused(v)),
             Stepped::Gone | Stepped::HeldByAnother(_) => Err(CommandError::NotFound(id.to_owned())),
