@@ -224,7 +224,9 @@ impl Workflow {
         let model = Request::from_row(r)?;
         let now = now_micros();
         if model.state == RequestState::New && model.decision.is_none() {
-            return Ok(self.first_steps(r, None).await?.is_some());
+            // Written, or the request moved meanwhile: either way, look again.
+            self.first_steps(r, None).await?;
+            return Ok(true);
         }
         if model.case_number.is_none() {
             self.open_case(r).await?;
