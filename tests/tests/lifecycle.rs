@@ -1356,6 +1356,59 @@ async fn outage_recovery(backend: Backend) {
     s.shutdown().await.expect("clean shutdown");
 }
 
+/// A request cancelled after its case was opened but before it was linked (OpenCase
+/// answered, EvaluateIncrease did not: the approval service was down), before the worker's
+/// retry: the cancel links the case (found by the request id) and closes it, instead of
+/// sending the closing for no case at all and leaving the case open.
+async fn cancel_before_the_case_is_linked(backend: Backend) {
+    let mut s = TestSystem::start_configured(backend, &[ServiceKind::Approval], |c| {
+        // The worker's retry of the first steps is far away: the cancel comes first.
+        c.workflow.retry_initial_ms = 60_000;
+        c.workflow.retry_max_ms = 60_000;
+    })
+    .await;
+    let resp = create(
+        &s,
+        PERCY,
+        create_req("unlinked-1", MUSKETEERS, targets(Some(70), None, None)),
+    )
+    .await
+    .expect("accepted while the approval service is down");
+    let r = resp.request.expect("request");
+    assert_eq!((r.state(), r.case_number.as_str()), (S::New, ""));
+    s.start_held(ServiceKind::Approval).await;
+    let cancelled = s
+        .requests()
+        .cancel_port_change_request(s.authed(
+            PERCY,
+            pb::CancelPortChangeRequestRequest {
+                request_id: "unlinked-1".into(),
+                reason: "not needed".into(),
+            },
+        ))
+        .await
+        .expect("cancel")
+        .into_inner()
+        .request
+        .expect("request");
+    assert_eq!(cancelled.state(), S::Cancelled);
+    assert!(!cancelled.case_number.is_empty(), "the case is linked: {cancelled:#?}");
+    let case = closed_case(&s, &cancelled.case_number).await;
+    assert!(case.resolution.contains("Cancelled by"), "{case:#?}");
+    s.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_the_case_is_linked_on_sqlite() {
+    cancel_before_the_case_is_linked(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
+async fn cancel_before_the_case_is_linked_on_postgres() {
+    cancel_before_the_case_is_linked(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_recovery_on_sqlite() {
     outage_recovery(Backend::Sqlite).await;
