@@ -557,7 +557,7 @@ impl Workflow {
     /// Carries out one effect. Answers that mean "already done" count as done; other
     /// permanent refusals are recorded as a note and not retried.
     async fn carry_out(&self, r: &request::Model, e: &effect::Model) -> Result<(), StepError> {
-        let is_status = e.kind == Effect::CaseStatus(pb::CaseStatus::Unspecified).kind();
+        let is_status = matches!(Effect::decode(&e.kind, &e.argument), Some(Effect::CaseStatus(_)));
         match self.outbox.call(r, e).await {
             Ok(()) => Ok(()),
             Err(s) if is_transient(&s) => Err(remote("a dependency", &s)),
