@@ -13,8 +13,8 @@ use sspm_proto::v1 as pb;
 use sspm_proto::v1::port_request_service_server::PortRequestService;
 use sspm_rules::daily::{Budget, LimitScope};
 use sspm_rules::{
-    BusinessUnitFacts, BusinessUnitId, CreateFields, Price, PrincipalId, RequestId, RequestState, Rule, Text,
-    Violation, monthly_cost_change, parse_create, validate_provisioned,
+    BusinessUnitFacts, BusinessUnitId, CreateCommand, CreateFields, Price, PrincipalId, RequestId, RequestState, Rule,
+    Text, Violation, monthly_cost_change, parse_create, validate_provisioned,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
@@ -38,23 +38,14 @@ pub struct RequestApi {
     watchers: Arc<Watchers>,
 }
 
-/// The payload of a create call, validated for shape.
-#[derive(Debug, PartialEq)]
-struct CreatePayload {
-    business_unit_id: String,
-    targets: (Option<i32>, Option<i32>, Option<i32>),
-    justification: Option<String>,
-    revert_at: Option<i64>,
-}
-
-impl CreatePayload {
-    fn matches(&self, r: &request::Model, requester: &PrincipalId) -> bool {
-        r.requester == requester.as_str()
-            && r.business_unit_id == self.business_unit_id
-            && (r.target_concurrent, r.target_outbound, r.target_agentless) == self.targets
-            && r.justification == self.justification
-            && r.revert_at == self.revert_at
-    }
+/// Whether stored request `r` is the one `command` by `requester` asks for (an idempotent
+/// replay of a create) rather than another request under the same id.
+fn same_create(command: &CreateCommand, r: &request::Model, requester: &PrincipalId) -> bool {
+    r.requester == requester.as_str()
+        && r.business_unit_id == command.business_unit_id.as_str()
+        && (r.target_concurrent, r.target_outbound, r.target_agentless) == command.targets
+        && r.justification.as_deref() == command.justification.as_ref().map(|j| j.as_str())
+        && r.revert_at == command.revert_at
 }
 
 impl RequestApi {
@@ -290,12 +281,7 @@ impl PortRequestService for RequestApi {
         })
         .map_err(error::violation)?;
         let (id, bu_id) = (&command.request_id, &command.business_unit_id);
-        let payload = CreatePayload {
-            business_unit_id: bu_id.to_string(),
-            targets: command.targets,
-            justification: command.justification.as_ref().map(ToString::to_string),
-            revert_at: command.revert_at,
-        };
+        let justification = command.justification.as_ref().map(ToString::to_string);
         let bu = self
             .wf
             .authz()
@@ -306,7 +292,7 @@ impl PortRequestService for RequestApi {
 
         // Idempotency: the same id and payload answers with the stored request.
         let replay = async |existing: request::Model| {
-            if !payload.matches(&existing, &caller.id) {
+            if !same_create(&command, &existing, &caller.id) {
                 return Err(Status::already_exists(format!(
                     "request id {id} is already used for another request; choose a new id"
                 )));
@@ -380,14 +366,14 @@ impl PortRequestService for RequestApi {
                 target_agentless: t.agentless,
                 cost_change_micros: cost.micros,
                 currency: cost.currency.clone(),
-                justification: payload.justification.clone(),
+                justification: justification.clone(),
                 approval_path: None,
                 decided_by: None,
                 decision_approved: None,
                 decision_reason: None,
                 decide_time: None,
                 failure_reason: None,
-                revert_at: payload.revert_at,
+                revert_at: command.revert_at,
                 reverted_time: None,
                 reverted_concurrent: None,
                 reverted_outbound: None,
@@ -405,7 +391,7 @@ impl PortRequestService for RequestApi {
                         .await?
                 {
                     pb::CreateOutcome::AutoApproved
-                } else if payload.justification.is_some() {
+                } else if justification.is_some() {
                     pb::CreateOutcome::SentToReview
                 } else {
                     pb::CreateOutcome::NeedsInformation

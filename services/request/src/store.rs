@@ -742,10 +742,8 @@ async fn first_step_in(
             let current = stored_limits(current.as_ref())?;
             return Ok(Savepoint::Undo(StepWrite::LimitsAre(current)));
         }
-        let detail = format!(
-            "concurrent/outbound/agentless {}/{}/{} -> {c}/{o}/{a} (applied by {id})",
-            was.0, was.1, was.2
-        );
+        let before = format!("{}/{}/{}", was.0, was.1, was.2);
+        let detail = limits_changed(&before, (c, o, a), &format!("applied by {id}"));
         audit.push((None, "limits.changed", bu.clone(), detail));
     }
     // Still new and undecided, and unlinked or linked to this very case (a request an
@@ -899,6 +897,12 @@ fn open_states() -> Vec<&'static str> {
         .collect()
 }
 
+/// What the audit trail says of a business unit's limits going from `before` to `after`
+/// (concurrent, outbound, agentless) because of `cause`.
+fn limits_changed(before: &str, (c, o, a): (i32, i32, i32), cause: &str) -> String {
+    format!("concurrent/outbound/agentless {before} -> {c}/{o}/{a} ({cause})")
+}
+
 async fn write_limits(
     tx: &DatabaseTransaction,
     current: Option<&limits::Model>,
@@ -910,10 +914,7 @@ async fn write_limits(
         || "none".to_owned(),
         |c| format!("{}/{}/{}", c.concurrent, c.outbound, c.agentless),
     );
-    let detail = format!(
-        "concurrent/outbound/agentless {before} -> {}/{}/{} ({cause})",
-        new.concurrent, new.outbound, new.agentless
-    );
+    let detail = limits_changed(&before, (new.concurrent, new.outbound, new.agentless), cause);
     audit::record(tx, "limits.changed", &new.business_unit_id, &detail, now).await?;
     match current {
         Some(c) => limits::Entity::update_many()
