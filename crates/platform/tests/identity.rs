@@ -550,6 +550,33 @@ async fn a_service_token_verifies_only_with_its_own_services_key() {
     invalid(verifier.verify(&dev).await, "a development token claiming a service");
 }
 
+/// Verified service tokens are kept (their signature is not checked again at each internal
+/// call), but never past their `exp`, and only the exact token that verified.
+#[tokio::test]
+async fn a_verified_service_token_is_reused_until_it_expires_and_no_longer() {
+    let mut cfg = SspmConfig::default();
+    cfg.auth.clock_leeway_seconds = 0;
+    let verifier = TokenVerifier::new(&cfg).unwrap();
+    let (key, _) = dev_service_key_pair(DEV_SIGNING_KEY, ServiceKind::Request);
+    let mut claims = service_claims("svc-request", "service");
+    claims["exp"] = json!(now() + 2);
+    let token = eddsa("svc-request", &claims, &key);
+    for _ in 0..3 {
+        let p = verifier.verify(&token).await.unwrap();
+        assert_eq!(p.service(), Some(ServiceKind::Request));
+    }
+    // The same claims with one signature byte changed: not the token that verified.
+    let (head, sig) = token.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    let tampered = format!("{head}.{flipped}{}", &sig[1..]);
+    invalid(verifier.verify(&tampered).await, "a tampered copy of a verified token");
+    while now() <= claims["exp"].as_u64().unwrap() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(verifier.verify(&token).await.unwrap_err(), TokenError::Expired);
+    assert_eq!(verifier.verify(&token).await.unwrap_err(), TokenError::Expired);
+}
+
 /// A directory with all four services' key pairs, as `sspm keys` writes it.
 fn service_keys_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
