@@ -214,6 +214,25 @@ impl TestSystem {
         self.wait_until_serving(kind).await;
     }
 
+    /// Starts another replica of `kind` on the same database, on a port of its own; its
+    /// address. The other services keep calling the first one.
+    pub async fn start_replica(&mut self, kind: ServiceKind) -> SocketAddr {
+        let listener = sspm_platform::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        let mut apps = sspm_cli::build_some(&self.config, HashMap::from([(kind, listener)]), &[kind])
+            .await
+            .expect("replica starts");
+        let app = apps.pop().expect("one service");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        self.late.push((stop, running));
+        addr
+    }
+
     /// The admin (metrics) address of one running service.
     pub fn admin_addr(&self, kind: ServiceKind) -> SocketAddr {
         self.admin_addrs[&kind]

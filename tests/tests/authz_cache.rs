@@ -1,7 +1,8 @@
 //! Authorization answers reused by the other services (issue 6 §3): while subscribed to the
 //! authorization service's changes, a repeated Check is answered from the cache, and a
 //! change (a grant revoked or given back, a business unit updated) takes effect at once,
-//! far within the configured staleness bound.
+//! far within the configured staleness bound, also when it was made on another replica of
+//! the authorization service (which every replica sees in the database's change count).
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use sspm_e2e::{Backend, TestSystem, metric};
 use sspm_platform::ServiceKind;
+use sspm_platform::client::{InternalChannel, connect_lazy};
 use sspm_proto::v1 as pb;
+use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use tonic::Code;
 
 const PERCY: &str = "percy@classics.example";
@@ -62,7 +65,11 @@ async fn until(
 }
 
 async fn grant(s: &TestSystem, give: bool) {
-    let mut authz = s.authorization();
+    grant_on(s, s.authorization(), give).await;
+}
+
+/// Gives or revokes Percy's view on Classics through `authz` (one replica or another).
+async fn grant_on(s: &TestSystem, mut authz: AuthorizationServiceClient<InternalChannel>, give: bool) {
     if give {
         authz
             .grant_permission(s.authed(
@@ -76,7 +83,7 @@ async fn grant(s: &TestSystem, give: bool) {
             .await
             .unwrap();
     } else {
-        authz
+        let r = authz
             .revoke_permission(s.authed(
                 REP,
                 pb::RevokePermissionRequest {
@@ -87,10 +94,14 @@ async fn grant(s: &TestSystem, give: bool) {
             ))
             .await
             .unwrap();
+        assert!(r.into_inner().revoked, "Percy held the grant");
     }
 }
 
 async fn scenario(s: &TestSystem) {
+    // The demo tenancy was written after the authorization service read the change count:
+    // its poll reports that once, within its interval. Let it.
+    tokio::time::sleep(2 * Duration::from_millis(s.config.workflow.authz_change_poll_ms)).await;
     // The request service subscribes to changes shortly after it starts; from then on a
     // repeated Check is not asked again.
     let start = tokio::time::Instant::now();
@@ -139,17 +150,44 @@ async fn scenario(s: &TestSystem) {
     .await;
 }
 
+/// A change made on a second authorization replica, which the request service is not
+/// subscribed to, empties its cache within the poll of the change count, not the TTL.
+async fn another_replicas_change(s: &mut TestSystem) {
+    let second = s.start_replica(ServiceKind::Authorization).await;
+    // The first replica's poll reports the last change of `scenario` once more: let it.
+    tokio::time::sleep(2 * Duration::from_millis(s.config.workflow.authz_change_poll_ms)).await;
+    let other =
+        AuthorizationServiceClient::new(connect_lazy(&format!("http://{second}"), &s.config.clients).expect("channel"));
+    // Cached first: repeated reads ask no Check.
+    limits(s).await.unwrap();
+    let before = checks(s).await;
+    for _ in 0..5 {
+        limits(s).await.unwrap();
+    }
+    assert_eq!(checks(s).await - before, 0.0, "answered from the cache");
+    grant_on(s, other.clone(), false).await;
+    let took = until(s, "revocation on another replica", |r| {
+        r.as_ref().is_err_and(|e| e.code() == Code::PermissionDenied)
+    })
+    .await;
+    eprintln!("another replica's revocation seen after {took:?}");
+    grant_on(s, other, true).await;
+    until(s, "grant on another replica", Result::is_ok).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_reused_until_a_change_on_sqlite() {
-    let s = TestSystem::start_configured(Backend::Sqlite, &[], |c| c.clients.authz_cache_ttl_ms = TTL_MS).await;
+    let mut s = TestSystem::start_configured(Backend::Sqlite, &[], |c| c.clients.authz_cache_ttl_ms = TTL_MS).await;
     scenario(&s).await;
+    another_replicas_change(&mut s).await;
     s.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
 async fn answers_reused_until_a_change_on_postgres() {
-    let s = TestSystem::start_configured(Backend::Postgres, &[], |c| c.clients.authz_cache_ttl_ms = TTL_MS).await;
+    let mut s = TestSystem::start_configured(Backend::Postgres, &[], |c| c.clients.authz_cache_ttl_ms = TTL_MS).await;
     scenario(&s).await;
+    another_replicas_change(&mut s).await;
     s.shutdown().await.expect("clean shutdown");
 }

@@ -4,11 +4,12 @@
 //! - only while this service is subscribed to the authorization service's change stream
 //!   (`WatchAuthorizationChanges`); without it every Check goes to the authorization service;
 //! - every answer is dropped at each change that stream reports (a grant revoked, a business
-//!   unit updated, ...), and when the stream breaks;
+//!   unit updated, ...: the authorization replica's own changes at once, other replicas'
+//!   within `workflow.authz_change_poll_ms`, read from the database's change count), and
+//!   when the stream breaks;
 //! - an answer fetched while a change came in is not kept;
-//! - and none is older than `clients.authz_cache_ttl_ms`, which therefore bounds the
-//!   staleness of changes made on another authorization replica (whose changes this
-//!   replica's stream does not carry).
+//! - and none is older than `clients.authz_cache_ttl_ms`: a backstop, for a change the
+//!   count does not show (written into the database by hand).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};

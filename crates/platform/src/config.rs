@@ -632,8 +632,8 @@ pub struct ClientConfig {
     pub dns_refresh_ms: u64,
     /// How long a service may reuse an authorization answer (a Check), in milliseconds; 0:
     /// never. Answers are reused only while the service is subscribed to the authorization
-    /// service's changes and are all dropped at each change it reports, so this bounds the
-    /// staleness only of changes made on another authorization replica.
+    /// service's changes and are all dropped at each change it reports (its own at once,
+    /// other replicas' within `workflow.authz_change_poll_ms`), so this is a backstop only.
     pub authz_cache_ttl_ms: u64,
 }
 
@@ -645,7 +645,7 @@ impl Default for ClientConfig {
             ca_path: None,
             load_balancing: LoadBalancing::Single,
             dns_refresh_ms: 5_000,
-            authz_cache_ttl_ms: 2_000,
+            authz_cache_ttl_ms: 30_000,
         }
     }
 }
@@ -719,6 +719,11 @@ pub struct WorkflowConfig {
     /// decision feed (`WatchDecisions`) while it has nothing new, in milliseconds; its own
     /// decisions wake the feed at once.
     pub decision_feed_poll_ms: u64,
+    /// How often the authorization service reads the count of changes to authorization
+    /// facts, to tell its change-stream subscribers of changes made on other replicas, in
+    /// milliseconds; its own changes are told at once. This bounds how long another
+    /// replica's change (a revoked grant) can go unnoticed by the services' answer caches.
+    pub authz_change_poll_ms: u64,
     /// SQLite: the request path's writes of concurrent callers share one durable commit
     /// (group commit); at most this many callers wait for the writer at once, the others
     /// wait to be admitted. 0 commits each caller's transaction on its own.
@@ -734,6 +739,7 @@ impl Default for WorkflowConfig {
             review_poll_seconds: 30,
             watch_poll_ms: 1_000,
             decision_feed_poll_ms: 1_000,
+            authz_change_poll_ms: 250,
             group_commit_queue: 256,
         }
     }
@@ -877,6 +883,7 @@ impl SspmConfig {
             || self.workflow.review_poll_seconds == 0
             || self.workflow.watch_poll_ms == 0
             || self.workflow.decision_feed_poll_ms == 0
+            || self.workflow.authz_change_poll_ms == 0
         {
             return Err(invalid(
                 "workflow",

@@ -2,6 +2,7 @@
 //! administration of business units, principals and grants.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use sea_orm::DbErr;
 use sspm_platform::Draining;
@@ -28,19 +29,54 @@ use crate::store::Store;
 #[derive(Debug, Clone)]
 pub struct AuthorizationApi {
     store: Store,
-    /// Changes made on this replica (business units, principals, grants); subscribers of
+    /// Changes to business units, principals and grants, made on this replica or (seen
+    /// through the database's change count) on another; subscribers of
     /// WatchAuthorizationChanges drop their cached Check answers at each.
     changes: watch::Sender<u64>,
     draining: Draining,
 }
 
 impl AuthorizationApi {
-    /// Handlers on `store`; change streams end when `draining` starts.
-    pub fn new(store: Store, draining: Draining) -> Self {
-        Self {
+    /// Handlers on `store`; change streams end when `draining` starts. Other replicas'
+    /// changes are looked for every `poll` (one query), from the count read here, before
+    /// the service answers anyone: none made after it starts goes unnoticed.
+    pub async fn start(store: Store, draining: Draining, poll: Duration) -> Result<Self, DbErr> {
+        let seen = store.generation().await?;
+        let api = Self {
             store,
             changes: watch::Sender::new(0),
             draining,
+        };
+        tokio::spawn(api.clone().follow_other_replicas(poll, seen));
+        Ok(api)
+    }
+
+    /// Reads the database's count of changes every `poll` and tells the subscribers when it
+    /// moved: a change another replica made (this replica's own are told at once, and once
+    /// more here, which costs a subscriber one more emptied cache).
+    async fn follow_other_replicas(self, poll: Duration, mut seen: i64) {
+        let mut draining = self.draining.clone();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = draining.started() => return,
+            }
+            match self.store.generation().await {
+                Ok(now) => {
+                    if now != seen {
+                        self.changed();
+                    }
+                    seen = now;
+                    failing = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot read the authorization change count: other replicas' changes reach the services' caches only through their TTL until it is back");
+                    }
+                    failing = true;
+                }
+            }
         }
     }
 

@@ -26,7 +26,8 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     .await?;
     let store = store::Store::new(app.db.clone()).with_reader(app.read_db.clone());
     seed::bootstrap_account_representatives(store.db(), &config.auth.account_representatives).await?;
-    let api = api::AuthorizationApi::new(store, app.draining());
+    let poll = std::time::Duration::from_millis(config.workflow.authz_change_poll_ms);
+    let api = api::AuthorizationApi::start(store, app.draining(), poll).await?;
     let readers = api.audit_readers();
     Ok(app
         .map_server(|s| s.add_service(AuthorizationServiceServer::new(api)))

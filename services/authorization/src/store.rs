@@ -81,6 +81,7 @@ impl Store {
         business_unit::Entity::insert(business_unit::ActiveModel::from(bu))
             .exec_without_returning(&tx)
             .await?;
+        count_change(&tx).await?;
         audit::record(&tx, "business_unit.created", &id, &detail, now).await?;
         tx.commit().await
     }
@@ -110,6 +111,7 @@ impl Store {
             .filter(business_unit::Column::BusinessUnitId.eq(bu.business_unit_id))
             .exec(&tx)
             .await?;
+        count_change(&tx).await?;
         audit::record(&tx, "business_unit.updated", &id, &detail, now).await?;
         tx.commit().await
     }
@@ -170,6 +172,7 @@ impl Store {
         principal::Entity::insert(principal::ActiveModel::from(p))
             .exec_without_returning(&tx)
             .await?;
+        count_change(&tx).await?;
         audit::record(&tx, "principal.created", &id, &detail, now).await?;
         tx.commit().await
     }
@@ -191,6 +194,7 @@ impl Store {
             .filter(principal::Column::PrincipalId.eq(p.principal_id.clone()))
             .exec(&tx)
             .await?;
+        count_change(&tx).await?;
         audit::record(&tx, "principal.updated", &p.principal_id, &detail, now).await?;
         tx.commit().await
     }
@@ -246,6 +250,7 @@ impl Store {
             };
             let detail = format!("{} on {on} revoked", perm.name());
             audit::record(&tx, "permission.revoked", principal_id, &detail, now).await?;
+            count_change(&tx).await?;
         }
         tx.commit().await?;
         Ok(r.rows_affected > 0)
@@ -275,6 +280,20 @@ impl Store {
             .await
     }
 
+    /// How many changes to authorization facts have committed, on any replica.
+    pub async fn generation(&self) -> Result<i64, DbErr> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let row = self
+            .read
+            .query_one_raw(Statement::from_string(
+                self.read.get_database_backend(),
+                "SELECT generation FROM authorization_generation WHERE id = 1",
+            ))
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("the authorization_generation row".into()))?;
+        row.try_get("", "generation")
+    }
+
     /// The database, for seeding.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
@@ -283,16 +302,41 @@ impl Store {
 
 /// Inserts a grant, doing nothing when it exists.
 pub async fn grant_on(db: &impl ConnectionTrait, g: grant::Model) -> Result<(), DbErr> {
-    grant::Entity::insert(grant::ActiveModel::from(g))
+    let inserted = grant::Entity::insert(grant::ActiveModel::from(g))
         .on_conflict_do_nothing()
-        .exec(db)
+        .exec_without_returning(db)
+        .await?;
+    count_changes(db, inserted_rows(inserted)).await
+}
+
+/// Counts a change to authorization facts, in the transaction that makes it: every replica
+/// polls the count ([`Store::generation`]) and tells its subscribers when it moves, so that
+/// their cached answers go (README, "Authorization answers are reused").
+pub async fn count_change(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+    count_changes(db, 1).await
+}
+
+/// How many rows an insert `ON CONFLICT DO NOTHING` wrote.
+fn inserted_rows(r: sea_orm::TryInsertResult<u64>) -> u64 {
+    match r {
+        sea_orm::TryInsertResult::Inserted(n) => n,
+        sea_orm::TryInsertResult::Empty | sea_orm::TryInsertResult::Conflicted => 0,
+    }
+}
+
+/// [`count_change`] when `n` rows changed, nothing when none did (a seed run again).
+async fn count_changes(db: &impl ConnectionTrait, n: u64) -> Result<(), DbErr> {
+    if n == 0 {
+        return Ok(());
+    }
+    db.execute_unprepared("UPDATE authorization_generation SET generation = generation + 1 WHERE id = 1")
         .await
         .map(|_| ())
 }
 
 /// Inserts a principal, doing nothing when it exists.
 pub async fn ensure_principal(db: &impl ConnectionTrait, p: principal::Model) -> Result<(), DbErr> {
-    principal::Entity::insert(principal::ActiveModel {
+    let inserted = principal::Entity::insert(principal::ActiveModel {
         principal_id: Set(p.principal_id),
         display_name: Set(p.display_name),
         home_business_unit_id: Set(p.home_business_unit_id),
@@ -300,9 +344,9 @@ pub async fn ensure_principal(db: &impl ConnectionTrait, p: principal::Model) ->
         create_time: Set(p.create_time),
     })
     .on_conflict_do_nothing()
-    .exec(db)
-    .await
-    .map(|_| ())
+    .exec_without_returning(db)
+    .await?;
+    count_changes(db, inserted_rows(inserted)).await
 }
 
 fn describe_bu(b: &business_unit::Model) -> String {
