@@ -571,7 +571,7 @@ async fn a_verified_service_token_is_reused_until_it_expires_and_no_longer() {
     let tampered = format!("{head}.{flipped}{}", &sig[1..]);
     invalid(verifier.verify(&tampered).await, "a tampered copy of a verified token");
     while now() <= claims["exp"].as_u64().unwrap() {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(verifier.verify(&token).await.unwrap_err(), TokenError::Expired);
     assert_eq!(verifier.verify(&token).await.unwrap_err(), TokenError::Expired);
