@@ -757,11 +757,14 @@ async fn postgres_restart_under_load() {
     for (u, (bu, initial)) in UNITS.iter().enumerate() {
         let (clients, acknowledged, stop) = (clients.clone(), acknowledged.clone(), stop.clone());
         workers.spawn(async move {
-            // +1 per request: 30 a business unit stays within the day's 100.
+            // +1 per request: 30 a business unit stays within the day's 100. Paced, so that
+            // they are still under way when the server restarts at 1.5 s, however fast
+            // the services answer (30 take at least 4.5 s).
             for i in 0..30 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
+                tokio::time::sleep(Duration::from_millis(150)).await;
                 let id = format!("pg-{u}-{i}");
                 // Automatic approvals close at once, so R5 refuses only while a request is
                 // still being applied: try again with the same id.

@@ -40,8 +40,11 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                 .pragma("mmap_size", SQLITE_MMAP_BYTES)
         });
         opts.map_sqlx_sqlite_pool_opts(|o| o.after_release(|conn, _| Box::pin(release_clean(conn))));
+        opts.test_before_acquire(false);
     } else {
-        opts.max_connections(16).min_connections(1);
+        opts.max_connections(16)
+            .min_connections(1)
+            .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR);
     }
     Database::connect(opts).await
 }
@@ -73,6 +76,17 @@ async fn release_clean(conn: &mut sea_orm::sqlx::SqliteConnection) -> Result<boo
 /// copying them again from the file.
 const SQLITE_MMAP_BYTES: &str = "268435456";
 
+/// A pooled PostgreSQL connection idle this long is pinged (one round trip) before it is
+/// handed out, to replace one the server or a proxy closed meanwhile (as HikariCP checks a
+/// connection idle for more than 500 ms). sqlx pings at every checkout by default: one more
+/// round trip for each statement outside a transaction and each transaction, paid by both
+/// sides (BENCHMARKS.md, "Pings at every checkout"). A connection busy under load is not
+/// pinged; one a restarted server closed while it was busy fails its next statement, which
+/// the caller or the reconciler retries (tested: `postgres_restart_under_load_on_postgres`
+/// in RELIABILITY.md's table of faults). A SQLite connection is a file: it is never pinged
+/// (a ping is one more hop to its thread).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Connections of a SQLite reader pool (see [`connect_reader`]).
 pub const SQLITE_READERS: u32 = 4;
 
@@ -91,7 +105,8 @@ pub async fn connect_reader(url: &str) -> Result<Option<DatabaseConnection>, DbE
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
         .max_connections(SQLITE_READERS)
-        .min_connections(1);
+        .min_connections(1)
+        .test_before_acquire(false);
     opts.map_sqlx_sqlite_opts(|o| {
         o.busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
