@@ -55,6 +55,7 @@ async fn quiet_system(backend: Backend) -> TestSystem {
         c.workflow.review_poll_seconds = 3_600;
         c.workflow.watch_poll_ms = 3_600_000;
         c.workflow.decision_feed_poll_ms = 3_600_000;
+        c.workflow.authz_change_poll_ms = 3_600_000;
     })
     .await
 }

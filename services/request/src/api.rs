@@ -3,7 +3,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use sspm_platform::db::{DbErrorKind, classify};
 use sspm_platform::error::{self, db, not_found};
 use sspm_platform::rpc::{
     enum_filter, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at, time_id_key,
@@ -11,21 +10,20 @@ use sspm_platform::rpc::{
 use sspm_platform::{Draining, caller};
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::port_request_service_server::PortRequestService;
-use sspm_rules::daily::{Budget, LimitScope};
 use sspm_rules::{
-    BusinessUnitFacts, BusinessUnitId, CreateCommand, CreateFields, Price, PrincipalId, RequestId, RequestState, Rule,
-    Text, Violation, monthly_cost_change, parse_create, validate_provisioned,
+    BusinessUnitFacts, BusinessUnitId, CreateFields, Price, PrincipalId, RequestId, RequestState, Text, parse_create,
+    validate_provisioned,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
+use crate::admit::{Create, Created, DryRun};
 use crate::convert::{limits_pb, outcome, request_pb};
 use crate::entities::request;
 use crate::model::limits_of;
-use crate::plan::{Entry, describe};
-use crate::store::{Inserted, Provisioned};
+use crate::store::Provisioned;
 use crate::watch::Watchers;
 use crate::workflow::{Command, Workflow};
 
@@ -36,16 +34,6 @@ pub struct RequestApi {
     price: Price,
     draining: Draining,
     watchers: Arc<Watchers>,
-}
-
-/// Whether stored request `r` is the one `command` by `requester` asks for (an idempotent
-/// replay of a create) rather than another request under the same id.
-fn same_create(command: &CreateCommand, r: &request::Model, requester: &PrincipalId) -> bool {
-    r.requester == requester.as_str()
-        && r.business_unit_id == command.business_unit_id.as_str()
-        && (r.target_concurrent, r.target_outbound, r.target_agentless) == command.targets
-        && r.justification.as_deref() == command.justification.as_ref().map(|j| j.as_str())
-        && r.revert_at == command.revert_at
 }
 
 impl RequestApi {
@@ -93,45 +81,21 @@ impl RequestApi {
         Ok(request_pb(r, history))
     }
 
+    /// The answer to a create for request `r` as stored (a replay, or one whose first steps
+    /// the worker goes on with).
+    async fn replayed(&self, r: request::Model) -> Result<pb::CreatePortChangeRequestResponse, Status> {
+        let outcome = outcome(&r);
+        Ok(pb::CreatePortChangeRequestResponse {
+            outcome: outcome.into(),
+            request: Some(self.show(r).await?),
+            validate_only: false,
+        })
+    }
+
     /// A request as it is now.
     async fn current(&self, id: &str) -> Result<pb::PortChangeRequest, Status> {
         let r = self.load(id).await?;
         self.show(r).await
-    }
-
-    /// Would an increase of `increase` ports fit today's daily limits? (a dry run: nothing
-    /// is reserved).
-    async fn would_fit(&self, bu: &str, cluster: &str, increase: u16) -> Result<bool, Status> {
-        let req = pb::GetDailyUsageRequest {
-            cluster: cluster.to_owned(),
-            business_unit_id: bu.to_owned(),
-            day: String::new(),
-        };
-        let usage = self
-            .wf
-            .approval()
-            .get_daily_usage(self.wf.identity().request(req, None))
-            .await
-            .map_err(|s| sspm_platform::rpc::downstream("approval service", &s))?
-            .into_inner();
-        // R8's arithmetic is the approval service's own (sspm_rules::daily), on its figures.
-        let budgets: Vec<Budget> = usage
-            .usage
-            .iter()
-            .map(|u| {
-                let limit = u.limit.clone().unwrap_or_default();
-                Budget {
-                    scope: match limit.scope() {
-                        pb::LimitScope::BusinessUnit => LimitScope::BusinessUnit,
-                        pb::LimitScope::Cluster => LimitScope::Cluster,
-                        _ => LimitScope::Default,
-                    },
-                    max: u32::try_from(limit.max_daily_increase).unwrap_or(0),
-                    used: u32::try_from(u.used).unwrap_or(0),
-                }
-            })
-            .collect();
-        Ok(sspm_rules::daily::evaluate(&budgets, u32::from(increase)).fits)
     }
 }
 
@@ -214,11 +178,7 @@ impl RequestApi {
 }
 
 fn r5(bu: &str, open: &str) -> Status {
-    error::violation(Violation::new(
-        Rule::R5OneOpenRequest,
-        "business_unit_id",
-        format!("business unit {bu} already has an open request ({open}); wait for it to finish or cancel it"),
-    ))
+    error::violation(crate::admit::r5(bu, open))
 }
 
 fn optional_text(field: &str, raw: &str, what: &str) -> Result<Option<String>, Status> {
@@ -280,187 +240,57 @@ impl PortRequestService for RequestApi {
             revert_at: req.revert_at.as_ref().map(|ts| (ts.seconds, ts.nanos)),
         })
         .map_err(error::violation)?;
-        let (id, bu_id) = (&command.request_id, &command.business_unit_id);
-        let justification = command.justification.as_ref().map(ToString::to_string);
-        let bu = self
+        let unit = self
             .wf
             .authz()
-            .require(&caller.id, pb::Action::RequestPortChange, bu_id.as_str())
+            .require(
+                &caller.id,
+                pb::Action::RequestPortChange,
+                command.business_unit_id.as_str(),
+            )
             .await?
             .ok_or_else(|| Status::internal("authorization answered without the business unit"))?;
-        let store = self.wf.store();
-
-        // Idempotency: the same id and payload answers with the stored request.
-        let replay = async |existing: request::Model| {
-            if !same_create(&command, &existing, &caller.id) {
-                return Err(Status::already_exists(format!(
-                    "request id {id} is already used for another request; choose a new id"
-                )));
-            }
-            let outcome = outcome(&existing);
-            Ok(Response::new(pb::CreatePortChangeRequestResponse {
-                outcome: outcome.into(),
-                request: Some(self.show(existing).await?),
-                validate_only: false,
-            }))
+        let create = Create {
+            command: &command,
+            requester: &caller.id,
+            unit: &unit,
+            price: &self.price,
         };
-        // Checked up front only for dry runs; a create finds out from its insert (the
-        // request id is the primary key), and a replay whose payload no longer validates
-        // (its change applied since) from the failed validation.
-        let existing = async || store.request(id.as_str()).await.map_err(db("loading a request"));
-        if req.validate_only
-            && let Some(existing) = existing().await?
-        {
-            return replay(existing).await;
-        }
-
-        // The request is computed from the limits as read here; the insert checks, in its
-        // transaction, that they have not moved since (else `before` would be stale).
-        let mut attempt = 0;
-        let created = loop {
-            attempt += 1;
-            let facts = BusinessUnitFacts {
-                monitoring_gateway: bu.monitoring_gateway_enabled,
-                personal_connection: bu.personal_connection_enabled,
-            };
-            let current = limits_of(
-                store
-                    .limits(bu_id.as_str())
-                    .await
-                    .map_err(db("loading limits"))?
-                    .as_ref(),
-            );
-            let now = now_micros();
-            let change = match command.change(current, facts, now) {
-                Ok(change) => change,
-                Err(v) => {
-                    if !req.validate_only
-                        && let Some(existing) = existing().await?
-                    {
-                        return replay(existing).await;
-                    }
-                    return Err(error::violations(&v));
-                }
-            };
-            let cost = monthly_cost_change(change.before, change.after, &self.price);
-            if req.validate_only
-                && let Some(open) = store
-                    .open_request_of(bu_id.as_str())
-                    .await
-                    .map_err(db("loading the open request"))?
-            {
-                return Err(r5(bu_id.as_str(), &open));
-            }
-            let model = request::Model {
-                request_id: id.to_string(),
-                business_unit_id: bu_id.to_string(),
-                cluster: bu.cluster.clone(),
-                requester: caller.id.to_string(),
-                state: RequestState::New.as_str().to_owned(),
-                case_number: None,
-                before_concurrent: change.before.concurrent.get().into(),
-                before_outbound: change.before.outbound.get().into(),
-                before_agentless: change.before.agentless.get().into(),
-                target_concurrent: t.concurrent,
-                target_outbound: t.outbound,
-                target_agentless: t.agentless,
-                cost_change_micros: cost.micros,
-                currency: cost.currency.clone(),
-                justification: justification.clone(),
-                approval_path: None,
-                decided_by: None,
-                decision_approved: None,
-                decision_reason: None,
-                decide_time: None,
-                failure_reason: None,
-                revert_at: command.revert_at,
-                reverted_time: None,
-                reverted_concurrent: None,
-                reverted_outbound: None,
-                reverted_agentless: None,
-                next_attempt_at: Some(Workflow::lease_until(now)),
-                attempts: 0,
-                create_time: now,
-                update_time: now,
-            };
-
-            if req.validate_only {
-                let outcome = if !change.needs_daily_limit_check()
-                    || self
-                        .would_fit(bu_id.as_str(), &bu.cluster, change.concurrent_increase())
-                        .await?
-                {
-                    pb::CreateOutcome::AutoApproved
-                } else if justification.is_some() {
-                    pb::CreateOutcome::SentToReview
-                } else {
-                    pb::CreateOutcome::NeedsInformation
-                };
-                return Ok(Response::new(pb::CreatePortChangeRequestResponse {
+        if req.validate_only {
+            return Ok(Response::new(match self.wf.dry_run(create).await? {
+                DryRun::Replay(existing) => self.replayed(existing).await?,
+                DryRun::Would { model, outcome } => pb::CreatePortChangeRequestResponse {
                     request: Some(request_pb(model, Vec::new())),
                     outcome: outcome.into(),
                     validate_only: true,
-                }));
-            }
-
-            let entry = Entry {
-                kind: "TRANSITION",
-                actor: caller.id.to_string(),
-                from: None,
-                to: RequestState::New,
-                reason: format!("requested: {}", describe(&change)),
-            };
-            match store.insert(model.clone(), entry.clone()).await {
-                Ok(Inserted::Done) => break (change, model, entry),
-                // The limits moved between the read above and the insert (a change applied
-                // meanwhile): compute the request again against the limits as they are now.
-                Ok(Inserted::LimitsMoved) if attempt < 5 => continue,
-                Ok(Inserted::LimitsMoved) => {
-                    return Err(Status::aborted(
-                        "the business unit's limits keep changing while the request is made; retry",
-                    ));
-                }
-                Err(e) if classify(&e) == DbErrorKind::UniqueViolation => {
-                    // Either the same id was created concurrently (idempotent replay), or
-                    // another request for the business unit opened first (R5, in the database).
-                    if let Some(existing) = existing().await? {
-                        return replay(existing).await;
-                    }
-                    let open = store
-                        .open_request_of(bu_id.as_str())
-                        .await
-                        .map_err(db("loading the open request"))?
-                        .unwrap_or_default();
-                    return Err(r5(bu_id.as_str(), &open));
-                }
-                Err(e) => return Err(error::database("creating a request", &e)),
-            }
-        };
-        let (change, model, entry) = created;
-        tracing::info!(request_id = %id, business_unit = %bu_id, requester = %caller.id, change = %describe(&change), "request created");
-        let facts = BusinessUnitFacts {
-            monitoring_gateway: bu.monitoring_gateway_enabled,
-            personal_connection: bu.personal_connection_enabled,
-        };
-        // The answer is the request as its first steps left it, durable, without reading it
-        // back; the calls they queued (closing the case) go on in the background.
-        let Some(started) = self.wf.start(&model, facts).await else {
-            let r = self.load(id.as_str()).await?;
-            sspm_platform::rpc::annotate_state(&r.state);
-            let outcome = outcome(&r);
-            return Ok(Response::new(pb::CreatePortChangeRequestResponse {
-                request: Some(self.show(r).await?),
-                outcome: outcome.into(),
-                validate_only: false,
+                },
             }));
-        };
-        sspm_platform::rpc::annotate_state(&started.request.state);
-        let outcome = outcome(&started.request);
-        let created_entry = crate::store::history_model(&model.request_id, model.create_time, entry);
-        Ok(Response::new(pb::CreatePortChangeRequestResponse {
-            request: Some(request_pb(started.request, vec![created_entry, started.history])),
-            outcome: outcome.into(),
-            validate_only: false,
+        }
+        Ok(Response::new(match self.wf.create(create).await? {
+            Created::Replay(existing) => self.replayed(existing).await?,
+            // The answer is the request as its first steps left it, durable, without
+            // reading it back; the calls they queued (closing the case) go on in the
+            // background.
+            Created::Written {
+                model,
+                entry,
+                started: Some(started),
+            } => {
+                sspm_platform::rpc::annotate_state(&started.request.state);
+                let outcome = outcome(&started.request);
+                let created = crate::store::history_model(&model.request_id, model.create_time, entry);
+                pb::CreatePortChangeRequestResponse {
+                    request: Some(request_pb(started.request, vec![created, started.history])),
+                    outcome: outcome.into(),
+                    validate_only: false,
+                }
+            }
+            // The first steps did not finish here (the worker goes on): the request as stored.
+            Created::Written { model, .. } => {
+                let r = self.load(&model.request_id).await?;
+                sspm_platform::rpc::annotate_state(&r.state);
+                self.replayed(r).await?
+            }
         }))
     }
 

@@ -10,6 +10,7 @@
 //! background loops, [`api`] the handlers (parse, authorise, command), [`watch`] the watch
 //! streams, and [`bulk`] what only the load harness writes.
 
+pub mod admit;
 pub mod api;
 pub mod bulk;
 pub mod convert;
