@@ -26,6 +26,9 @@ pub struct ServiceApp {
     /// The same database for plain reads outside transactions: a pool of its own on SQLite
     /// (see [`crate::db::connect_reader`]), else the same pool as `db`.
     pub read_db: DatabaseConnection,
+    /// On SQLite, the hot path's one-statement reads without a thread hop
+    /// ([`crate::lite`]); `None` on PostgreSQL.
+    pub lite: Option<std::sync::Arc<crate::lite::LiteReader>>,
     metrics: Metrics,
     admin: TcpListener,
     /// Its settings (the token is redacted in Debug).
@@ -91,6 +94,12 @@ impl ServiceApp {
             }
             None => db.clone(),
         };
+        let lite = crate::lite::LiteReader::open(
+            &url,
+            crate::db::SQLITE_READERS as usize,
+            std::sync::Arc::clone(&statements),
+        )
+        .map_err(|e| anyhow::anyhow!("{} service: database readers: {e}", kind.name()))?;
         let listener = match listener {
             Some(l) => l,
             None => {
@@ -132,6 +141,7 @@ impl ServiceApp {
             kind,
             db,
             read_db,
+            lite,
             metrics,
             admin,
             admin_config: config.admin.clone(),

@@ -74,7 +74,7 @@ async fn release_clean(conn: &mut sea_orm::sqlx::SqliteConnection) -> Result<boo
 /// SQLite reads the database through a memory map of up to this size: a connection whose
 /// page cache another connection's write made stale reads the pages from the map instead of
 /// copying them again from the file.
-const SQLITE_MMAP_BYTES: &str = "268435456";
+pub(crate) const SQLITE_MMAP_BYTES: &str = "268435456";
 
 /// A pooled PostgreSQL connection idle this long is pinged (one round trip) before it is
 /// handed out, to replace one the server or a proxy closed meanwhile (as HikariCP checks a
@@ -124,6 +124,11 @@ pub async fn connect_reader(url: &str) -> Result<Option<DatabaseConnection>, DbE
 pub struct StatementCount(std::sync::atomic::AtomicU64);
 
 impl StatementCount {
+    /// Counts `n` statements run outside sea-orm ([`crate::lite`]).
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Statements so far.
     pub fn get(&self) -> u64 {
         self.0.load(std::sync::atomic::Ordering::Relaxed)

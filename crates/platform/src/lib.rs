@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod group_commit;
 pub mod identity;
+pub mod lite;
 pub mod metrics;
 pub mod rpc;
 pub mod server;

@@ -24,7 +24,9 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         listener,
     )
     .await?;
-    let store = store::Store::new(app.db.clone()).with_reader(app.read_db.clone());
+    let store = store::Store::new(app.db.clone())
+        .with_reader(app.read_db.clone())
+        .with_lite(app.lite.clone());
     seed::bootstrap_account_representatives(store.db(), &config.auth.account_representatives).await?;
     let poll = std::time::Duration::from_millis(config.workflow.authz_change_poll_ms);
     let api = api::AuthorizationApi::start(store, app.draining(), poll).await?;
@@ -41,6 +43,55 @@ mod schema_tests {
     use sspm_platform::testing;
 
     use crate::migration::Migrator;
+
+    /// Every Check's reads answer the same through SQLite's hop-free reader as through
+    /// sea-orm (which PostgreSQL uses): unknown principal and business unit, a principal
+    /// without grants, one with several.
+    #[tokio::test]
+    async fn check_reads_without_a_hop_answer_as_sea_orm_does() {
+        let test_db = testing::fresh_sqlite();
+        let db = connect_and_migrate::<Migrator>(&test_db.url).await.unwrap();
+        let count = std::sync::Arc::new(sspm_platform::db::StatementCount::default());
+        let lite = sspm_platform::lite::LiteReader::open(&test_db.url, 2, std::sync::Arc::clone(&count)).unwrap();
+        let orm = crate::store::Store::new(db.clone());
+        let hop_free = crate::store::Store::new(db.clone()).with_lite(lite);
+        let same = async |principal: &str, bu: &str| {
+            let (a, b) = (
+                orm.principal_with_grants(principal).await.unwrap(),
+                hop_free.principal_with_grants(principal).await.unwrap(),
+            );
+            assert_eq!(a, b, "{principal}");
+            let (c, d) = (
+                orm.business_unit(bu).await.unwrap(),
+                hop_free.business_unit(bu).await.unwrap(),
+            );
+            assert_eq!(c, d, "{bu}");
+            (a, c)
+        };
+        assert_eq!(same("alice", "bu-classics").await, (None, None));
+        for sql in [
+            "INSERT INTO business_units VALUES ('bu-classics', 'Classics, Inc.', 'C14', NULL, true, false, 1, 2)",
+            "INSERT INTO business_units VALUES ('bu-league', 'The League', 'C14', 'bu-classics', false, true, 3, 4)",
+            "INSERT INTO principals VALUES ('alice', 'Alice', 'bu-classics', 'USER', 5)",
+        ] {
+            db.execute_unprepared(sql).await.unwrap();
+        }
+        let (alice, classics) = same("alice", "bu-classics").await;
+        assert!(alice.is_some_and(|(_, grants)| grants.is_empty()));
+        assert!(classics.is_some_and(|b| b.monitoring_gateway_enabled && !b.personal_connection_enabled));
+        for g in [
+            "('alice', 'bu-classics', 'PORT_MANAGEMENT_VIEW', 'rep', 6)",
+            "('alice', '', 'ACCOUNT_REPRESENTATIVE', 'rep', 7)",
+        ] {
+            db.execute_unprepared(&format!("INSERT INTO permission_grants VALUES {g}"))
+                .await
+                .unwrap();
+        }
+        let (alice, league) = same("alice", "bu-league").await;
+        assert_eq!(alice.map(|(_, grants)| grants.len()), Some(2));
+        assert_eq!(league.and_then(|b| b.partner_id).as_deref(), Some("bu-classics"));
+        assert_eq!(count.get(), 6, "each read counted");
+    }
 
     /// Grants are unique per (principal, business unit, permission) and refer to real
     /// principals; partners are real business units.

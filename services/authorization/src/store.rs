@@ -6,6 +6,8 @@ use sea_orm::{
     QueryOrder, QuerySelect, TransactionTrait,
 };
 use sspm_platform::db::SelectUnique;
+use sspm_platform::lite::LiteReader;
+use std::sync::Arc;
 
 use sspm_platform::audit;
 
@@ -18,12 +20,25 @@ pub struct Store {
     db: DatabaseConnection,
     /// Plain reads outside transactions (see [`Store::with_reader`]).
     read: DatabaseConnection,
+    /// On SQLite, every Check's reads without a thread hop (see [`Store::with_lite`]).
+    lite: Option<Arc<LiteReader>>,
 }
 
 impl Store {
     /// A store on `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { read: db.clone(), db }
+        Self {
+            read: db.clone(),
+            db,
+            lite: None,
+        }
+    }
+
+    /// The same store, reading principals and business units through `lite` (SQLite:
+    /// `ServiceApp::lite`, [`sspm_platform::lite`]).
+    pub fn with_lite(mut self, lite: Option<Arc<LiteReader>>) -> Self {
+        self.lite = lite;
+        self
     }
 
     /// The same store, reading outside transactions from `read` (the service's reader
@@ -35,6 +50,29 @@ impl Store {
 
     /// One business unit.
     pub async fn business_unit(&self, id: &str) -> Result<Option<business_unit::Model>, DbErr> {
+        if let Some(lite) = &self.lite {
+            return lite.read(|c| {
+                use sspm_platform::lite::rusqlite::OptionalExtension;
+                c.prepare_cached(
+                    "SELECT business_unit_id, display_name, cluster, partner_id, monitoring_gateway_enabled, \
+                     personal_connection_enabled, create_time, update_time FROM business_units \
+                     WHERE business_unit_id = ?1",
+                )?
+                .query_row([id], |r| {
+                    Ok(business_unit::Model {
+                        business_unit_id: r.get(0)?,
+                        display_name: r.get(1)?,
+                        cluster: r.get(2)?,
+                        partner_id: r.get(3)?,
+                        monitoring_gateway_enabled: r.get(4)?,
+                        personal_connection_enabled: r.get(5)?,
+                        create_time: r.get(6)?,
+                        update_time: r.get(7)?,
+                    })
+                })
+                .optional()
+            });
+        }
         business_unit::Entity::find_by_id(id.to_owned())
             .unique(&self.read)
             .await
@@ -127,15 +165,49 @@ impl Store {
         id: &str,
     ) -> Result<Option<(principal::Model, Vec<grant::Model>)>, DbErr> {
         use sea_orm::{ConnectionTrait, Statement};
+        const SQL: &str = "SELECT p.principal_id, p.display_name, p.home_business_unit_id, p.kind, p.create_time, \
+             g.business_unit_id AS grant_business_unit_id, g.permission AS grant_permission, \
+             g.granted_by AS grant_granted_by, g.grant_time AS grant_time \
+             FROM principals p LEFT JOIN permission_grants g ON g.principal_id = p.principal_id \
+             WHERE p.principal_id = $1";
+        if let Some(lite) = &self.lite {
+            // SQLite: on this thread (sspm_platform::lite); `$1` is SQLite's `?1` too.
+            return lite.read(|c| {
+                let mut statement = c.prepare_cached(SQL)?;
+                let mut rows = statement.query([id])?;
+                let mut found: Option<(principal::Model, Vec<grant::Model>)> = None;
+                while let Some(row) = rows.next()? {
+                    let (principal, grants) = match &mut found {
+                        Some(f) => f,
+                        None => found.insert((
+                            principal::Model {
+                                principal_id: row.get(0)?,
+                                display_name: row.get(1)?,
+                                home_business_unit_id: row.get(2)?,
+                                kind: row.get(3)?,
+                                create_time: row.get(4)?,
+                            },
+                            Vec::new(),
+                        )),
+                    };
+                    if let Some(business_unit_id) = row.get::<_, Option<String>>(5)? {
+                        grants.push(grant::Model {
+                            principal_id: principal.principal_id.clone(),
+                            business_unit_id,
+                            permission: row.get(6)?,
+                            granted_by: row.get(7)?,
+                            grant_time: row.get(8)?,
+                        });
+                    }
+                }
+                Ok(found)
+            });
+        }
         let rows = self
             .read
             .query_all_raw(Statement::from_sql_and_values(
                 self.read.get_database_backend(),
-                "SELECT p.principal_id, p.display_name, p.home_business_unit_id, p.kind, p.create_time, \
-                 g.business_unit_id AS grant_business_unit_id, g.permission AS grant_permission, \
-                 g.granted_by AS grant_granted_by, g.grant_time AS grant_time \
-                 FROM principals p LEFT JOIN permission_grants g ON g.principal_id = p.principal_id \
-                 WHERE p.principal_id = $1",
+                SQL,
                 [id.into()],
             ))
             .await?;

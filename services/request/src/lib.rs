@@ -51,6 +51,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     let readers = authz.audit_readers();
     let store = store::Store::new(app.db.clone())
         .with_reader(app.read_db.clone())
+        .with_lite(app.lite.clone())
         .with_group_commit(config.workflow.group_commit_queue);
     let outbox = outbox::Outbox {
         ticketing: TicketingServiceClient::new(connect_lazy(&endpoint(ServiceKind::Ticketing), &config.clients)?),
@@ -203,6 +204,39 @@ mod schema_tests {
         // migrations are idempotent at start-up
         drop(db);
         connect_and_migrate::<Migrator>(url).await.unwrap();
+    }
+
+    /// GetPortLimits's read answers the same through SQLite's hop-free reader as through
+    /// sea-orm (which PostgreSQL uses): no limits yet, limits, an open request.
+    #[tokio::test]
+    async fn limits_read_without_a_hop_answers_as_sea_orm_does() {
+        let test_db = testing::fresh_sqlite();
+        let db = connect_and_migrate::<Migrator>(&test_db.url).await.unwrap();
+        let count = std::sync::Arc::new(sspm_platform::db::StatementCount::default());
+        let lite = sspm_platform::lite::LiteReader::open(&test_db.url, 1, std::sync::Arc::clone(&count)).unwrap();
+        let orm = crate::store::Store::new(db.clone());
+        let hop_free = crate::store::Store::new(db.clone()).with_lite(lite);
+        let both = async |bu: &str| {
+            let a = orm.limits_and_open_request(bu).await.unwrap();
+            let b = hop_free.limits_and_open_request(bu).await.unwrap();
+            assert_eq!(a, b, "{bu}");
+            a
+        };
+        assert_eq!(both("bu-1").await, (None, None));
+        db.execute_unprepared("INSERT INTO port_limits VALUES ('bu-1', 120, 10, 5, 3, 77)")
+            .await
+            .unwrap();
+        insert(&db, "r1", "bu-1", "APPROVED").await.unwrap();
+        let (limits, open) = both("bu-1").await;
+        assert_eq!(
+            limits.map(|l| (l.concurrent, l.outbound, l.agentless, l.version, l.update_time)),
+            Some((120, 10, 5, 3, 77))
+        );
+        assert_eq!(open, None);
+        insert(&db, "r2", "bu-1", "UNDER_REVIEW").await.unwrap();
+        assert_eq!(both("bu-1").await.1.as_deref(), Some("r2"));
+        assert_eq!(both("bu-2").await, (None, None));
+        assert_eq!(count.get(), 4, "each read counted");
     }
 
     /// The open-request lookup (every create, every GetPortLimits) reads the R5 partial index,

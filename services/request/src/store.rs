@@ -2,6 +2,8 @@
 //! from (`UPDATE ... WHERE state = $from`), and write the history entry and the effects
 //! (the outbox) in the same transaction, so a crash never leaves half a transition.
 
+use std::sync::Arc;
+
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait,
@@ -12,6 +14,7 @@ use sea_orm::{
 use sspm_platform::audit;
 use sspm_platform::db::{DbErrorKind, SelectUnique, classify};
 use sspm_platform::group_commit::{BoxFuture, Savepoint, Writer};
+use sspm_platform::lite::LiteReader;
 use sspm_rules::{RequestState, Rule, Violation};
 
 use crate::entities::{cursor, effect, history, limits, request};
@@ -67,8 +70,10 @@ pub struct Store {
     db: DatabaseConnection,
     /// Plain reads outside transactions (see [`Store::with_reader`]).
     read: DatabaseConnection,
+    /// On SQLite, the hottest reads without a thread hop (see [`Store::with_lite`]).
+    lite: Option<Arc<LiteReader>>,
     /// Write transactions begun (explicit ones, and single writing statements).
-    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    writes: Arc<std::sync::atomic::AtomicU64>,
     /// How the hot path's write transactions commit.
     writer: Writer,
 }
@@ -78,9 +83,10 @@ impl Store {
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
             read: db.clone(),
+            lite: None,
             writer: Writer::new(db.clone(), 0),
             db,
-            writes: std::sync::Arc::default(),
+            writes: Arc::default(),
         }
     }
 
@@ -129,6 +135,13 @@ impl Store {
         self
     }
 
+    /// The same store, answering GetPortLimits's read through `lite` (SQLite:
+    /// `ServiceApp::lite`, [`sspm_platform::lite`]).
+    pub fn with_lite(mut self, lite: Option<Arc<LiteReader>>) -> Self {
+        self.lite = lite;
+        self
+    }
+
     /// The database.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
@@ -149,6 +162,25 @@ impl Store {
              FROM (SELECT 1 AS one) AS d LEFT JOIN port_limits l ON l.business_unit_id = $1",
             open_state_sql()
         );
+        if let Some(lite) = &self.lite {
+            // SQLite: on this thread (sspm_platform::lite); `$1` is SQLite's `?1` too.
+            return lite.read(|c| {
+                c.prepare_cached(&sql)?.query_row([bu], |row| {
+                    let limits = match row.get::<_, Option<String>>(0)? {
+                        None => None,
+                        Some(business_unit_id) => Some(limits::Model {
+                            business_unit_id,
+                            concurrent: row.get(1)?,
+                            outbound: row.get(2)?,
+                            agentless: row.get(3)?,
+                            version: row.get(4)?,
+                            update_time: row.get(5)?,
+                        }),
+                    };
+                    Ok((limits, row.get(6)?))
+                })
+            });
+        }
         let row = self
             .read
             .query_one_raw(Statement::from_sql_and_values(
