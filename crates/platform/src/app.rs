@@ -26,9 +26,10 @@ pub struct ServiceApp {
     /// The same database for plain reads outside transactions: a pool of its own on SQLite
     /// (see [`crate::db::connect_reader`]), else the same pool as `db`.
     pub read_db: DatabaseConnection,
-    /// On SQLite, the hot path's one-statement reads without a thread hop
-    /// ([`crate::lite`]); `None` on PostgreSQL.
-    pub lite: Option<std::sync::Arc<crate::lite::LiteReader>>,
+    /// The database's URL when it is a SQLite file (no credentials in it), and its statement
+    /// count, for [`ServiceApp::lite_reader`].
+    sqlite_url: Option<String>,
+    statements: std::sync::Arc<crate::db::StatementCount>,
     metrics: Metrics,
     admin: TcpListener,
     /// Its settings (the token is redacted in Debug).
@@ -94,12 +95,6 @@ impl ServiceApp {
             }
             None => db.clone(),
         };
-        let lite = crate::lite::LiteReader::open(
-            &url,
-            crate::db::SQLITE_READERS as usize,
-            std::sync::Arc::clone(&statements),
-        )
-        .map_err(|e| anyhow::anyhow!("{} service: database readers: {e}", kind.name()))?;
         let listener = match listener {
             Some(l) => l,
             None => {
@@ -120,7 +115,10 @@ impl ServiceApp {
         metrics.observed_counter(
             "sspm.db.statements",
             "SQL statements run by the service's database connections since it started",
-            move || statements.get(),
+            {
+                let statements = std::sync::Arc::clone(&statements);
+                move || statements.get()
+            },
         );
         let mut server = ServiceServer::new(kind.name(), listener, verifier)
             .advertise(api)
@@ -141,7 +139,8 @@ impl ServiceApp {
             kind,
             db,
             read_db,
-            lite,
+            sqlite_url: crate::db::sqlite_path(&url).is_some().then(|| url.clone()),
+            statements,
             metrics,
             admin,
             admin_config: config.admin.clone(),
@@ -149,6 +148,21 @@ impl ServiceApp {
             background: Vec::new(),
             draining: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// On SQLite, read-only connections for the hot path's one-statement reads without a
+    /// thread hop ([`crate::lite`]), their statements counted with the service's; `None` on
+    /// PostgreSQL. Opened by the services that use them.
+    pub fn lite_reader(&self) -> anyhow::Result<Option<std::sync::Arc<crate::lite::LiteReader>>> {
+        let Some(url) = &self.sqlite_url else {
+            return Ok(None);
+        };
+        crate::lite::LiteReader::open(
+            url,
+            crate::db::SQLITE_READERS as usize,
+            std::sync::Arc::clone(&self.statements),
+        )
+        .map_err(|e| anyhow::anyhow!("{} service: database readers: {e}", self.kind.name()))
     }
 
     /// The signal its streams end on at shutdown.

@@ -26,7 +26,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     .await?;
     let store = store::Store::new(app.db.clone())
         .with_reader(app.read_db.clone())
-        .with_lite(app.lite.clone());
+        .with_lite(app.lite_reader()?);
     seed::bootstrap_account_representatives(store.db(), &config.auth.account_representatives).await?;
     let poll = std::time::Duration::from_millis(config.workflow.authz_change_poll_ms);
     let api = api::AuthorizationApi::start(store, app.draining(), poll).await?;

@@ -51,7 +51,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     let readers = authz.audit_readers();
     let store = store::Store::new(app.db.clone())
         .with_reader(app.read_db.clone())
-        .with_lite(app.lite.clone())
+        .with_lite(app.lite_reader()?)
         .with_group_commit(config.workflow.group_commit_queue);
     let outbox = outbox::Outbox {
         ticketing: TicketingServiceClient::new(connect_lazy(&endpoint(ServiceKind::Ticketing), &config.clients)?),
