@@ -23,6 +23,11 @@ use sea_orm::{DbErr, RuntimeErr};
 
 use crate::db::{SQLITE_MMAP_BYTES, StatementCount, sqlite_path};
 
+/// How long a read may wait for SQLite's locks. In WAL mode a reader waits only in rare
+/// moments (the WAL's index being rebuilt); it waits on a runtime thread here, so briefly,
+/// and the call fails (to be retried) rather than hold the thread for long.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Read-only SQLite connections for the hot path's reads.
 pub struct LiteReader {
     connections: Box<[Mutex<Connection>]>,
@@ -56,7 +61,7 @@ impl LiteReader {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(error)?;
-                c.busy_timeout(Duration::from_secs(10)).map_err(error)?;
+                c.busy_timeout(BUSY_TIMEOUT).map_err(error)?;
                 c.pragma_update(None, "query_only", "ON").map_err(error)?;
                 c.pragma_update(None, "mmap_size", SQLITE_MMAP_BYTES).map_err(error)?;
                 Ok(Mutex::new(c))
