@@ -136,7 +136,7 @@ impl Store {
     }
 
     /// The same store, answering GetPortLimits's read through `lite` (SQLite:
-    /// `ServiceApp::lite`, [`sspm_platform::lite`]).
+    /// `ServiceApp::lite_reader`, [`sspm_platform::lite`]).
     pub fn with_lite(mut self, lite: Option<Arc<LiteReader>>) -> Self {
         self.lite = lite;
         self
