@@ -25,7 +25,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// Defines two tests running the async scenario `$body(&TestSystem)`: `$sqlite` on SQLite,
 /// and `$postgres` on PostgreSQL (ignored unless run with `--ignored` and
-/// `SSPM_TEST_POSTGRES_URL`). Each starts its own system and shuts it down cleanly.
+/// `SSPM_TEST_POSTGRES_URL`). Each starts its own system, checks its event log when the
+/// scenario is over ([`TestSystem::check_event_log`]) and shuts it down cleanly.
 #[macro_export]
 macro_rules! scenario {
     ($body:ident, $sqlite:ident, $postgres:ident) => {
@@ -33,6 +34,7 @@ macro_rules! scenario {
         async fn $sqlite() {
             let system = $crate::TestSystem::start($crate::Backend::Sqlite).await;
             $body(&system).await;
+            system.check_event_log().await;
             system.shutdown().await.expect("clean shutdown");
         }
 
@@ -41,6 +43,7 @@ macro_rules! scenario {
         async fn $postgres() {
             let system = $crate::TestSystem::start($crate::Backend::Postgres).await;
             $body(&system).await;
+            system.check_event_log().await;
             system.shutdown().await.expect("clean shutdown");
         }
     };
@@ -322,6 +325,87 @@ impl TestSystem {
             .expect("header value");
         req.metadata_mut().insert("authorization", value);
         req
+    }
+
+    /// Every event of the feed, oldest first, as the demo's platform consumer (Events ›
+    /// Read all) pages through it from the start.
+    pub async fn all_events(&self) -> Vec<pb::Event> {
+        let mut out: Vec<pb::Event> = Vec::new();
+        let mut cursor = "0".to_owned();
+        loop {
+            let page = self
+                .requests()
+                .list_events(self.authed(
+                    demo::EVENTS_CONSUMER,
+                    pb::ListEventsRequest {
+                        after_cursor: cursor.clone(),
+                        page_size: 1_000,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("ListEvents")
+                .into_inner();
+            if page.events.is_empty() {
+                return out;
+            }
+            cursor = page.next_cursor;
+            out.extend(page.events);
+        }
+    }
+
+    /// The event log holds what happened, once and in order (docs/EVENTS.md): positions
+    /// strictly increase; each business unit's events are numbered 1, 2, 3, ... in feed
+    /// order; ids are unique; and each business unit's `port_limits.changed` events chain
+    /// (each starts from the limits the previous one left) up to the limits it has now,
+    /// so no change of its limits is missing or told twice. Answers the events.
+    pub async fn check_event_log(&self) -> Vec<pb::Event> {
+        let events = self.all_events().await;
+        let mut last_position = 0_i64;
+        let mut sequences: HashMap<String, i64> = HashMap::new();
+        let mut limits: HashMap<String, pb::PortLimits> = HashMap::new();
+        let mut ids = std::collections::HashSet::new();
+        for e in &events {
+            let position: i64 = e.cursor.parse().expect("a cursor is a position");
+            assert!(position > last_position, "positions increase: {e:?}");
+            last_position = position;
+            assert!(ids.insert(e.id.clone()), "event {} told twice", e.id);
+            assert_eq!(e.source, "sspm://request");
+            let seq = sequences.entry(e.subject.clone()).or_default();
+            assert_eq!(
+                e.sequence,
+                *seq + 1,
+                "{}'s events are numbered without gaps: {e:?}",
+                e.subject
+            );
+            *seq = e.sequence;
+            assert_eq!(e.id, format!("{}/{}", e.subject, e.sequence));
+            if let Some(pb::event::Data::PortLimitsChanged(c)) = &e.data {
+                assert_eq!(e.r#type, "sspm.v1.port_limits.changed");
+                assert_eq!(c.business_unit_id, e.subject);
+                let zero = pb::PortLimits::default();
+                let before = limits.get(&e.subject).unwrap_or(&zero);
+                assert_eq!(c.before.as_ref(), Some(before), "{}'s changes chain: {e:?}", e.subject);
+                assert_ne!(c.before, c.after, "a change changes something: {e:?}");
+                limits.insert(e.subject.clone(), c.after.expect("after"));
+            }
+        }
+        for (bu, after) in &limits {
+            let now = self
+                .requests()
+                .get_port_limits(self.authed(
+                    demo::ACCOUNT_REP,
+                    pb::GetPortLimitsRequest {
+                        business_unit_id: bu.clone(),
+                    },
+                ))
+                .await;
+            if let Ok(now) = now {
+                let now = now.into_inner().limits.expect("limits");
+                assert_eq!(&now, after, "the last port_limits.changed of {bu} is its limits now");
+            }
+        }
+        events
     }
 
     /// The limits of `business_unit`, as `principal` reads them.

@@ -56,6 +56,7 @@ async fn quiet_system(backend: Backend) -> TestSystem {
         c.workflow.watch_poll_ms = 3_600_000;
         c.workflow.decision_feed_poll_ms = 3_600_000;
         c.workflow.authz_change_poll_ms = 3_600_000;
+        c.events.poll_ms = 3_600_000;
     })
     .await
 }

@@ -77,6 +77,78 @@ pub struct SspmConfig {
     pub admin: AdminConfig,
     /// Connection, HTTP/2 and request bounds of every service's gRPC port.
     pub server: ServerLimits,
+    /// The request service's event log, its feed and its publisher (docs/EVENTS.md).
+    pub events: EventsConfig,
+    /// The audit trail of every service.
+    pub audit: AuditConfig,
+}
+
+/// The event log (docs/EVENTS.md): its feed, its retention and the NATS JetStream publisher.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// How often each replica looks for events written by other replicas (to place them
+    /// in the feed on PostgreSQL, and for its WatchEvents streams). Its own are seen at once.
+    pub poll_ms: u64,
+    /// Events are kept this many days, then pruned (once published, when a broker is
+    /// configured); a cursor from before is answered OUT_OF_RANGE. 0: kept forever.
+    pub retention_days: u32,
+    /// The NATS server the events are published to (`nats://host:4222`, several separated
+    /// by commas); empty: no publisher (the gRPC feed alone).
+    pub nats_url: String,
+    /// The JetStream stream, created or updated at start from the settings below.
+    pub stream: String,
+    /// Events go to `<subject_prefix>.<type>.<business unit>`, e.g.
+    /// `sspm.events.port_limits.changed.bu-classics`.
+    pub subject_prefix: String,
+    /// The stream keeps messages this many seconds (JetStream's `max_age`). 0: no limit.
+    pub stream_max_age_seconds: u64,
+    /// The stream's replicas (1 on a single server; 3 on a three-node cluster).
+    pub stream_replicas: usize,
+    /// JetStream drops a message whose `Nats-Msg-Id` it has seen within this many seconds
+    /// (a republished event after a crash); longer than the longest retry.
+    pub duplicate_window_seconds: u64,
+    /// Events read and published per batch.
+    pub publish_batch: u64,
+    /// First retry of a failed publish, in milliseconds (doubled up to `retry_max_ms`).
+    pub retry_initial_ms: u64,
+    /// Longest wait between two publish attempts, in milliseconds.
+    pub retry_max_ms: u64,
+    /// Waiting for JetStream's acknowledgement of one event at most this long.
+    pub ack_timeout_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            poll_ms: 200,
+            retention_days: 30,
+            nats_url: String::new(),
+            stream: "SSPM_EVENTS".to_owned(),
+            subject_prefix: "sspm.events".to_owned(),
+            stream_max_age_seconds: 7 * 24 * 3600,
+            stream_replicas: 1,
+            duplicate_window_seconds: 600,
+            publish_batch: 256,
+            retry_initial_ms: 200,
+            retry_max_ms: 30_000,
+            ack_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// The audit trail (`ListAuditEvents`) of every service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit events are kept this many days, then pruned. 0: kept forever.
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { retention_days: 400 }
+    }
 }
 
 /// Bounds of each gRPC listener, after Envoy's edge-proxy recommendations (README,
@@ -760,6 +832,8 @@ impl Default for SspmConfig {
             ticketing: TicketingConfig::default(),
             admin: AdminConfig::default(),
             server: ServerLimits::default(),
+            events: EventsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -802,6 +876,46 @@ impl SspmConfig {
         let cfg: SspmConfig = builder.add_source(environment).build()?.try_deserialize()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Checks the `[events]` section.
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        let e = &self.events;
+        if e.poll_ms == 0 || e.retry_initial_ms == 0 || e.retry_max_ms < e.retry_initial_ms || e.ack_timeout_ms == 0 {
+            return Err(invalid(
+                "events",
+                "intervals must be positive and retry_max_ms at least retry_initial_ms",
+            ));
+        }
+        if !(1..=10_000).contains(&e.publish_batch) {
+            return Err(invalid("events.publish_batch", "must be 1 to 10000"));
+        }
+        if !e.nats_url.is_empty() {
+            let valid_token =
+                |t: &str| !t.is_empty() && !t.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>'));
+            if e.stream.is_empty() || !valid_token(&e.stream) {
+                return Err(invalid(
+                    "events.stream",
+                    "must be a JetStream stream name (no spaces, '.', '*' or '>')",
+                ));
+            }
+            if !e.subject_prefix.split('.').all(valid_token) {
+                return Err(invalid(
+                    "events.subject_prefix",
+                    "must be NATS subject tokens separated by '.' (no spaces, '*' or '>')",
+                ));
+            }
+            if !(1..=5).contains(&e.stream_replicas) {
+                return Err(invalid("events.stream_replicas", "must be 1 to 5"));
+            }
+            if e.duplicate_window_seconds * 1_000 < e.retry_max_ms {
+                return Err(invalid(
+                    "events.duplicate_window_seconds",
+                    "must cover events.retry_max_ms: a republished event must still be recognised",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks values that types alone cannot.
@@ -877,6 +991,7 @@ impl SspmConfig {
                 format!("{bad:?} is not a valid principal id"),
             ));
         }
+        self.validate_events()?;
         if self.workflow.poll_interval_ms == 0
             || self.workflow.retry_initial_ms == 0
             || self.workflow.retry_max_ms < self.workflow.retry_initial_ms

@@ -161,6 +161,21 @@ pub fn watch_limit(key: &str, max: usize, message: String) -> Status {
     )
 }
 
+/// OUT_OF_RANGE: a feed cursor from before what is kept (`oldest`: where the caller can
+/// resume, accepting the loss, or `0` for the oldest kept).
+pub fn cursor_expired(cursor: i64, oldest: i64) -> Status {
+    with_reason(
+        Code::OutOfRange,
+        "CURSOR_EXPIRED",
+        ("oldest_cursor", oldest.to_string()),
+        None,
+        format!(
+            "events after cursor {cursor} were pruned (events.retention_days); the oldest kept is at cursor {oldest}: \
+             resume from \"0\" to read from there"
+        ),
+    )
+}
+
 /// DEADLINE_EXCEEDED: a call's request message did not arrive within `timeout` of its
 /// headers.
 pub fn request_message_timeout(timeout: std::time::Duration) -> Status {

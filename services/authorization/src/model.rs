@@ -26,6 +26,7 @@ impl Perm {
             Permission::AccountRepresentative
                 | Permission::NetworkOperationsDailyLimits
                 | Permission::NetworkOperationsApprove
+                | Permission::EventsReadAll
         )
     }
 }
@@ -43,6 +44,7 @@ pub fn required(action: Action) -> (bool, &'static [Permission]) {
         ),
         Action::ManageDailyLimits => (true, &[Permission::NetworkOperationsDailyLimits]),
         Action::DecideApprovals => (true, &[Permission::NetworkOperationsApprove]),
+        Action::ReadAllEvents => (true, &[Permission::EventsReadAll]),
         Action::Administer | Action::Unspecified => (true, &[Permission::AccountRepresentative]),
     }
 }

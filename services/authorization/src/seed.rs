@@ -75,6 +75,9 @@ pub mod demo {
     pub const ACCOUNT_REP: &str = "rep@sspm.example";
     /// A Network Operations engineer (daily limits and approvals).
     pub const NETOPS: &str = "netops@sspm.example";
+    /// A platform service that follows every business unit's events (Events › Read all):
+    /// the media servers that enforce the limits.
+    pub const EVENTS_CONSUMER: &str = "media-servers@platform.example";
     /// The partner.
     pub const PARTNER: &str = "bu-classics";
     /// The partner's customer with Monitoring Gateway and Personal Connection.
@@ -142,6 +145,10 @@ pub async fn seed_demo(db: &DatabaseConnection) -> Result<bool, DbErr> {
         marguerite,
         staff(ACCOUNT_REP, "Armand St. Just (account representative)"),
         staff(NETOPS, "Chauvelin (Network Operations)"),
+        principal::Model {
+            kind: "SERVICE".to_owned(),
+            ..staff(EVENTS_CONSUMER, "Media servers (follow the port limits)")
+        },
     ] {
         ensure_principal(&tx, p).await?;
     }
@@ -150,6 +157,7 @@ pub async fn seed_demo(db: &DatabaseConnection) -> Result<bool, DbErr> {
         global(ACCOUNT_REP, Permission::AccountRepresentative, "demo"),
         global(NETOPS, Permission::NetworkOperationsDailyLimits, by),
         global(NETOPS, Permission::NetworkOperationsApprove, by),
+        global(EVENTS_CONSUMER, Permission::EventsReadAll, by),
         on(PARTNER_ADMIN, PARTNER, Permission::MonitoringGatewayView, by),
         on(PARTNER_ADMIN, PARTNER, Permission::PortManagementView, by),
         on(PARTNER_ADMIN, PARTNER, Permission::PortManagementCreate, by),

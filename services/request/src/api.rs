@@ -22,6 +22,8 @@ use tonic::{Code, Request, Response, Status};
 use crate::admit::{Create, Created, DryRun};
 use crate::convert::{limits_pb, outcome, request_pb};
 use crate::entities::request;
+use crate::events;
+use crate::feed::Feed;
 use crate::model::limits_of;
 use crate::store::Provisioned;
 use crate::watch::Watchers;
@@ -34,17 +36,20 @@ pub struct RequestApi {
     price: Price,
     draining: Draining,
     watchers: Arc<Watchers>,
+    feed: Arc<Feed>,
 }
 
 impl RequestApi {
     /// Handlers driving requests with `wf`, pricing ports with `price`; watch streams are
-    /// counted and bounded by `watchers` and end when `draining` starts.
-    pub fn new(wf: Arc<Workflow>, price: Price, draining: Draining, watchers: Arc<Watchers>) -> Self {
+    /// counted and bounded by `watchers` and end when `draining` starts; `WatchEvents`
+    /// follows `feed`.
+    pub fn new(wf: Arc<Workflow>, price: Price, draining: Draining, watchers: Arc<Watchers>, feed: Arc<Feed>) -> Self {
         Self {
             wf,
             price,
             draining,
             watchers,
+            feed,
         }
     }
 
@@ -101,6 +106,45 @@ impl RequestApi {
 
 /// Entries of one ImportProvisionedLimits call at most.
 const MAX_IMPORT_ENTRIES: usize = 1_000;
+/// Business units named in one event filter at most.
+const MAX_FEED_FILTER: usize = 100;
+/// Business units whose events one caller may read at most (a partner and its customers);
+/// a principal that needs more is given Events › Read all.
+const MAX_FEED_UNITS: usize = 10_000;
+/// Events per ListEvents page when the caller does not say, and at most.
+const EVENTS_PAGE: (u64, u64) = (100, 1_000);
+/// Events a WatchEvents stream reads per query.
+const WATCH_BATCH: u64 = 256;
+
+/// The types of an event filter, each one of [`events::TYPES`].
+fn event_types(types: &[String]) -> Result<Vec<String>, Status> {
+    let mut out = Vec::with_capacity(types.len());
+    for (i, t) in types.iter().enumerate() {
+        if !events::TYPES.contains(&t.as_str()) {
+            return Err(invalid(
+                &format!("types[{i}]"),
+                format!("unknown event type {t:?}; the types are {}", events::TYPES.join(", ")),
+            ));
+        }
+        out.push(t.clone());
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// A feed cursor (`None` when empty).
+fn feed_cursor(raw: &str) -> Result<Option<i64>, Status> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse::<i64>().ok().filter(|c| *c >= 0).map(Some).ok_or_else(|| {
+        invalid(
+            "after_cursor",
+            "not a cursor: pass an event's `cursor`, a response's `next_cursor`, or \"0\" for the oldest kept",
+        )
+    })
+}
 
 impl RequestApi {
     /// PERMISSION_DENIED unless the caller is an account representative (a person: a
@@ -117,6 +161,38 @@ impl RequestApi {
             .require(&caller.id, pb::Action::Administer, "")
             .await
             .map(|_| ())
+    }
+
+    /// The business units whose events `caller` may read among `requested` (empty: all it
+    /// may see), checked as ListPortChangeRequests checks them; `None`: every business unit
+    /// (Events › Read all).
+    async fn event_scope(&self, caller: &PrincipalId, requested: &[String]) -> Result<Option<Vec<String>>, Status> {
+        if requested.len() > MAX_FEED_FILTER {
+            return Err(invalid(
+                "business_unit_ids",
+                format!("at most {MAX_FEED_FILTER} business units; leave it empty for all you may see"),
+            ));
+        }
+        let mut bus = Vec::with_capacity(requested.len());
+        for (i, raw) in requested.iter().enumerate() {
+            bus.push(parse_at(&format!("business_unit_ids[{i}]"), BusinessUnitId::parse(raw))?.to_string());
+        }
+        bus.sort();
+        bus.dedup();
+        let authz = self.wf.authz();
+        match authz.require(caller, pb::Action::ReadAllEvents, "").await {
+            Ok(_) => return Ok((!bus.is_empty()).then_some(bus)),
+            Err(s) if matches!(s.code(), Code::PermissionDenied | Code::NotFound) => {}
+            Err(s) => return Err(s),
+        }
+        if bus.is_empty() {
+            let visible = authz.visible(caller, pb::Action::ViewPorts, MAX_FEED_UNITS).await?;
+            return Ok(Some(visible.into_iter().map(|bu| bu.business_unit_id).collect()));
+        }
+        for bu in &bus {
+            authz.require(caller, pb::Action::ViewPorts, bu).await?;
+        }
+        Ok(Some(bus))
     }
 
     /// Sets one business unit's provisioned limits on behalf of `actor`.
@@ -167,6 +243,8 @@ impl RequestApi {
         };
         if changed {
             tracing::info!(business_unit = %bu, by = %actor, %before, %after, reason, "provisioned limits set");
+            // Its `port_limits.changed` event is in the feed now.
+            self.feed.written();
         }
         Ok(pb::SetProvisionedLimitsResponse {
             business_unit_id: bu.to_string(),
@@ -190,6 +268,7 @@ fn optional_text(field: &str, raw: &str, what: &str) -> Result<Option<String>, S
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPortChangeRequestResponse, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl PortRequestService for RequestApi {
@@ -278,7 +357,7 @@ impl PortRequestService for RequestApi {
             } => {
                 sspm_platform::rpc::annotate_state(&started.request.state);
                 let outcome = outcome(&started.request);
-                let created = crate::store::history_model(&model.request_id, model.create_time, entry);
+                let created = events::HistoryEntry::of(&model.request_id, model.create_time, &entry);
                 pb::CreatePortChangeRequestResponse {
                     request: Some(request_pb(started.request, vec![created, started.history])),
                     outcome: outcome.into(),
@@ -488,6 +567,110 @@ impl PortRequestService for RequestApi {
         Ok(Response::new(pb::ImportProvisionedLimitsResponse { results }))
     }
 
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let size = match u64::try_from(req.page_size) {
+            Ok(0) => EVENTS_PAGE.0,
+            Ok(n) if n <= EVENTS_PAGE.1 => n,
+            _ => return Err(invalid("page_size", "must be between 0 and 1000")),
+        };
+        let types = event_types(&req.types)?;
+        let after = feed_cursor(&req.after_cursor)?.unwrap_or(0);
+        let scope = self.event_scope(&caller.id, &req.business_unit_ids).await?;
+        // On PostgreSQL, what committed before this call is placed in the feed first (unless
+        // another replica is placing it right now).
+        self.feed
+            .advance(self.wf.store())
+            .await
+            .map_err(db("placing events in the feed"))?;
+        let (events, next) = self.read_events(after, scope.as_deref(), &types, size).await?;
+        Ok(Response::new(pb::ListEventsResponse {
+            events,
+            next_cursor: next.to_string(),
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let types = event_types(&req.types)?;
+        let start = feed_cursor(&req.after_cursor)?;
+        let mut scope = self.event_scope(&caller.id, &req.business_unit_ids).await?;
+        let cursor = match start {
+            Some(c) => c,
+            None => events::head(self.wf.store().reader())
+                .await
+                .map_err(db("reading events"))?,
+        };
+        // Counted (and bounded) with the other watch streams until it ends; see watch.rs.
+        let slot = self.watchers.open_feed(&caller.id)?;
+        // A cursor from before the retention is refused before the stream starts.
+        let (mut batch, mut next) = self.read_events(cursor, scope.as_deref(), &types, WATCH_BATCH).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let api = self.clone();
+        let mut head = self.feed.subscribe();
+        let mut draining = self.draining.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut asked = std::time::Instant::now();
+            loop {
+                let full = batch.len() as u64 == WATCH_BATCH;
+                for event in batch {
+                    if tx
+                        .send(Ok(pb::WatchEventsResponse { event: Some(event) }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                let cursor = next;
+                // Wait until the feed goes past the cursor (unless there is more already).
+                while !full && *head.borrow_and_update() <= cursor {
+                    tokio::select! {
+                        moved = head.changed() => if moved.is_err() {
+                            let _ = tx.try_send(Err(Draining::status()));
+                            return;
+                        },
+                        () = tx.closed() => return,
+                        _ = draining.started() => {
+                            // Never wait on a watcher that does not read: the drain must end.
+                            let _ = tx.try_send(Err(Draining::status()));
+                            return;
+                        }
+                    }
+                }
+                if asked.elapsed() >= SCOPE_REFRESH {
+                    asked = std::time::Instant::now();
+                    match api.event_scope(&caller.id, &req.business_unit_ids).await {
+                        Ok(s) => scope = s,
+                        Err(refused) => {
+                            let _ = tx.send(Err(refused)).await;
+                            return;
+                        }
+                    }
+                }
+                match api.read_events(cursor, scope.as_deref(), &types, WATCH_BATCH).await {
+                    Ok((b, n)) => (batch, next) = (b, n),
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     type WatchPortChangeRequestStream = WatchStream;
 
     async fn watch_port_change_request(
@@ -571,6 +754,48 @@ impl PortRequestService for RequestApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// How long a `WatchEvents` stream uses the business units it was allowed before asking
+/// again (a right revoked ends the stream; a customer added joins it).
+const SCOPE_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl RequestApi {
+    /// Events after `after` in `scope` (see [`events::feed`]), and where the next read
+    /// starts: after the last of them or, when they are the last, after the head of the
+    /// feed as it was before the read (nothing up to it matched). OUT_OF_RANGE when events
+    /// after `after` were pruned.
+    async fn read_events(
+        &self,
+        after: i64,
+        scope: Option<&[String]>,
+        types: &[String],
+        limit: u64,
+    ) -> Result<(Vec<pb::Event>, i64), Status> {
+        let head = self.feed.head();
+        let reader = self.wf.store().reader();
+        let rows = if scope.is_some_and(<[String]>::is_empty) {
+            Vec::new()
+        } else {
+            events::feed(reader, after, scope, types, limit)
+                .await
+                .map_err(db("reading events"))?
+        };
+        if after > 0 {
+            let pruned = events::pruned_through(reader).await.map_err(db("reading events"))?;
+            if after < pruned {
+                let oldest = events::oldest(reader).await.map_err(db("reading events"))?;
+                return Err(error::cursor_expired(after, oldest));
+            }
+        }
+        let last = rows.last().and_then(|r| r.position).unwrap_or(after);
+        let next = if (rows.len() as u64) < limit {
+            last.max(head)
+        } else {
+            last
+        };
+        Ok((rows.into_iter().map(events::event_pb).collect(), next))
     }
 }
 

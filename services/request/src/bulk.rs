@@ -6,9 +6,9 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTra
 use sspm_platform::audit;
 use sspm_rules::RequestState;
 
-use crate::entities::{history, request};
+use crate::entities::request;
+use crate::events::{self, NewEvent};
 use crate::plan::Entry;
-use crate::store::history_row;
 
 /// Requests per INSERT statement of [`import_history`] (31 columns each).
 const IMPORT_CHUNK: usize = 1000;
@@ -34,9 +34,11 @@ pub async fn import_history(
     }
     let count = requests.len();
     let mut rows = Vec::with_capacity(count);
-    let mut entries = Vec::with_capacity(count * 2);
+    // Each business unit's events, in the order given (numbered after its last).
+    let mut by_unit: std::collections::BTreeMap<String, Vec<NewEvent>> = std::collections::BTreeMap::new();
     for (r, history) in requests {
-        entries.extend(history.into_iter().map(|(time, e)| history_row(&r.request_id, time, e)));
+        let unit = by_unit.entry(r.business_unit_id.clone()).or_default();
+        unit.extend(history.iter().map(|(time, e)| NewEvent::of_entry(&r, e, *time)));
         rows.push(request::ActiveModel::from(r));
     }
     let tx = db.begin().await?;
@@ -47,11 +49,10 @@ pub async fn import_history(
             .exec_without_returning(&tx)
             .await?;
     }
-    let mut entries = entries.into_iter().peekable();
-    while entries.peek().is_some() {
-        history::Entity::insert_many(entries.by_ref().take(IMPORT_CHUNK * 4))
-            .exec_without_returning(&tx)
-            .await?;
+    for (bu, unit) in &by_unit {
+        for chunk in unit.chunks(IMPORT_CHUNK) {
+            events::append(&tx, bu, chunk).await?;
+        }
     }
     let detail = format!("{count} requests that are over, with their history");
     audit::record_as(
@@ -71,8 +72,8 @@ pub async fn import_history(
 /// for the table as it was.
 pub async fn analyze(db: &DatabaseConnection) -> Result<(), DbErr> {
     let sql = match db.get_database_backend() {
-        sea_orm::DbBackend::Postgres => "ANALYZE port_change_requests, request_history",
-        _ => "ANALYZE port_change_requests; ANALYZE request_history",
+        sea_orm::DbBackend::Postgres => "ANALYZE port_change_requests, events",
+        _ => "ANALYZE port_change_requests; ANALYZE events",
     };
     db.execute_unprepared(sql).await.map(|_| ())
 }

@@ -4,7 +4,8 @@ use sspm_platform::rpc::{timestamp, timestamp_opt};
 use sspm_proto::v1 as pb;
 use sspm_rules::{Amount, PortLimits, RequestState};
 
-use crate::entities::{history, request};
+use crate::entities::request;
+use crate::events::HistoryEntry;
 use crate::model::{change_of, state_of};
 
 /// Limits as the API shows them.
@@ -48,7 +49,7 @@ pub fn outcome(r: &request::Model) -> pb::CreateOutcome {
 }
 
 /// A stored request with its history.
-pub fn request_pb(r: request::Model, history: Vec<history::Model>) -> pb::PortChangeRequest {
+pub fn request_pb(r: request::Model, history: Vec<HistoryEntry>) -> pb::PortChangeRequest {
     let change = change_of(&r).ok();
     let state = state_of(&r);
     let decision = match (&r.decided_by, r.decision_approved) {
@@ -102,7 +103,7 @@ pub fn request_pb(r: request::Model, history: Vec<history::Model>) -> pb::PortCh
     }
 }
 
-fn history_pb(h: history::Model) -> pb::HistoryEvent {
+fn history_pb(h: HistoryEntry) -> pb::HistoryEvent {
     let kind = match h.kind.as_str() {
         "TRANSITION" => pb::HistoryEventKind::Transition,
         "REVERTED" => pb::HistoryEventKind::Reverted,

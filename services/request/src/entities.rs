@@ -108,21 +108,30 @@ pub mod request {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// `request_history`: every transition and notable event.
-pub mod history {
+/// `events`: the event log (docs/EVENTS.md). A request's history is its rows with a `kind`.
+pub mod event {
     use sea_orm::entity::prelude::*;
 
-    /// One entry.
+    /// One event.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "request_history")]
+    #[sea_orm(table_name = "events")]
     pub struct Model {
-        /// Order.
+        /// Insertion order.
         #[sea_orm(primary_key)]
         pub id: i64,
-        /// The request.
-        pub request_id: String,
-        /// `TRANSITION`, `REVERTED` or `NOTE`.
-        pub kind: String,
+        /// The business unit (the CloudEvents `subject`).
+        pub business_unit_id: String,
+        /// The business unit's events are numbered 1, 2, ... with no gap.
+        pub sequence: i64,
+        /// Place in the feed; `None` until the sequencer places it (PostgreSQL).
+        pub position: Option<i64>,
+        /// CloudEvents `type` (`sspm.v1.request.approved`, ...).
+        #[sea_orm(column_name = "type")]
+        pub event_type: String,
+        /// The request it is about, if any.
+        pub request_id: Option<String>,
+        /// For a history entry: `TRANSITION`, `REVERTED` or `NOTE`; `None` otherwise.
+        pub kind: Option<String>,
         /// Unix microseconds.
         pub time: i64,
         /// Who.
@@ -130,9 +139,12 @@ pub mod history {
         /// State before.
         pub from_state: Option<String>,
         /// State after.
-        pub to_state: String,
+        pub to_state: Option<String>,
         /// Why.
         pub reason: String,
+        /// The payload, protobuf-encoded (`sspm.v1.PortLimitsChanged`, `RequestEvent`,
+        /// `ApprovalTaskEvent`, by `event_type`).
+        pub payload: Option<Vec<u8>>,
     }
 
     /// No relations are navigated.

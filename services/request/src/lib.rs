@@ -15,10 +15,13 @@ pub mod api;
 pub mod bulk;
 pub mod convert;
 pub mod entities;
+pub mod events;
+pub mod feed;
 pub mod migration;
 pub mod model;
 pub mod outbox;
 pub mod plan;
+pub mod publish;
 pub mod store;
 pub mod watch;
 pub mod worker;
@@ -63,9 +66,31 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         config.admission.max_watch_streams,
         config.admission.per_principal_max_watch_streams,
     );
-    let api = api::RequestApi::new(Arc::clone(&workflow), config.price()?, app.draining(), watchers.clone());
+    let feed = feed::Feed::new();
+    let api = api::RequestApi::new(
+        Arc::clone(&workflow),
+        config.price()?,
+        app.draining(),
+        watchers.clone(),
+        feed.clone(),
+    );
     let mut background = workflow.spawn_background();
     let store = workflow.store().clone();
+    background.push(feed.spawn(
+        store.clone(),
+        Arc::clone(&workflow),
+        std::time::Duration::from_millis(config.events.poll_ms),
+    ));
+    let publishing = !config.events.nats_url.is_empty();
+    if publishing {
+        background.push(publish::Publisher::new(config.events.clone(), &store, feed.clone()).spawn());
+    }
+    background.push(feed::spawn_pruner(
+        store.clone(),
+        config.events.retention_days,
+        publishing,
+        std::time::Duration::from_secs(600),
+    ));
     let writes = store.clone();
     app.metrics().observed_counter(
         "sspm.db.write_transactions",
@@ -77,7 +102,7 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         Arc::clone(&workflow),
         std::time::Duration::from_millis(config.workflow.watch_poll_ms),
     ));
-    register_figures(&app, store, watchers);
+    register_figures(&app, store, watchers, publishing);
     Ok(app
         .map_server(|s| s.add_service(PortRequestServiceServer::new(api)))
         .with_audit(readers)
@@ -87,8 +112,9 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
 /// `sspm_requests{state, approval_path}`: requests by state, and approved ones by path
 /// (automatic or reviewed); `sspm_outbox_pending`: calls to other services not yet made;
 /// `sspm_watch_streams` and `sspm_watch_polls`: watch streams open, and the queries made
-/// for all of them (watch.rs).
-fn register_figures(app: &ServiceApp, store: store::Store, watchers: Arc<watch::Watchers>) {
+/// for all of them (watch.rs); with a NATS publisher, `sspm_events_pending`: events not
+/// yet acknowledged by JetStream (publish.rs).
+fn register_figures(app: &ServiceApp, store: store::Store, watchers: Arc<watch::Watchers>, publishing: bool) {
     let requests = app
         .metrics()
         .gauge("sspm.requests", "Port change requests by state and approval path");
@@ -104,8 +130,15 @@ fn register_figures(app: &ServiceApp, store: store::Store, watchers: Arc<watch::
         "sspm.watch.polls",
         "Queries made since start to find changes of watched requests (one per poll for all streams)",
     );
+    let events_pending = publishing.then(|| {
+        app.metrics().gauge(
+            "sspm.events.pending",
+            "Events not yet acknowledged by NATS JetStream (the publisher's backlog; retried with backoff)",
+        )
+    });
     app.metrics().on_refresh(move || {
         let (store, requests, pending) = (store.clone(), requests.clone(), pending.clone());
+        let events_pending = events_pending.clone();
         streams.set_all([(vec![], i64::try_from(watchers.streams()).unwrap_or(i64::MAX))]);
         polls.set_all([(vec![], i64::try_from(watchers.polls()).unwrap_or(i64::MAX))]);
         async move {
@@ -132,6 +165,10 @@ fn register_figures(app: &ServiceApp, store: store::Store, watchers: Arc<watch::
             }));
             requests.set_all(values);
             pending.set_all([(vec![], i64::try_from(waiting).unwrap_or(i64::MAX))]);
+            if let Some(gauge) = events_pending {
+                let backlog = publish::pending(store.db()).await?;
+                gauge.set_all([(vec![], i64::try_from(backlog).unwrap_or(i64::MAX))]);
+            }
             Ok(())
         }
     });

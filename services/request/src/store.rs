@@ -15,9 +15,11 @@ use sspm_platform::audit;
 use sspm_platform::db::{DbErrorKind, SelectUnique, classify};
 use sspm_platform::group_commit::{BoxFuture, Savepoint, Writer};
 use sspm_platform::lite::LiteReader;
+use sspm_proto::v1 as pb;
 use sspm_rules::{RequestState, Rule, Violation};
 
-use crate::entities::{cursor, effect, history, limits, request};
+use crate::entities::{cursor, effect, event, limits, request};
+use crate::events::{self, HistoryEntry, NewEvent};
 use crate::model::Request;
 use crate::plan::{self, Entry, Step};
 
@@ -50,7 +52,7 @@ pub struct Written {
     /// The request as stored now.
     pub request: request::Model,
     /// The history entry written.
-    pub history: history::Model,
+    pub history: HistoryEntry,
     /// The effects enqueued, with their ids.
     pub effects: Vec<effect::Model>,
 }
@@ -140,6 +142,11 @@ impl Store {
     pub fn with_lite(mut self, lite: Option<Arc<LiteReader>>) -> Self {
         self.lite = lite;
         self
+    }
+
+    /// The reader pool (plain reads outside transactions).
+    pub fn reader(&self) -> &DatabaseConnection {
+        &self.read
     }
 
     /// The database.
@@ -237,29 +244,32 @@ impl Store {
     }
 
     /// A request's history, oldest first.
-    pub async fn history(&self, id: &str) -> Result<Vec<history::Model>, DbErr> {
-        history::Entity::find()
-            .filter(history::Column::RequestId.eq(id))
-            .order_by_asc(history::Column::Id)
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, DbErr> {
+        let rows = event::Entity::find()
+            .filter(event::Column::RequestId.eq(id))
+            .filter(events::is_history())
+            .order_by_asc(event::Column::Id)
             .all(&self.read)
-            .await
+            .await?;
+        Ok(rows.into_iter().filter_map(HistoryEntry::of_row).collect())
     }
 
     /// The histories of several requests (one page of a list), each oldest first.
     pub async fn histories(
         &self,
         ids: &[String],
-    ) -> Result<std::collections::HashMap<String, Vec<history::Model>>, DbErr> {
-        let mut out: std::collections::HashMap<String, Vec<history::Model>> = std::collections::HashMap::new();
+    ) -> Result<std::collections::HashMap<String, Vec<HistoryEntry>>, DbErr> {
+        let mut out: std::collections::HashMap<String, Vec<HistoryEntry>> = std::collections::HashMap::new();
         if ids.is_empty() {
             return Ok(out);
         }
-        let rows = history::Entity::find()
-            .filter(history::Column::RequestId.is_in(ids.iter().cloned()))
-            .order_by_asc(history::Column::Id)
+        let rows = event::Entity::find()
+            .filter(event::Column::RequestId.is_in(ids.iter().cloned()))
+            .filter(events::is_history())
+            .order_by_asc(event::Column::Id)
             .all(&self.read)
             .await?;
-        for h in rows {
+        for h in rows.into_iter().filter_map(HistoryEntry::of_row) {
             out.entry(h.request_id.clone()).or_default().push(h);
         }
         Ok(out)
@@ -276,12 +286,13 @@ impl Store {
                 let time = r.create_time;
                 let bu = r.business_unit_id.clone();
                 let before = (r.before_concurrent, r.before_outbound, r.before_agentless);
+                let created = NewEvent::of_entry(&r, &entry, time);
                 request::Entity::insert(request::ActiveModel::from(r))
                     .exec_without_returning(tx)
                     .await?;
                 // Read after the insert: the R5 index has waited for any request of the
                 // business unit still being applied, so this sees the limits that request left.
-                let now = limits::Entity::find_by_id(bu)
+                let now = limits::Entity::find_by_id(bu.clone())
                     .lock_exclusive()
                     .unique(tx)
                     .await?
@@ -289,7 +300,16 @@ impl Store {
                 if now != before {
                     return Ok(Savepoint::Undo(Inserted::LimitsMoved));
                 }
-                write_history(tx, &id, time, entry).await?;
+                audit::record_as(
+                    tx,
+                    Some(&entry.actor),
+                    audit_action(&entry),
+                    &id,
+                    &audit_detail(&entry),
+                    time,
+                )
+                .await?;
+                events::append(tx, &bu, &[created]).await?;
                 Ok(Savepoint::Keep(Inserted::Done))
             })
         })
@@ -437,6 +457,7 @@ impl Store {
                     Ok(step) => step,
                     Err(v) => return Ok(Savepoint::Undo(Stepped::Refused(v))),
                 };
+                let mut changed = None;
                 if let Some(after) = step.limits {
                     let cause = if step.entry.kind == "REVERTED" {
                         "reverted"
@@ -445,9 +466,10 @@ impl Store {
                     };
                     let new = limits_row(&old.business_unit_id, after);
                     write_limits(tx, current.as_ref(), new, &format!("{cause} by {id}"), now).await?;
+                    changed = Some((stored_limits(current.as_ref())?, after));
                 }
                 let guard = Condition::all().add(request::Column::State.eq(step.from.as_str()));
-                match write_step_in(tx, old, step, Vec::new(), guard, now, lease_until).await? {
+                match write_step_in(tx, old, step, Vec::new(), changed, guard, now, lease_until).await? {
                     Some(written) => Ok(Savepoint::Keep(Stepped::Done(Box::new(written)))),
                     None => Ok(Savepoint::Undo(Stepped::Refused(Violation::new(
                         Rule::Lifecycle,
@@ -501,22 +523,27 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Adds a note to a request's history.
-    pub async fn note(&self, id: &str, actor: &str, state: RequestState, reason: &str, now: i64) -> Result<(), DbErr> {
+    /// Adds a note to request `r`'s history (`sspm.v1.request.noted`).
+    pub async fn note(&self, r: &request::Model, actor: &str, reason: &str, now: i64) -> Result<(), DbErr> {
+        let state = crate::model::state_of(r);
+        let entry = Entry {
+            kind: "NOTE",
+            actor: actor.to_owned(),
+            from: Some(state),
+            to: state,
+            reason: reason.to_owned(),
+        };
         let tx = self.begin().await?;
-        write_history(
+        audit::record_as(
             &tx,
-            id,
+            Some(actor),
+            audit_action(&entry),
+            &r.request_id,
+            &audit_detail(&entry),
             now,
-            Entry {
-                kind: "NOTE",
-                actor: actor.to_owned(),
-                from: Some(state),
-                to: state,
-                reason: reason.to_owned(),
-            },
         )
         .await?;
+        events::append(&tx, &r.business_unit_id, &[NewEvent::of_entry(r, &entry, now)]).await?;
         tx.commit().await
     }
 
@@ -682,6 +709,16 @@ impl Store {
             now,
         )
         .await?;
+        let event = NewEvent::limits_changed(
+            bu,
+            (before, after),
+            None,
+            actor,
+            pb::PortLimitsChangeCause::Provisioned,
+            reason.to_owned(),
+            now,
+        );
+        events::append(&tx, bu, &[event]).await?;
         tx.commit().await?;
         Ok(Provisioned::Set { before, after })
     }
@@ -729,6 +766,7 @@ async fn first_step_in(
     let id = old.request_id.clone();
     let bu = old.business_unit_id.clone();
     let mut audit = Vec::new();
+    let changed = step.limits.map(|after| (assumed, after));
     if let Some(after) = step.limits {
         let was = (
             i32::from(assumed.concurrent.get()),
@@ -792,7 +830,7 @@ async fn first_step_in(
         .add(request::Column::State.eq(RequestState::New.as_str()))
         .add(request::Column::DecidedBy.is_null())
         .add(linked);
-    match write_step_in(tx, old, step, audit, guard, now, lease_until).await {
+    match write_step_in(tx, old, step, audit, changed, guard, now, lease_until).await {
         Ok(Some(written)) => Ok(Savepoint::Keep(StepWrite::Done(Box::new(written)))),
         Ok(None) => Ok(Savepoint::Undo(StepWrite::Moved(Violation::new(
             Rule::Lifecycle,
@@ -842,13 +880,17 @@ fn patched(mut r: request::Model, step: &Step, now: i64, lease_until: i64) -> re
 
 /// Writes `step` of request `old` in `tx` where `guard` still holds of its row: the row as
 /// the step leaves it, one multi-row audit insert (`audit`, besides the step's own and its
-/// history entry's), the history entry and the effects (their ids returned). `None`, and
-/// nothing written, when the guard no longer holds.
+/// history entry's), its events in one statement (the history entry, the approval task's,
+/// and `port_limits.changed` when it changed the limits from `changed.0` to `changed.1`)
+/// and the effects (their ids returned). `None`, and nothing written, when the guard no
+/// longer holds.
+#[allow(clippy::too_many_arguments)]
 async fn write_step_in(
     tx: &DatabaseTransaction,
     old: request::Model,
     step: Step,
     mut audit: Vec<(Option<String>, &'static str, String, String)>,
+    changed: Option<(sspm_rules::PortLimits, sspm_rules::PortLimits)>,
     guard: Condition,
     now: i64,
     lease_until: i64,
@@ -888,9 +930,36 @@ async fn write_step_in(
         .map(|(actor, action, target, detail)| (actor.as_deref(), *action, target.as_str(), detail.clone()))
         .collect();
     audit::record_many(tx, &rows, now).await?;
-    history::Entity::insert(history_row(&id, now, entry.clone()))
-        .exec_without_returning(tx)
-        .await?;
+    let limits_event = changed.map(|change| {
+        let cause = if entry.kind == "REVERTED" {
+            pb::PortLimitsChangeCause::Reverted
+        } else {
+            pb::PortLimitsChangeCause::Applied
+        };
+        let reason = format!(
+            "{} by {id}",
+            if entry.kind == "REVERTED" {
+                "reverted"
+            } else {
+                "applied"
+            }
+        );
+        NewEvent::limits_changed(
+            &new.business_unit_id,
+            change,
+            Some(&new),
+            &entry.actor,
+            cause,
+            reason,
+            now,
+        )
+    });
+    events::append(
+        tx,
+        &new.business_unit_id,
+        &NewEvent::of_step(&new, &entry, now, limits_event),
+    )
+    .await?;
     let effects = if effects.is_empty() {
         Vec::new()
     } else {
@@ -906,7 +975,7 @@ async fn write_step_in(
         .await?
     };
     Ok(Some(Written {
-        history: history_model(&id, now, entry),
+        history: HistoryEntry::of(&id, now, &entry),
         request: new,
         effects,
     }))
@@ -973,14 +1042,6 @@ async fn write_limits(
     }
 }
 
-async fn write_history(tx: &DatabaseTransaction, id: &str, time: i64, e: Entry) -> Result<(), DbErr> {
-    audit::record_as(tx, Some(&e.actor), audit_action(&e), id, &audit_detail(&e), time).await?;
-    history::Entity::insert(history_row(id, time, e))
-        .exec_without_returning(tx)
-        .await
-        .map(|_| ())
-}
-
 /// The audit action of history entry `e`.
 fn audit_action(e: &Entry) -> &'static str {
     match (e.kind, e.from) {
@@ -997,27 +1058,6 @@ fn audit_detail(e: &Entry) -> String {
         Some(from) if from != e.to => format!("{} -> {}: {}", from.as_str(), e.to.as_str(), e.reason),
         _ => format!("{}: {}", e.to.as_str(), e.reason),
     }
-}
-
-/// History entry `e` of request `id` as stored (its `id` assigned by the database on insert).
-pub(crate) fn history_model(id: &str, time: i64, e: Entry) -> history::Model {
-    history::Model {
-        id: 0,
-        request_id: id.to_owned(),
-        kind: e.kind.to_owned(),
-        time,
-        actor: e.actor,
-        from_state: e.from.map(|s| s.as_str().to_owned()),
-        to_state: e.to.as_str().to_owned(),
-        reason: e.reason,
-    }
-}
-
-/// The row of history entry `e` of request `id`.
-pub(crate) fn history_row(id: &str, time: i64, e: Entry) -> history::ActiveModel {
-    let mut row = history::ActiveModel::from(history_model(id, time, e));
-    row.id = NotSet;
-    row
 }
 
 /// The row of `limits` for business unit `bu` (version and time are set when written).

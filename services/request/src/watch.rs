@@ -1,4 +1,4 @@
-//! The watch streams of one process (`WatchPortChangeRequest`; README, "Bounds on callers"):
+//! The watch streams of one process (`WatchPortChangeRequest`, `WatchEvents`; README, "Bounds on callers"):
 //! how many are open, per principal and in all (bounded: RESOURCE_EXHAUSTED beyond), and
 //! the one poller that wakes them. Changes made by this process wake a stream at once
 //! through the workflow's broadcast; changes made by other replicas are found by a single
@@ -60,6 +60,12 @@ impl Watchers {
         self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A slot for a `WatchEvents` stream of `principal`, within the same bounds (the feed
+    /// wakes it, not the poller).
+    pub fn open_feed(self: &Arc<Self>, principal: &PrincipalId) -> Result<WatchSlot, Status> {
+        self.open(principal, "")
+    }
+
     /// A slot for a stream of `principal` on `request_id`; RESOURCE_EXHAUSTED at a bound.
     pub fn open(self: &Arc<Self>, principal: &PrincipalId, request_id: &str) -> Result<WatchSlot, Status> {
         let mut open = self.lock();
@@ -83,7 +89,9 @@ impl Watchers {
         }
         open.total += 1;
         *open.by_principal.entry(principal.clone()).or_default() += 1;
-        open.watched.entry(request_id.to_owned()).or_default().0 += 1;
+        if !request_id.is_empty() {
+            open.watched.entry(request_id.to_owned()).or_default().0 += 1;
+        }
         Ok(WatchSlot {
             watchers: self.clone(),
             principal: principal.clone(),

@@ -20,7 +20,7 @@ use tonic::{Code, Status};
 use tracing::Instrument;
 
 use crate::entities::{effect, request};
-use crate::model::{ApprovalPath, Decision, Request, change_of, state_of};
+use crate::model::{ApprovalPath, Decision, Request, change_of};
 use crate::outbox::{Effect, Outbox};
 use crate::plan::{Input, SYSTEM, Verdict, describe, next_step};
 use crate::store::{CaseLink, Stepped, Store, Written};
@@ -567,9 +567,8 @@ impl Workflow {
                 tracing::error!(request_id = r.request_id, effect = e.kind, code = ?s.code(), message = s.message(), "effect refused");
                 self.store
                     .note(
-                        &r.request_id,
+                        r,
                         SYSTEM,
-                        state_of(r),
                         &format!("{} could not be carried out: {}", e.kind, s.message()),
                         now_micros(),
                     )

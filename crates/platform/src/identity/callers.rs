@@ -47,6 +47,9 @@ pub const TABLE: &[(&str, Callers)] = &[
     ("/sspm.v1.PortRequestService/ProvideInformation", USERS),
     ("/sspm.v1.PortRequestService/CancelPortChangeRequest", USERS),
     ("/sspm.v1.PortRequestService/WatchPortChangeRequest", USERS),
+    // The event feed: partners' tools, and the platform's services (Events › Read all).
+    ("/sspm.v1.PortRequestService/ListEvents", USERS),
+    ("/sspm.v1.PortRequestService/WatchEvents", USERS),
     // The request service: the account representative's onboarding (staff).
     ("/sspm.v1.PortRequestService/SetProvisionedLimits", USERS),
     ("/sspm.v1.PortRequestService/ImportProvisionedLimits", USERS),

@@ -1,5 +1,5 @@
-//! The request service's schema: port limits per business unit, change requests with their
-//! history, and the decision-feed cursor. R5 (one open request per business unit) and the
+//! The request service's schema: port limits per business unit, change requests, the event
+//! log (which holds their history), and the feed cursors. R5 (one open request per business unit) and the
 //! idempotency key (`request_id`) are constraints, so they hold with any number of replicas.
 
 use sea_orm_migration::prelude::*;
@@ -7,6 +7,7 @@ use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_requests;
 mod m20261122_000002_index_state;
 mod m20261203_000003_unique_case_number;
+mod m20261205_000004_events;
 
 /// Applies the request service's migrations.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             // The audit trail, shared by every service.
             Box::new(sspm_platform::audit::Migration),
             Box::new(m20261203_000003_unique_case_number::Migration),
+            Box::new(m20261205_000004_events::Migration),
         ]
     }
 }
