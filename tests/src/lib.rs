@@ -110,6 +110,19 @@ pub fn init_test_logging() {
     });
 }
 
+/// A name part no other test system of this machine uses at the same time.
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 impl TestSystem {
     /// Starts the four services and waits until each reports SERVING.
     pub async fn start(backend: Backend) -> Self {
@@ -143,6 +156,18 @@ impl TestSystem {
         config.workflow.retry_initial_ms = 100;
         config.workflow.retry_max_ms = 1_000;
         config.workflow.review_poll_seconds = 1;
+        // With SSPM_TEST_NATS_URL (as `.ci/run` sets it), every system publishes its events
+        // to a stream of its own on that server, and `check_event_log` compares the stream
+        // with the feed.
+        if let Some(url) = std::env::var("SSPM_TEST_NATS_URL").ok().filter(|u| !u.is_empty()) {
+            let unique = unique_suffix();
+            config.events.nats_url = url;
+            config.events.stream = format!("SSPM_TEST_{unique}");
+            config.events.subject_prefix = format!("sspmtest.{unique}");
+            config.events.retry_initial_ms = 50;
+            config.events.retry_max_ms = 1_000;
+            config.events.stream_max_age_seconds = 3_600;
+        }
         configure(&mut config);
         let mut listeners = HashMap::new();
         let mut addrs = HashMap::new();
@@ -405,7 +430,40 @@ impl TestSystem {
                 assert_eq!(&now, after, "the last port_limits.changed of {bu} is its limits now");
             }
         }
+        if !self.config.events.nats_url.is_empty() {
+            self.check_stream(&events).await;
+        }
         events
+    }
+
+    /// The NATS stream holds the feed's `events`, each once, in the same order, on the
+    /// subjects docs/EVENTS.md gives them (waits up to 20 s for the publisher).
+    pub async fn check_stream(&self, events: &[pb::Event]) {
+        let cfg = &self.config.events;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let streamed = loop {
+            let streamed = sspm_request::publish::read_stream(&cfg.nats_url, &cfg.stream)
+                .await
+                .unwrap_or_default();
+            if streamed.len() >= events.len() {
+                break streamed;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stream holds {} of the feed's {} events after 20 s",
+                streamed.len(),
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let ids: Vec<&str> = streamed.iter().map(|m| m.id.as_str()).collect();
+        let feed: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, feed, "the stream holds every event once, in the feed's order");
+        for (m, e) in streamed.iter().zip(events) {
+            assert_eq!(m.message_id, e.id, "Nats-Msg-Id is the event id");
+            assert_eq!((m.event_type.as_str(), m.sequence), (e.r#type.as_str(), e.sequence));
+            assert_eq!(m.subject, sspm_request::publish::subject_of(&cfg.subject_prefix, e));
+        }
     }
 
     /// The limits of `business_unit`, as `principal` reads them.
@@ -569,12 +627,18 @@ impl TestSystem {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        match self.running.take() {
+        let stopped = match self.running.take() {
             Some(running) => tokio::time::timeout(Duration::from_secs(10), running)
                 .await
                 .map_err(|_| anyhow::anyhow!("services did not stop within 10 s"))??,
             None => Ok(()),
+        };
+        if !self.config.events.nats_url.is_empty() {
+            // The test's own stream: gone with it.
+            let _ =
+                sspm_request::publish::delete_stream(&self.config.events.nats_url, &self.config.events.stream).await;
         }
+        stopped
     }
 }
 

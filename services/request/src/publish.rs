@@ -262,3 +262,58 @@ impl Publisher {
         Ok(())
     }
 }
+
+/// One event as a JetStream stream holds it (see [`read_stream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streamed {
+    /// The stream's sequence number.
+    pub stream_sequence: u64,
+    /// The NATS subject.
+    pub subject: String,
+    /// `Nats-Msg-Id`.
+    pub message_id: String,
+    /// `ce-id`.
+    pub id: String,
+    /// `ce-type`.
+    pub event_type: String,
+    /// `ce-subject` (the business unit).
+    pub business_unit_id: String,
+    /// `ce-sequence`.
+    pub sequence: i64,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Every message of `stream` on the NATS server at `url`, in stream order: how the tests
+/// (and an operator checking a deployment) see what the publisher sent.
+pub async fn read_stream(url: &str, stream: &str) -> anyhow::Result<Vec<Streamed>> {
+    let js = jetstream::new(async_nats::connect(url).await?);
+    let mut s = js.get_stream(stream).await?;
+    let (first, last) = {
+        let info = s.info().await?;
+        (info.state.first_sequence, info.state.last_sequence)
+    };
+    let mut out = Vec::new();
+    for seq in first.max(1)..=last {
+        let m = s.get_raw_message(seq).await?;
+        let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        out.push(Streamed {
+            stream_sequence: m.sequence,
+            subject: m.subject.to_string(),
+            message_id: header("Nats-Msg-Id"),
+            id: header("ce-id"),
+            event_type: header("ce-type"),
+            business_unit_id: header("ce-subject"),
+            sequence: header("ce-sequence").parse().unwrap_or_default(),
+            payload: m.payload.to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+/// Deletes `stream` from the NATS server at `url` (tests clean up after themselves).
+pub async fn delete_stream(url: &str, stream: &str) -> anyhow::Result<()> {
+    let js = jetstream::new(async_nats::connect(url).await?);
+    js.delete_stream(stream).await?;
+    Ok(())
+}
