@@ -389,3 +389,59 @@ async fn resume_on_another_replica_on_sqlite() {
 async fn resume_on_another_replica_on_postgres() {
     resume_on_another_replica(Backend::Postgres).await;
 }
+
+/// Retention: once old events are pruned, a cursor from before them is refused with
+/// OUT_OF_RANGE naming the oldest cursor kept (the caller learns it missed events), `0`
+/// reads what is kept, and each business unit's numbering carries on after its newest.
+async fn pruned_cursors_are_refused(s: &TestSystem) {
+    create(s, "ev-p1", LEAGUE, s.port_limits(PERCY, LEAGUE).await.concurrent + 1).await;
+    let before = s.all_events().await;
+    let first = before.first().unwrap().cursor.clone();
+    let url = s.config.database_url(ServiceKind::Request);
+    let db = sea_orm::Database::connect(url.as_str()).await.unwrap();
+    let store = sspm_request::store::Store::new(db);
+    let pruned = sspm_request::feed::prune_before(&store, sspm_platform::rpc::now_micros() + 1_000_000, false)
+        .await
+        .unwrap();
+    assert!(pruned > 0, "old events pruned");
+    let e = list(
+        s,
+        CONSUMER,
+        pb::ListEventsRequest {
+            after_cursor: first,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("oldest kept"), "{e:?}");
+    let kept = s.all_events().await;
+    assert_eq!(kept.len() as u64 + pruned, before.len() as u64);
+    let league = kept.iter().filter(|e| e.subject == LEAGUE).count();
+    assert_eq!(league, 1, "each business unit's newest is kept");
+    // The numbering carries on.
+    let newest = kept.iter().rfind(|e| e.subject == LEAGUE).unwrap().sequence;
+    create(s, "ev-p2", LEAGUE, s.port_limits(PERCY, LEAGUE).await.concurrent + 1).await;
+    let after = s.all_events().await;
+    let next = after
+        .iter()
+        .find(|e| e.subject == LEAGUE && e.sequence > newest)
+        .unwrap();
+    assert_eq!(next.sequence, newest + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruned_cursors_are_refused_on_sqlite() {
+    let s = TestSystem::start(Backend::Sqlite).await;
+    pruned_cursors_are_refused(&s).await;
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL variant: set SSPM_TEST_POSTGRES_URL and run with --ignored"]
+async fn pruned_cursors_are_refused_on_postgres() {
+    let s = TestSystem::start(Backend::Postgres).await;
+    pruned_cursors_are_refused(&s).await;
+    s.shutdown().await.unwrap();
+}

@@ -79,8 +79,6 @@ pub struct SspmConfig {
     pub server: ServerLimits,
     /// The request service's event log, its feed and its publisher (docs/EVENTS.md).
     pub events: EventsConfig,
-    /// The audit trail of every service.
-    pub audit: AuditConfig,
 }
 
 /// The event log (docs/EVENTS.md): its feed, its retention and the NATS JetStream publisher.
@@ -134,20 +132,6 @@ impl Default for EventsConfig {
             retry_max_ms: 30_000,
             ack_timeout_ms: 5_000,
         }
-    }
-}
-
-/// The audit trail (`ListAuditEvents`) of every service.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditConfig {
-    /// Audit events are kept this many days, then pruned. 0: kept forever.
-    pub retention_days: u32,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self { retention_days: 400 }
     }
 }
 
@@ -833,7 +817,6 @@ impl Default for SspmConfig {
             admin: AdminConfig::default(),
             server: ServerLimits::default(),
             events: EventsConfig::default(),
-            audit: AuditConfig::default(),
         }
     }
 }
