@@ -57,6 +57,9 @@ async fn quiet_system(backend: Backend) -> TestSystem {
         c.workflow.decision_feed_poll_ms = 3_600_000;
         c.workflow.authz_change_poll_ms = 3_600_000;
         c.events.poll_ms = 3_600_000;
+        // The request path alone: the NATS publisher (which SSPM_TEST_NATS_URL turns on) is
+        // a background reader of its own, measured by the load harness (BENCHMARKS.md).
+        c.events.nats_url.clear();
     })
     .await
 }
