@@ -339,24 +339,32 @@ pub async fn feed<C: ConnectionTrait>(
 
 /// The highest position in the feed (0 when it is empty).
 pub async fn head<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
+    position_bound(db, Expr::col(event::Column::Position).max()).await
+}
+
+/// The lowest position still kept (0 when the feed is empty).
+pub async fn oldest<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
+    position_bound(db, Expr::col(event::Column::Position).min()).await
+}
+
+/// `MAX(position)` or `MIN(position)` of the feed (0 when it is empty).
+async fn position_bound<C: ConnectionTrait>(db: &C, bound: sea_orm::sea_query::SimpleExpr) -> Result<i64, DbErr> {
     let row: Option<Option<i64>> = event::Entity::find()
         .select_only()
-        .expr(Expr::col(event::Column::Position).max())
+        .expr(bound)
         .into_tuple()
         .one(db)
         .await?;
     Ok(row.flatten().unwrap_or(0))
 }
 
-/// The lowest position still kept (0 when the feed is empty).
-pub async fn oldest<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
-    let row: Option<Option<i64>> = event::Entity::find()
-        .select_only()
-        .expr(Expr::col(event::Column::Position).min())
-        .into_tuple()
+/// The value of the `decision_cursor` row `name` (0 when there is none): the feed cursors
+/// kept beside the decision feed's (what was pruned, what was published).
+pub async fn cursor_row<C: ConnectionTrait>(db: &C, name: &str) -> Result<i64, DbErr> {
+    Ok(cursor::Entity::find_by_id(name.to_owned())
         .one(db)
-        .await?;
-    Ok(row.flatten().unwrap_or(0))
+        .await?
+        .map_or(0, |c| c.cursor))
 }
 
 /// The `decision_cursor` row that holds the highest position pruned.
@@ -411,10 +419,7 @@ pub async fn prune(db: &sea_orm::DatabaseConnection, before: i64, upto: i64, bat
 
 /// The highest position pruned so far (0: none): a cursor below it may have missed events.
 pub async fn pruned_through<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
-    Ok(cursor::Entity::find_by_id(PRUNED.to_owned())
-        .one(db)
-        .await?
-        .map_or(0, |c| c.cursor))
+    cursor_row(db, PRUNED).await
 }
 
 /// A request's history entry, as the API shows it.

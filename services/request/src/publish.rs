@@ -20,7 +20,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, Statement
 use sspm_platform::config::EventsConfig;
 use sspm_proto::v1 as pb;
 
-use crate::entities::{cursor, event};
+use crate::entities::event;
 use crate::events;
 use crate::feed::Feed;
 use crate::store::Store;
@@ -31,10 +31,7 @@ const PUBLISHED: &str = "nats_published";
 
 /// Where the publisher is: the position of the last event JetStream acknowledged (0: none).
 pub async fn published<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
-    Ok(cursor::Entity::find_by_id(PUBLISHED.to_owned())
-        .one(db)
-        .await?
-        .map_or(0, |c| c.cursor))
+    events::cursor_row(db, PUBLISHED).await
 }
 
 /// Records that everything up to `position` is published (never moves back: another
