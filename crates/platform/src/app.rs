@@ -34,6 +34,8 @@ pub struct ServiceApp {
     admin: TcpListener,
     /// Its settings (the token is redacted in Debug).
     admin_config: crate::config::AdminConfig,
+    /// `audit.retention_days`.
+    audit_retention_days: u32,
     server: ServiceServer,
     background: Vec<tokio::task::JoinHandle<()>>,
     draining: tokio::sync::watch::Sender<bool>,
@@ -57,6 +59,9 @@ impl Draining {
         tonic::Status::unavailable("the server is shutting down: subscribe again")
     }
 }
+
+/// How often each service prunes its audit trail (`audit.retention_days`), after once at start.
+const AUDIT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl ServiceApp {
     /// Connects the service's database (running migrations `M`), binds `listener` or the
@@ -144,6 +149,7 @@ impl ServiceApp {
             metrics,
             admin,
             admin_config: config.admin.clone(),
+            audit_retention_days: config.audit.retention_days,
             server,
             background: Vec::new(),
             draining: tokio::sync::watch::Sender::new(false),
@@ -230,6 +236,12 @@ impl ServiceApp {
                 }
             }));
         }
+        self.background.push(crate::audit::spawn_pruner(
+            self.db.clone(),
+            self.kind.name(),
+            self.audit_retention_days,
+            AUDIT_PRUNE_EVERY,
+        ));
         let draining = self.draining.clone();
         let shutdown = async move {
             shutdown.await;

@@ -7,6 +7,13 @@
 //! runs every authenticated call inside a [`CallContext`]; background steps (the reconciler,
 //! reverts) have none and are recorded as `system` unless the store names the actor.
 //! [`AuditApi`] serves the trail as `sspm.v1.AuditService` to staff (never to a service token).
+//!
+//! Retention (`[audit] retention_days`, README "Audit trail"): the trail's oldest end may be
+//! cut, nothing else. [`RetentionMigration`] adds a one-row `audit_retention` horizon that
+//! only moves forward and never past the database's clock, and lets the database delete an
+//! event only when it is older than the horizon; [`prune`] moves the horizon and deletes
+//! behind it, recording the cut in the trail itself ([`spawn_pruner`] runs it in every
+//! service).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -214,6 +221,230 @@ impl MigrationTrait for Migration {
             m.get_connection()
                 .execute_unprepared("DROP FUNCTION IF EXISTS audit_events_append_only()")
                 .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Moves the retention horizon to `before` (Unix microseconds; never backwards) and deletes
+/// up to `batch` of the oldest events older than it, in one transaction that also records
+/// the cut (`audit.pruned`) when it deleted any; how many it deleted. Fewer than `batch`:
+/// nothing older is left (or the next is behind a younger event, for the next round).
+pub async fn prune(db: &sea_orm::DatabaseConnection, before: i64, batch: u64, now: i64) -> Result<u64, DbErr> {
+    use sea_orm::TransactionTrait;
+    let backend = db.get_database_backend();
+    let tx = db.begin().await?;
+    tx.execute_raw(
+        backend.build(
+            Query::update()
+                .table("audit_retention")
+                .value("horizon", before)
+                .and_where(Expr::col("id").eq(1))
+                .and_where(Expr::col("horizon").lt(before)),
+        ),
+    )
+    .await?;
+    // The oldest `batch` by position (a range of the primary key), of which those older than
+    // the horizon: no index on `time` needed, and rarely a full batch not taken.
+    let deleted = tx
+        .execute_raw(
+            backend.build(
+                Query::delete()
+                    .from_table("audit_events")
+                    .and_where(
+                        Expr::col("event_id").in_subquery(
+                            Query::select()
+                                .column("event_id")
+                                .from("audit_events")
+                                .order_by("event_id", Order::Asc)
+                                .limit(batch)
+                                .to_owned(),
+                        ),
+                    )
+                    .and_where(Expr::col("time").lt(before)),
+            ),
+        )
+        .await?
+        .rows_affected();
+    if deleted > 0 {
+        let when = timestamp(before);
+        record(
+            &tx,
+            "audit.pruned",
+            "audit_events",
+            &format!("{deleted} events older than {when} deleted (audit.retention_days)"),
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// Events deleted per transaction by [`spawn_pruner`].
+pub const PRUNE_BATCH: u64 = 10_000;
+
+/// Prunes the trail in `db` of events older than `retention_days` (0: never), at once and
+/// then every `every`; a failure is logged and tried again at the next round.
+pub fn spawn_pruner(
+    db: sea_orm::DatabaseConnection,
+    service: &'static str,
+    retention_days: u32,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if retention_days == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = crate::rpc::now_micros();
+            let before = now.saturating_sub(i64::from(retention_days).saturating_mul(86_400_000_000));
+            let mut total = 0;
+            loop {
+                match prune(&db, before, PRUNE_BATCH, now).await {
+                    Ok(n) => {
+                        total += n;
+                        if n < PRUNE_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(service, error = %e, "cannot prune the audit trail; trying again later");
+                        break;
+                    }
+                }
+            }
+            if total > 0 {
+                tracing::info!(
+                    service,
+                    pruned = total,
+                    "old audit events pruned (audit.retention_days)"
+                );
+            }
+        }
+    })
+}
+
+/// Lets the trail's oldest end be pruned, and nothing else: `audit_retention` holds the
+/// horizon (only forward, never past now), and the database deletes an event only when it
+/// is older than the horizon. Each service's migrator lists it after [`Migration`].
+#[derive(Debug)]
+pub struct RetentionMigration;
+
+impl MigrationName for RetentionMigration {
+    fn name(&self) -> &'static str {
+        "m20261206_000001_audit_retention"
+    }
+}
+
+/// What the database answers to a deletion the retention horizon does not allow.
+const REFUSED_DELETE: &str =
+    "audit events are append-only: only events older than the retention horizon may be deleted";
+/// What it answers to a horizon moved backwards or past now.
+const REFUSED_HORIZON: &str = "the audit retention horizon only moves forward, and never past now";
+
+#[async_trait::async_trait]
+impl MigrationTrait for RetentionMigration {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        let db = m.get_connection();
+        match m.get_database_backend() {
+            DbBackend::Postgres => {
+                for sql in [
+                    "CREATE TABLE audit_retention (id SMALLINT PRIMARY KEY CHECK (id = 1), horizon BIGINT NOT NULL)"
+                        .to_owned(),
+                    "INSERT INTO audit_retention (id, horizon) VALUES (1, 0)".to_owned(),
+                    "DROP TRIGGER audit_events_no_change ON audit_events".to_owned(),
+                    "CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events \
+                     FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()"
+                        .to_owned(),
+                    format!(
+                        "CREATE FUNCTION audit_events_prune_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                         IF OLD.time >= COALESCE((SELECT horizon FROM audit_retention WHERE id = 1), 0) THEN \
+                         RAISE EXCEPTION '{REFUSED_DELETE}'; END IF; RETURN OLD; END $$"
+                    ),
+                    "CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events \
+                     FOR EACH ROW EXECUTE FUNCTION audit_events_prune_only()"
+                        .to_owned(),
+                    format!(
+                        "CREATE FUNCTION audit_retention_forward() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                         IF TG_OP <> 'UPDATE' THEN RAISE EXCEPTION '{REFUSED_HORIZON}'; END IF; \
+                         IF NEW.id <> OLD.id OR NEW.horizon < OLD.horizon \
+                         OR NEW.horizon > (extract(epoch FROM clock_timestamp()) * 1000000)::bigint THEN \
+                         RAISE EXCEPTION '{REFUSED_HORIZON}'; END IF; RETURN NEW; END $$"
+                    ),
+                    "CREATE TRIGGER audit_retention_forward BEFORE INSERT OR UPDATE OR DELETE ON audit_retention \
+                     FOR EACH ROW EXECUTE FUNCTION audit_retention_forward()"
+                        .to_owned(),
+                    "CREATE TRIGGER audit_retention_no_truncate BEFORE TRUNCATE ON audit_retention \
+                     FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()"
+                        .to_owned(),
+                ] {
+                    db.execute_unprepared(&sql).await?;
+                }
+            }
+            _ => {
+                for sql in [
+                    "CREATE TABLE audit_retention (id INTEGER PRIMARY KEY CHECK (id = 1), horizon BIGINT NOT NULL)"
+                        .to_owned(),
+                    "INSERT INTO audit_retention (id, horizon) VALUES (1, 0)".to_owned(),
+                    "DROP TRIGGER audit_events_no_delete".to_owned(),
+                    // No row (it cannot be deleted): horizon 0, nothing deletable.
+                    format!(
+                        "CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events \
+                         WHEN OLD.time >= COALESCE((SELECT horizon FROM audit_retention WHERE id = 1), 0) \
+                         BEGIN SELECT RAISE(ABORT, '{REFUSED_DELETE}'); END"
+                    ),
+                    format!(
+                        "CREATE TRIGGER audit_retention_forward BEFORE UPDATE ON audit_retention \
+                         WHEN NEW.id <> OLD.id OR NEW.horizon < OLD.horizon \
+                         OR NEW.horizon > CAST(strftime('%s', 'now') AS INTEGER) * 1000000 \
+                         BEGIN SELECT RAISE(ABORT, '{REFUSED_HORIZON}'); END"
+                    ),
+                    format!(
+                        "CREATE TRIGGER audit_retention_no_insert BEFORE INSERT ON audit_retention \
+                         BEGIN SELECT RAISE(ABORT, '{REFUSED_HORIZON}'); END"
+                    ),
+                    format!(
+                        "CREATE TRIGGER audit_retention_no_delete BEFORE DELETE ON audit_retention \
+                         BEGIN SELECT RAISE(ABORT, '{REFUSED_HORIZON}'); END"
+                    ),
+                ] {
+                    db.execute_unprepared(&sql).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        let db = m.get_connection();
+        match m.get_database_backend() {
+            DbBackend::Postgres => {
+                for sql in [
+                    "DROP TABLE audit_retention",
+                    "DROP FUNCTION audit_retention_forward()",
+                    "DROP TRIGGER audit_events_no_delete ON audit_events",
+                    "DROP TRIGGER audit_events_no_update ON audit_events",
+                    "DROP FUNCTION audit_events_prune_only()",
+                    "CREATE TRIGGER audit_events_no_change BEFORE UPDATE OR DELETE ON audit_events \
+                     FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()",
+                ] {
+                    db.execute_unprepared(sql).await?;
+                }
+            }
+            _ => {
+                for sql in [
+                    "DROP TABLE audit_retention",
+                    "DROP TRIGGER audit_events_no_delete",
+                    "CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events \
+                     BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END",
+                ] {
+                    db.execute_unprepared(sql).await?;
+                }
+            }
         }
         Ok(())
     }

@@ -79,6 +79,27 @@ pub struct SspmConfig {
     pub server: ServerLimits,
     /// The request service's event log, its feed and its publisher (docs/EVENTS.md).
     pub events: EventsConfig,
+    /// Every service's audit trail.
+    pub audit: AuditConfig,
+}
+
+/// The longest retention (`events.retention_days`, `audit.retention_days`): a hundred years.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+/// Every service's audit trail (README, "Audit trail").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit events are kept this many days, then pruned (each service at start and every
+    /// 10 minutes; the pruning is itself an audit event). 0: kept forever.
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        // A year: what compliance reviews usually look back over; longer than the events'.
+        Self { retention_days: 365 }
+    }
 }
 
 /// The event log (docs/EVENTS.md): its feed, its retention and the NATS JetStream publisher.
@@ -817,6 +838,7 @@ impl Default for SspmConfig {
             admin: AdminConfig::default(),
             server: ServerLimits::default(),
             events: EventsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -861,7 +883,7 @@ impl SspmConfig {
         Ok(cfg)
     }
 
-    /// Checks the `[events]` section.
+    /// Checks the `[events]` section and the retention of the audit trail.
     fn validate_events(&self) -> Result<(), ConfigError> {
         let e = &self.events;
         if e.poll_ms == 0 || e.retry_initial_ms == 0 || e.retry_max_ms < e.retry_initial_ms || e.ack_timeout_ms == 0 {
@@ -869,6 +891,14 @@ impl SspmConfig {
                 "events",
                 "intervals must be positive and retry_max_ms at least retry_initial_ms",
             ));
+        }
+        for (key, days) in [
+            ("events.retention_days", e.retention_days),
+            ("audit.retention_days", self.audit.retention_days),
+        ] {
+            if days > MAX_RETENTION_DAYS {
+                return Err(invalid(key, "must be 0 (kept forever) to 36500 (a hundred years)"));
+            }
         }
         if !(1..=10_000).contains(&e.publish_batch) {
             return Err(invalid("events.publish_batch", "must be 1 to 10000"));
@@ -1173,6 +1203,14 @@ default_max_daily_increase = 40
         assert!(err.to_string().contains("database_url"), "{err}");
         let err = SspmConfig::load_from(None, env(&[("SSPM__ADMISSION__PER_PRINCIPAL_BURST", "0")])).unwrap_err();
         assert!(err.to_string().contains("admission.per_principal_burst"), "{err}");
+        // Retention: days, at most a hundred years (a longer one would overflow a time).
+        for key in ["SSPM__AUDIT__RETENTION_DAYS", "SSPM__EVENTS__RETENTION_DAYS"] {
+            let err = SspmConfig::load_from(None, env(&[(key, "4000000000")])).unwrap_err();
+            assert!(err.to_string().contains("36500"), "{key}: {err}");
+        }
+        let cfg = SspmConfig::load_from(None, env(&[("SSPM__AUDIT__RETENTION_DAYS", "0")])).unwrap();
+        assert_eq!(cfg.audit.retention_days, 0, "0: kept forever");
+        assert_eq!(SspmConfig::default().audit.retention_days, 365);
     }
 
     #[test]

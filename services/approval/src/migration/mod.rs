@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             // The audit trail, shared by every service.
             Box::new(sspm_platform::audit::Migration),
             Box::new(m20261123_000002_release_before_evaluation::Migration),
+            Box::new(sspm_platform::audit::RetentionMigration),
         ]
     }
 }

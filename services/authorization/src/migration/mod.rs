@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
             // The audit trail, shared by every service.
             Box::new(sspm_platform::audit::Migration),
             Box::new(m20261204_000002_change_generation::Migration),
+            Box::new(sspm_platform::audit::RetentionMigration),
         ]
     }
 }

@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(sspm_platform::audit::Migration),
             Box::new(m20261203_000003_unique_case_number::Migration),
             Box::new(m20261205_000004_events::Migration),
+            Box::new(sspm_platform::audit::RetentionMigration),
         ]
     }
 }

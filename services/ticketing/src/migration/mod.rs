@@ -21,6 +21,7 @@ impl MigratorTrait for Migrator {
             // The audit trail, shared by every service.
             Box::new(sspm_platform::audit::Migration),
             Box::new(m20261203_000003_org_mirror::Migration),
+            Box::new(sspm_platform::audit::RetentionMigration),
         ]
     }
 }
