@@ -392,9 +392,12 @@ async fn resume_on_another_replica_on_postgres() {
 
 /// Retention: once old events are pruned, a cursor from before them is refused with
 /// OUT_OF_RANGE naming the oldest cursor kept (the caller learns it missed events), `0`
-/// reads what is kept, and each business unit's numbering carries on after its newest.
+/// reads what is kept, each business unit's numbering carries on after its newest, and a
+/// request's history (its `sspm.v1.request.*` events) is kept with the request.
 async fn pruned_cursors_are_refused(s: &TestSystem) {
     create(s, "ev-p1", LEAGUE, s.port_limits(PERCY, LEAGUE).await.concurrent + 1).await;
+    let history = s.port_change_request(PERCY, "ev-p1").await.history;
+    assert!(history.len() >= 2, "created and approved: {history:?}");
     let before = s.all_events().await;
     let first = before.first().unwrap().cursor.clone();
     let url = s.config.database_url(ServiceKind::Request);
@@ -418,8 +421,26 @@ async fn pruned_cursors_are_refused(s: &TestSystem) {
     assert!(e.message().contains("oldest kept"), "{e:?}");
     let kept = s.all_events().await;
     assert_eq!(kept.len() as u64 + pruned, before.len() as u64);
-    let league = kept.iter().filter(|e| e.subject == LEAGUE).count();
-    assert_eq!(league, 1, "each business unit's newest is kept");
+    // What goes: every event but the requests' history and each business unit's newest.
+    let league: Vec<&pb::Event> = kept.iter().filter(|e| e.subject == LEAGUE).collect();
+    let newest_before = before.iter().rfind(|e| e.subject == LEAGUE).unwrap();
+    for e in &league {
+        assert!(
+            e.r#type.starts_with("sspm.v1.request.") || e.id == newest_before.id,
+            "only history and the newest are kept: {e:?}"
+        );
+    }
+    assert!(
+        before
+            .iter()
+            .any(|e| e.subject == LEAGUE && e.r#type == "sspm.v1.port_limits.changed" && e.id != newest_before.id),
+        "there was something else to prune"
+    );
+    assert_eq!(
+        s.port_change_request(PERCY, "ev-p1").await.history,
+        history,
+        "the request's history is whole"
+    );
     // The numbering carries on.
     let newest = kept.iter().rfind(|e| e.subject == LEAGUE).unwrap().sequence;
     create(s, "ev-p2", LEAGUE, s.port_limits(PERCY, LEAGUE).await.concurrent + 1).await;

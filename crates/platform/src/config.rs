@@ -110,7 +110,8 @@ pub struct EventsConfig {
     /// in the feed on PostgreSQL, and for its WatchEvents streams). Its own are seen at once.
     pub poll_ms: u64,
     /// Events are kept this many days, then pruned (once published, when a broker is
-    /// configured); a cursor from before is answered OUT_OF_RANGE. 0: kept forever.
+    /// configured), but for the requests' histories; a cursor from before is answered
+    /// OUT_OF_RANGE. 0: kept forever.
     pub retention_days: u32,
     /// The NATS server the events are published to (`nats://host:4222`, several separated
     /// by commas); empty: no publisher (the gRPC feed alone).

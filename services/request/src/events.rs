@@ -372,8 +372,10 @@ const PRUNED: &str = "events_pruned";
 
 /// Deletes at most `batch` events placed in the feed before `before` (Unix microseconds)
 /// and at or below `upto` (what the publisher has sent, when there is one), keeping each
-/// business unit's newest event so that its numbering carries on, and records the highest
-/// position pruned ([`pruned_through`]) in the same transaction. Answers how many.
+/// business unit's newest event so that its numbering carries on, and every request's
+/// history entry (the events of type `sspm.v1.request.*` are the history the API lists, kept
+/// as long as the request), and records the highest position pruned ([`pruned_through`]) in
+/// the same transaction. Answers how many.
 pub async fn prune(db: &sea_orm::DatabaseConnection, before: i64, upto: i64, batch: u64) -> Result<u64, DbErr> {
     // Each business unit's newest is kept (its sequence number is the next one's base).
     let not_newest = || {
@@ -387,6 +389,7 @@ pub async fn prune(db: &sea_orm::DatabaseConnection, before: i64, upto: i64, bat
         .column(event::Column::Position)
         .filter(event::Column::Position.lte(upto))
         .filter(event::Column::Time.lt(before))
+        .filter(event::Column::Kind.is_null())
         .filter(not_newest())
         .order_by_asc(event::Column::Position)
         .limit(batch)
