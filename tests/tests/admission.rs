@@ -1,4 +1,4 @@
-//! Load beyond capacity against the running system (issue 5 §5): calls beyond
+//! Load beyond capacity against the running system (RELIABILITY.md, "Load"): calls beyond
 //! `admission.max_in_flight` are shed at once with UNAVAILABLE (never a collapse: health
 //! answers throughout, and the system serves normally right after), retried creates end as
 //! exactly one request each; and a user over its rate limit gets RESOURCE_EXHAUSTED with the

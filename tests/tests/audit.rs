@@ -1,4 +1,4 @@
-//! The audit trail (issue 5 §5): every state change and administrative action, in each
+//! The audit trail (README, "Audit trail"): every state change and administrative action, in each
 //! service, is one event naming who (and for whom), what, when and from which trace;
 //! account representatives can read it, nobody else (no service token either); the
 //! database refuses to change or delete it.

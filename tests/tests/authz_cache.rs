@@ -1,4 +1,4 @@
-//! Authorization answers reused by the other services (issue 6 §3): while subscribed to the
+//! Authorization answers reused by the other services (README, "Authorization answers are reused"): while subscribed to the
 //! authorization service's changes, a repeated Check is answered from the cache, and a
 //! change (a grant revoked or given back, a business unit updated) takes effect at once,
 //! far within the configured staleness bound, also when it was made on another replica of

@@ -1,4 +1,4 @@
-//! Hostile and careless callers against the running system (issue 17; RELIABILITY.md,
+//! Hostile and careless callers against the running system (RELIABILITY.md,
 //! "Hostile callers"): each test reproduces an attack or a fault from outside, over real
 //! connections to the real services, and asserts what must hold instead. Loopback only,
 //! bounded in time and count.

@@ -1,4 +1,4 @@
-//! Hostile and malformed input (issue 5 §4): every RPC called with missing, out-of-range,
+//! Hostile and malformed input (RELIABILITY.md, "Hostile callers"): every RPC called with missing, out-of-range,
 //! negative and huge values, unknown enum values, oversized strings, forged page tokens;
 //! then bytes that are not gRPC at all, sent straight to the port. Each gets a clear status
 //! (never INTERNAL or UNKNOWN for the caller's mistake, never a crash), and afterwards every

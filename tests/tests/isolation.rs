@@ -1,4 +1,4 @@
-//! Tenant isolation (issue 5 §5): a principal of one partner calls every RPC with the business
+//! Tenant isolation (docs/ARCHITECTURE.md, "The trust model"): a principal of one partner calls every RPC with the business
 //! unit, request, case and approval ids of another partner (and a customer user with those of
 //! a sibling customer). Nothing leaks: ids it may not see answer exactly like ids that do not
 //! exist, lists hold nothing of the other tenant, internal and staff RPCs refuse it, and the

@@ -1,4 +1,4 @@
-//! The whole request lifecycle across the four real services, through gRPC only (issue 3 §7).
+//! The whole request lifecycle across the four real services, through gRPC only (docs/ARCHITECTURE.md, "The request lifecycle").
 //! Every scenario runs on SQLite, and on PostgreSQL with `--ignored` and
 //! `SSPM_TEST_POSTGRES_URL` (each test its own databases).
 

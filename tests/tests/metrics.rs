@@ -1,4 +1,4 @@
-//! Metrics (issue 4 §2): each service's admin port answers `GET /metrics` in the Prometheus
+//! Metrics (README, "Metrics"): each service's admin port answers `GET /metrics` in the Prometheus
 //! text format, and the numbers move with the calls made: RPC counts, errors by code,
 //! latency histograms, requests by state and approval path, today's daily budget and
 //! approval tasks.

@@ -1,4 +1,4 @@
-//! The randomized model test (issue 5 §3): concurrent clients issue random sequences of
+//! The randomized model test (RELIABILITY.md, "The model test"): concurrent clients issue random sequences of
 //! operations (create: small, large, temporary, decreasing; provide information; cancel;
 //! decide; let time pass so temporary changes revert) against the real services. A monitor
 //! samples R5 throughout. At the end an independent check of the stored state:
@@ -333,7 +333,7 @@ fn triple(l: &pb::PortLimits) -> String {
     format!("{}/{}/{}", l.concurrent, l.outbound, l.agentless)
 }
 
-/// The model of a revert (DESIGN R11): each kind the change raised goes down by the same
+/// The model of a revert (docs/ARCHITECTURE.md, "Rules", R11): each kind the change raised goes down by the same
 /// delta, not below zero; with Personal Connection concurrent stays at least at outbound and
 /// agentless, without rising.
 fn model_revert(current: &pb::PortLimits, r: &pb::PortChangeRequest, personal_connection: bool) -> pb::PortLimits {

@@ -1,4 +1,4 @@
-//! The whole request lifecycle with the ticketing service's Salesforce backend (issue 7),
+//! The whole request lifecycle with the ticketing service's Salesforce backend (README, "Cases in Salesforce"),
 //! against a local server speaking the Salesforce REST API: automatic approval, review and
 //! approval, rejection, cancellation, and an outage of the org in the middle. The four real
 //! services run; requests show the org's case numbers, and at the end every case in the org

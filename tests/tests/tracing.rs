@@ -1,6 +1,6 @@
 //! One `CreatePortChangeRequest` is one trace across the four real services: the request
 //! service's server span is the root, and the authorization, ticketing and approval server
-//! spans are its children (DESIGN §2.4).
+//! spans are its children (docs/ARCHITECTURE.md, "Observability and operations").
 //!
 //! One test in this binary: it installs a global subscriber, since the services run on the
 //! runtime's worker threads.

@@ -1,6 +1,6 @@
 //! A development certificate authority and a server certificate for the services, for
 //! `sspm up --tls` and `sspm certs` (docker-compose). RSA 2048 keys, so the ECDHE-RSA
-//! suites of DESIGN §2.4 are the ones negotiated, as with a production RSA certificate.
+//! suites of docs/ARCHITECTURE.md ("Observability and operations") are the ones negotiated, as with a production RSA certificate.
 //! Not for production: the CA key sits next to the certificates.
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Acknowledged means durable (issue 17 §7; RELIABILITY.md, "Durability"): on SQLite a
+//! Acknowledged means durable (RELIABILITY.md, "Durability"): on SQLite a
 //! create is answered only after its commit reached the disk. Checked from outside, on the
 //! real request service process: `strace` makes every `fsync`/`fdatasync` of the process
 //! fail with EIO. A commit that syncs before it returns then fails, so the create must not

@@ -1,4 +1,4 @@
-//! Out of file descriptors (issue 17 §2; RELIABILITY.md, "Hostile callers"): a service run
+//! Out of file descriptors (RELIABILITY.md, "Hostile callers"): a service run
 //! with a small descriptor limit is sent more connections than it can open. Its accept loop
 //! used to spin a full core on EMFILE; now it pauses with backoff, says so in its log, and
 //! serves again once connections close.

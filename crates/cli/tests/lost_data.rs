@@ -1,4 +1,4 @@
-//! Lost data never goes unnoticed (issue 17 §6; RELIABILITY.md, "Lost data"): the ticketing
+//! Lost data never goes unnoticed (RELIABILITY.md, "Lost data"): the ticketing
 //! service's database is cut to nothing between two runs, as a failed disk or a careless
 //! restore would leave it. It used to start empty without a word and hand out case number
 //! 00000001 again, which an earlier request already showed, linking a new request to

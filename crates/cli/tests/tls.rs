@@ -1,4 +1,4 @@
-//! TLS as DESIGN §2.4 specifies, on the real `sspm up --tls`: the whole lifecycle works over
+//! TLS as docs/ARCHITECTURE.md ("Observability and operations") specifies, on the real `sspm up --tls`: the whole lifecycle works over
 //! TLS (every internal call too), and the `openssl s_client` command line (not only our own
 //! client) proves what is accepted and refused: TLS 1.3, and TLS 1.2 with
 //! ECDHE-RSA-AES128-GCM-SHA256 or ECDHE-RSA-AES256-GCM-SHA384 are accepted; TLS 1.1,

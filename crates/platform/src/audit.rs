@@ -1,4 +1,5 @@
-//! The append-only audit trail every service keeps of its own changes (issue 5 §5).
+//! The append-only audit trail every service keeps of its own changes
+//! (docs/ARCHITECTURE.md, "The trust model"; README, "Audit trail").
 //!
 //! Each service's database has an `audit_events` table ([`Migration`]); the database itself
 //! refuses UPDATE, DELETE (and on PostgreSQL TRUNCATE) on it. Stores call [`record`] inside

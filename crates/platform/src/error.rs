@@ -1,5 +1,6 @@
 //! Mapping of rule violations and service errors to gRPC statuses with rich details
-//! (google.rpc `BadRequest`, `PreconditionFailure`, `ErrorInfo`), exactly as DESIGN §2.2 says.
+//! (google.rpc `BadRequest`, `PreconditionFailure`, `ErrorInfo`), as docs/ARCHITECTURE.md,
+//! "API conventions", says.
 
 use std::collections::HashMap;
 

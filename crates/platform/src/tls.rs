@@ -1,4 +1,4 @@
-//! TLS for the gRPC servers and the internal calls (DESIGN §2.4): TLS 1.3, and TLS 1.2 with
+//! TLS for the gRPC servers and the internal calls (docs/ARCHITECTURE.md, "Observability and operations"): TLS 1.3, and TLS 1.2 with
 //! ECDHE key exchange and AES-GCM only (ECDHE-RSA-AES128-GCM-SHA256,
 //! ECDHE-RSA-AES256-GCM-SHA384 and their ECDSA variants). rustls has no TLS 1.0/1.1, static
 //! RSA key exchange or CBC suites at all; the TLS 1.2 list is narrowed further to the suites

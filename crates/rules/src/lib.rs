@@ -1,4 +1,4 @@
-//! SSPM's domain rules (DESIGN §1.1–1.2), pure: no I/O, no tonic, no database, no runtime.
+//! SSPM's domain rules (docs/ARCHITECTURE.md, "Rules" and "The request lifecycle"), pure: no I/O, no tonic, no database, no runtime.
 //!
 //! - R1 port ranges: [`PortLimit`], [`PortLimits`]
 //! - R2, R6, R9 and the shape of a change: [`validate_change`]; R3 at apply time: [`reapply`]

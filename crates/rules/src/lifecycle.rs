@@ -1,4 +1,4 @@
-//! The request lifecycle (DESIGN §1.2): which transitions are legal, which states are open.
+//! The request lifecycle (docs/ARCHITECTURE.md, "The request lifecycle"): which transitions are legal, which states are open.
 //!
 //! ```text
 //!             create ──► NEW ──(daily limit fits)───────────────► APPROVED

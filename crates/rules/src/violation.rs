@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// The rule a violation breaks (DESIGN §1.1), plus plain malformed input.
+/// The rule a violation breaks (docs/ARCHITECTURE.md, "Rules"), plus plain malformed input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
     /// Malformed input that no rule names: an empty id, an unknown enum value, …
@@ -24,7 +24,7 @@ pub enum Rule {
     R9EmptyChange,
     /// R11: temporary changes (revert time in the future, increases only).
     R11Temporary,
-    /// The request lifecycle (DESIGN §1.2) does not allow this transition.
+    /// The request lifecycle (docs/ARCHITECTURE.md, "The request lifecycle") does not allow this transition.
     Lifecycle,
 }
 

@@ -1,5 +1,6 @@
 //! The request service: port limits per business unit, port change requests and their
-//! history, and the workflow that drives each request to a terminal state (DESIGN §2).
+//! history, and the workflow that drives each request to a terminal state
+//! (docs/ARCHITECTURE.md, "The reconciler and the outbox").
 //!
 //! It owns its database (schema in [`migration`]) and serves `sspm.v1.PortRequestService`.
 //!

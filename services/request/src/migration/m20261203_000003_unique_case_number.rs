@@ -4,7 +4,7 @@ use sea_orm_migration::prelude::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// A case number belongs to one request (issue 17 §6; RELIABILITY.md, "Lost data"): a
+/// A case number belongs to one request (RELIABILITY.md, "Lost data"): a
 /// ticketing service that lost its cases and hands out a number again cannot get it linked
 /// to a second request. A database that already links one number to several requests is
 /// refused with the numbers named, for an operator to resolve: no index could be built on it.
