@@ -321,3 +321,51 @@ async fn request_service_killed_during_a_burst_publishes_each_event_once() {
     );
     cluster.terminate_all().await;
 }
+
+/// What the publisher's chained window relies on (`sspm_request::publish`), checked on the
+/// real broker: an event refused (here, for naming the wrong event before it) makes every
+/// later event of the window that expects it refused too, so the stream stays a prefix of
+/// the feed; and an event already stored is acknowledged as a duplicate before its
+/// expectation is looked at, so a window sent again after a crash goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "runs a nats-server of its own: `cargo test -- --ignored` (see the module's doc)"]
+async fn a_refused_event_stops_the_rest_of_its_window() {
+    use async_nats::jetstream::{self, message::PublishMessage, stream};
+    let nats = Nats::start().await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(stream::Config {
+        name: "CHAIN".into(),
+        subjects: vec!["chain.>".into()],
+        duplicate_window: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let msg = |id: &str, after: Option<&str>| {
+        let m = PublishMessage::build().payload(id.to_owned().into()).message_id(id);
+        match after {
+            Some(previous) => m.expected_last_message_id(previous),
+            None => m,
+        }
+    };
+    js.send_publish("chain.x", msg("a", None)).await.unwrap().await.unwrap();
+    // A window of two whose first is refused: both are sent before either is acknowledged.
+    let b = js.send_publish("chain.x", msg("b", Some("not-a"))).await.unwrap();
+    let c = js.send_publish("chain.y", msg("c", Some("b"))).await.unwrap();
+    assert!(b.await.is_err(), "b names the wrong event before it");
+    assert!(c.await.is_err(), "c expects b, which was not stored");
+    // Sent again: "a" is a duplicate whatever it expects; then the window goes through.
+    let a = js.send_publish("chain.x", msg("a", Some("anything"))).await.unwrap();
+    assert!(a.await.unwrap().duplicate);
+    let b = js.send_publish("chain.x", msg("b", Some("a"))).await.unwrap();
+    let c = js.send_publish("chain.y", msg("c", Some("b"))).await.unwrap();
+    assert!(!b.await.unwrap().duplicate);
+    assert!(!c.await.unwrap().duplicate);
+    let held: Vec<String> = sspm_request::publish::read_stream(&nats.url(), "CHAIN")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    assert_eq!(held, ["a", "b", "c"], "the stream is the feed's order, nothing twice");
+}

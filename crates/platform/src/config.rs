@@ -128,7 +128,8 @@ pub struct EventsConfig {
     /// JetStream drops a message whose `Nats-Msg-Id` it has seen within this many seconds
     /// (a republished event after a crash); longer than the longest retry.
     pub duplicate_window_seconds: u64,
-    /// Events read and published per batch.
+    /// Events read and published per batch: all in flight before the first acknowledgement
+    /// is awaited (at most 1,000).
     pub publish_batch: u64,
     /// First retry of a failed publish, in milliseconds (doubled up to `retry_max_ms`).
     pub retry_initial_ms: u64,
@@ -901,8 +902,9 @@ impl SspmConfig {
                 return Err(invalid(key, "must be 0 (kept forever) to 36500 (a hundred years)"));
             }
         }
-        if !(1..=10_000).contains(&e.publish_batch) {
-            return Err(invalid("events.publish_batch", "must be 1 to 10000"));
+        // A batch is one window in flight; the NATS client holds at most 5,000 unacknowledged.
+        if !(1..=1_000).contains(&e.publish_batch) {
+            return Err(invalid("events.publish_batch", "must be 1 to 1000"));
         }
         if !e.nats_url.is_empty() {
             let valid_token =

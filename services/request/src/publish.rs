@@ -7,8 +7,16 @@
 //! (a `decision_cursor` row), saved after each batch: a crash before the save publishes
 //! the batch again, and JetStream's duplicate window drops what it already has. A broker
 //! that is down: the events wait in the table (`sspm_events_pending`), retried with
-//! backoff. Events go out one at a time, each acknowledged before the next, so a retry
-//! never puts a business unit's events out of order.
+//! backoff.
+//!
+//! A batch goes out as one window: every event is sent before any acknowledgement is
+//! awaited (one round trip per batch, not per event), and each but the first carries
+//! `Nats-Expected-Last-Msg-Id` = the id of the event before it. JetStream stores an event
+//! only if the one before it is the stream's last (it checks duplicates first, so an event
+//! already stored is acknowledged as a duplicate), so when one is refused or lost every later
+//! one of the window is refused too: the stream always holds a prefix of the feed, in feed
+//! order, and the next batch resumes after the last acknowledged event
+//! (docs/EVENTS.md, "NATS JetStream").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,24 +222,45 @@ impl Publisher {
         }
     }
 
-    /// Publishes the next batch; how many went out. What was acknowledged is recorded
-    /// even when a later event of the batch fails.
+    /// Publishes the next batch as one chained window; how many JetStream acknowledged.
+    /// What was acknowledged, up to the first event that was not, is recorded even when a
+    /// later one fails.
     async fn batch(&self, js: &Context) -> Result<usize, Stop> {
         let at = published(&self.db).await?;
         let rows = events::feed(&self.db, at, None, &[], self.cfg.publish_batch).await?;
+        let mut in_flight = Vec::with_capacity(rows.len());
+        let mut failed = None;
+        let mut previous: Option<String> = None;
+        for row in rows {
+            let (position, time) = (row.position.unwrap_or(at), row.time);
+            let e = events::event_pb(row);
+            let mut msg = message(&e, time);
+            if let Some(previous) = &previous {
+                msg = msg.expected_last_message_id(previous);
+            }
+            match js.send_publish(subject_of(&self.cfg.subject_prefix, &e), msg).await {
+                Ok(ack) => in_flight.push((position, ack)),
+                Err(err) => {
+                    failed = Some(Stop::Publish(err.to_string()));
+                    break;
+                }
+            }
+            previous = Some(e.id);
+        }
         let mut last = at;
         let mut sent = 0;
-        let mut failed = None;
-        for row in rows {
-            let (position, time) = (row.position.unwrap_or(last), row.time);
-            let e = events::event_pb(row);
-            match self.publish(js, &e, time).await {
-                Ok(()) => {
+        for (position, ack) in in_flight {
+            match ack.await {
+                Ok(ack) => {
+                    if ack.duplicate {
+                        tracing::debug!(position, "event already in the stream (published before)");
+                    }
                     last = position;
                     sent += 1;
                 }
-                Err(stop) => {
-                    failed = Some(stop);
+                Err(err) => {
+                    // The later ones expected this one before them: refused as well.
+                    failed.get_or_insert(Stop::Publish(err.to_string()));
                     break;
                 }
             }
@@ -243,20 +272,6 @@ impl Publisher {
             Some(stop) => Err(stop),
             None => Ok(sent),
         }
-    }
-
-    async fn publish(&self, js: &Context, e: &pb::Event, time: i64) -> Result<(), Stop> {
-        let subject = subject_of(&self.cfg.subject_prefix, e);
-        let ack = js
-            .send_publish(subject, message(e, time))
-            .await
-            .map_err(|err| Stop::Publish(err.to_string()))?
-            .await
-            .map_err(|err| Stop::Publish(err.to_string()))?;
-        if ack.duplicate {
-            tracing::debug!(id = e.id, "event already in the stream (published before a restart)");
-        }
-        Ok(())
     }
 }
 
