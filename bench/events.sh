@@ -52,6 +52,7 @@ for ((i = 1; i <= rounds; i++)); do
   for p in $order; do
     start "$p"
     label="events-$backend-$p-$i"
+    rm -f "$OUT/$label"-*
     echo "## $label"
     # The broker's CPU counts in CPU per create (its memory is the last figure of each row).
     (while sleep 0.25; do pending; done) >"$OUT/$label-pending.txt" &
