@@ -144,7 +144,12 @@ mod schema_tests {
     async fn release_tombstones_migrate(url: &str) {
         use sea_orm_migration::MigratorTrait;
         let db = sea_orm::Database::connect(url).await.unwrap();
-        let before_tombstones = Migrator::migrations().len() as u32 - 1;
+        let all = Migrator::migrations();
+        let tombstones = all
+            .iter()
+            .position(|m| m.name() == "m20261123_000002_release_before_evaluation")
+            .expect("the tombstone migration is listed");
+        let before_tombstones = tombstones as u32;
         Migrator::up(&db, Some(before_tombstones)).await.unwrap();
         let zero = "INSERT INTO ledger_reservations VALUES ('r0', 20514, '', '', 0, 1, 1)";
         assert!(db.execute_unprepared(zero).await.is_err(), "0 refused before");
@@ -168,7 +173,8 @@ mod schema_tests {
         };
         let kept = "SELECT COUNT(*) FROM ledger_reservations WHERE request_id = 'r1' AND increase = 20 AND release_time IS NULL";
         assert_eq!(count(kept).await, 1, "the stored reservation survives");
-        Migrator::down(&db, Some(1)).await.unwrap();
+        // Down to before the tombstone migration (and the ones listed after it).
+        Migrator::down(&db, Some((all.len() - tombstones) as u32)).await.unwrap();
         assert_eq!(count(kept).await, 1, "and survives the rollback");
         assert_eq!(
             count("SELECT COUNT(*) FROM ledger_reservations").await,
