@@ -174,7 +174,9 @@ mod schema_tests {
         let kept = "SELECT COUNT(*) FROM ledger_reservations WHERE request_id = 'r1' AND increase = 20 AND release_time IS NULL";
         assert_eq!(count(kept).await, 1, "the stored reservation survives");
         // Down to before the tombstone migration (and the ones listed after it).
-        Migrator::down(&db, Some((all.len() - tombstones) as u32)).await.unwrap();
+        Migrator::down(&db, Some((all.len() - tombstones) as u32))
+            .await
+            .unwrap();
         assert_eq!(count(kept).await, 1, "and survives the rollback");
         assert_eq!(
             count("SELECT COUNT(*) FROM ledger_reservations").await,
