@@ -286,23 +286,17 @@ pub async fn prune(db: &sea_orm::DatabaseConnection, before: i64, batch: u64, no
 pub const PRUNE_BATCH: u64 = 10_000;
 
 /// Prunes the trail in `db` of events older than `retention_days` (0: never), at once and
-/// then every `every`; a failure is logged and tried again at the next round.
+/// then every `every` ([`crate::retention`]); a failure is logged and tried again at the
+/// next round.
 pub fn spawn_pruner(
     db: sea_orm::DatabaseConnection,
     service: &'static str,
     retention_days: u32,
     every: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if retention_days == 0 {
-            return;
-        }
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let now = crate::rpc::now_micros();
-            let before = now.saturating_sub(i64::from(retention_days).saturating_mul(86_400_000_000));
+    crate::retention::spawn(retention_days, every, move |before, now| {
+        let db = db.clone();
+        async move {
             let mut total = 0;
             loop {
                 match prune(&db, before, PRUNE_BATCH, now).await {

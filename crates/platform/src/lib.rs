@@ -15,6 +15,7 @@ pub mod group_commit;
 pub mod identity;
 pub mod lite;
 pub mod metrics;
+pub mod retention;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;

@@ -110,22 +110,17 @@ impl Feed {
 const PRUNE_BATCH: u64 = 1_000;
 
 /// Prunes the events older than `retention_days` (`events.retention_days`; 0: never),
-/// when `publishing`, only those the publisher has sent: at start and every `every`.
+/// when `publishing`, only those the publisher has sent: at start and every `every`
+/// ([`sspm_platform::retention`]).
 pub fn spawn_pruner(
     store: Store,
     retention_days: u32,
     publishing: bool,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if retention_days == 0 {
-            return;
-        }
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let before = sspm_platform::rpc::now_micros() - i64::from(retention_days) * 86_400_000_000;
+    sspm_platform::retention::spawn(retention_days, every, move |before, _| {
+        let store = store.clone();
+        async move {
             if let Err(e) = prune_before(&store, before, publishing).await {
                 tracing::warn!(error = %e, "cannot prune old events; trying again later");
             }
