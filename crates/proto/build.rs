@@ -2,11 +2,11 @@
 //! the encoded descriptor set next to the generated code for server reflection. The set
 //! served by reflection also holds `google/rpc/error_details.proto` (vendored from
 //! googleapis), so grpcurl and other reflection clients can decode the error details
-//! (`ErrorInfo`, `BadRequest`, `PreconditionFailure`) our statuses carry.
+//! (`ErrorInfo`, `BadRequest`, `PreconditionFailure`) our statuses carry, and, imported by
+//! our protos, `google/api/field_behavior.proto` (also vendored), whose annotations say
+//! which fields are REQUIRED, OUTPUT_ONLY or IMMUTABLE.
 
 use std::path::PathBuf;
-
-use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
@@ -18,9 +18,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let error_details = root.join("google/rpc/error_details.proto");
     let mut served = files.to_vec();
     served.push(error_details.clone());
-    let reflection = protox::compile(&served, [&root])?;
+    // Encoded by protox itself: a `prost_types` round trip would drop the custom options
+    // (the `google.api.field_behavior` annotations) that reflection clients read.
+    let reflection = protox::Compiler::new([&root])?
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&served)?
+        .encode_file_descriptor_set();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("sspm_descriptor.bin"), reflection.encode_to_vec())?;
+    std::fs::write(out_dir.join("sspm_descriptor.bin"), reflection)?;
 
     tonic_prost_build::configure()
         .build_client(true)
