@@ -1,4 +1,5 @@
-//! Compiles `proto/sspm/v1/*.proto` with protox (pure Rust, no system `protoc`) and writes
+//! Compiles `proto/sspm/v1/*.proto` (the public API) and `proto/sspm/internal/v1/*.proto`
+//! (the calls between SSPM's services) with protox (pure Rust, no system `protoc`) and writes
 //! the encoded descriptor set next to the generated code for server reflection. The set
 //! served by reflection also holds `google/rpc/error_details.proto` (vendored from
 //! googleapis), so grpcurl and other reflection clients can decode the error details
@@ -10,8 +11,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["common", "request", "authorization", "approval", "ticketing", "audit"]
+    let public = ["common", "request", "authorization", "approval", "ticketing", "audit"]
         .map(|name| root.join(format!("sspm/v1/{name}.proto")));
+    let internal =
+        ["authorization", "approval", "ticketing"].map(|name| root.join(format!("sspm/internal/v1/{name}.proto")));
+    let files: Vec<PathBuf> = public.into_iter().chain(internal).collect();
 
     let fds = protox::compile(&files, [&root])?;
 
@@ -35,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Name every file: a directory is only checked for its own modification time.
     println!("cargo:rerun-if-changed={}", root.join("sspm/v1").display());
+    println!("cargo:rerun-if-changed={}", root.join("sspm/internal/v1").display());
     for f in &served {
         println!("cargo:rerun-if-changed={}", f.display());
     }

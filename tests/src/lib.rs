@@ -12,6 +12,9 @@ use sspm_authorization::seed::demo;
 use sspm_platform::client::{InternalChannel, connect_lazy};
 use sspm_platform::testing::{self, TestDatabase};
 use sspm_platform::{ServiceIdentity, ServiceKind, SspmConfig, TokenMinter};
+use sspm_proto::internal::v1::approval_service_client::ApprovalServiceClient as InternalApprovalClient;
+use sspm_proto::internal::v1::authorization_service_client::AuthorizationServiceClient as InternalAuthorizationClient;
+use sspm_proto::internal::v1::ticketing_service_client::TicketingServiceClient as InternalTicketingClient;
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
 use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
@@ -340,6 +343,21 @@ impl TestSystem {
     /// A client of the ticketing service.
     pub fn ticketing(&self) -> TicketingServiceClient<InternalChannel> {
         TicketingServiceClient::new(self.channel(ServiceKind::Ticketing))
+    }
+
+    /// A client of the ticketing service's internal calls (`sspm.internal.v1`).
+    pub fn internal_ticketing(&self) -> InternalTicketingClient<InternalChannel> {
+        InternalTicketingClient::new(self.channel(ServiceKind::Ticketing))
+    }
+
+    /// A client of the approval service's internal calls (`sspm.internal.v1`).
+    pub fn internal_approval(&self) -> InternalApprovalClient<InternalChannel> {
+        InternalApprovalClient::new(self.channel(ServiceKind::Approval))
+    }
+
+    /// A client of the authorization service's internal calls (`sspm.internal.v1`).
+    pub fn internal_authorization(&self) -> InternalAuthorizationClient<InternalChannel> {
+        InternalAuthorizationClient::new(self.channel(ServiceKind::Authorization))
     }
 
     /// A request carrying `principal`'s bearer token.

@@ -60,9 +60,9 @@ fn real_oneofs(message: &MessageDescriptor) -> Vec<String> {
 fn served_by(service: &str) -> ServiceKind {
     match service {
         "sspm.v1.PortRequestService" => ServiceKind::Request,
-        "sspm.v1.AuthorizationService" => ServiceKind::Authorization,
-        "sspm.v1.ApprovalService" => ServiceKind::Approval,
-        "sspm.v1.TicketingService" => ServiceKind::Ticketing,
+        "sspm.v1.AuthorizationService" | "sspm.internal.v1.AuthorizationService" => ServiceKind::Authorization,
+        "sspm.v1.ApprovalService" | "sspm.internal.v1.ApprovalService" => ServiceKind::Approval,
+        "sspm.v1.TicketingService" | "sspm.internal.v1.TicketingService" => ServiceKind::Ticketing,
         "sspm.v1.AuditService" => ServiceKind::Request,
         other => panic!("{other} is not an SSPM service"),
     }
@@ -240,7 +240,10 @@ async fn required_fields_are_required(s: &TestSystem) {
     let mut wrong = Vec::new();
     // The RPCs whose every REQUIRED field was asked for, then the call went through.
     let mut proven = Vec::new();
-    for service in pool.services().filter(|s| s.package_name() == "sspm.v1") {
+    for service in pool
+        .services()
+        .filter(|s| matches!(s.package_name(), "sspm.v1" | "sspm.internal.v1"))
+    {
         let target = served_by(service.full_name());
         for method in service.methods() {
             let path = format!("/{}/{}", service.full_name(), method.name());

@@ -19,6 +19,16 @@ fn api_of(kind: ServiceKind) -> &'static str {
     }
 }
 
+/// The calls for the other SSPM services that `kind` serves beside its API.
+fn internal_api_of(kind: ServiceKind) -> Option<&'static str> {
+    match kind {
+        ServiceKind::Request => None,
+        ServiceKind::Authorization => Some(service_names::INTERNAL_AUTHORIZATION),
+        ServiceKind::Approval => Some(service_names::INTERNAL_APPROVAL),
+        ServiceKind::Ticketing => Some(service_names::INTERNAL_TICKETING),
+    }
+}
+
 async fn listed_services_v1(system: &TestSystem, kind: ServiceKind) -> Vec<String> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -72,11 +82,12 @@ async fn four_services_start_serve_reflect_authenticate_and_stop(backend: Backen
     for kind in ServiceKind::ALL {
         let api = api_of(kind);
         let mut expected = vec!["grpc.health.v1.Health", api, service_names::AUDIT];
+        expected.extend(internal_api_of(kind));
         expected.sort_unstable();
         assert_eq!(
             listed_services_v1(&system, kind).await,
             expected,
-            "{} service lists its own API, its audit trail and health",
+            "{} service lists its own API (public and internal), its audit trail and health",
             kind.name()
         );
         let files = describe_v1alpha(&system, kind, api).await;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sspm_e2e::{TestSystem, scenario};
 use sspm_platform::ServiceKind;
+use sspm_proto::internal::v1 as ipb;
 use sspm_proto::v1 as pb;
 use tonic::Code;
 
@@ -504,6 +505,7 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
 
     // TicketingService.
     let mut tickets = s.ticketing();
+    let mut case_writes = s.internal_ticketing();
     for number in ["", "abc", "1234567", "123456789012345678901", huge.as_str()] {
         refused(
             "GetCase with a malformed case number",
@@ -519,10 +521,10 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
         );
         refused(
             "AddCaseComment to a malformed case number",
-            tickets
+            case_writes
                 .add_case_comment(s.as_service(
                     ServiceKind::Request,
-                    pb::AddCaseCommentRequest {
+                    ipb::AddCaseCommentRequest {
                         case_number: number.into(),
                         body: "x".into(),
                         comment_id: String::new(),
@@ -533,10 +535,10 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
         );
         refused(
             "UpdateCaseStatus of a malformed case number",
-            tickets
+            case_writes
                 .update_case_status(s.as_service(
                     ServiceKind::Request,
-                    pb::UpdateCaseStatusRequest {
+                    ipb::UpdateCaseStatusRequest {
                         case_number: number.into(),
                         status: pb::CaseStatus::Working.into(),
                     },
@@ -546,10 +548,10 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
         );
         refused(
             "CloseCase of a malformed case number",
-            tickets
+            case_writes
                 .close_case(s.as_service(
                     ServiceKind::Request,
-                    pb::CloseCaseRequest {
+                    ipb::CloseCaseRequest {
                         case_number: number.into(),
                         resolution: "x".into(),
                     },
@@ -591,7 +593,7 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     for (what, open) in [
         (
             "OpenCase without a reference",
-            pb::OpenCaseRequest {
+            ipb::OpenCaseRequest {
                 subject: "s".into(),
                 description: "d".into(),
                 business_unit_id: "bu-league".into(),
@@ -601,7 +603,7 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
         ),
         (
             "OpenCase with an oversized subject",
-            pb::OpenCaseRequest {
+            ipb::OpenCaseRequest {
                 external_reference: "open-x".into(),
                 subject: huge.clone(),
                 description: "d".into(),
@@ -611,7 +613,7 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
         ),
         (
             "OpenCase with a malformed business unit",
-            pb::OpenCaseRequest {
+            ipb::OpenCaseRequest {
                 external_reference: "open-y".into(),
                 subject: "s".into(),
                 description: "d".into(),
@@ -621,7 +623,7 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
         ),
         (
             "OpenCase with a malformed requester",
-            pb::OpenCaseRequest {
+            ipb::OpenCaseRequest {
                 external_reference: "open-z".into(),
                 subject: "s".into(),
                 description: "d".into(),
@@ -632,7 +634,7 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     ] {
         refused(
             what,
-            tickets.open_case(s.as_service(ServiceKind::Request, open)).await,
+            case_writes.open_case(s.as_service(ServiceKind::Request, open)).await,
             Invalid,
         );
     }
@@ -644,10 +646,10 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     ] {
         refused(
             "AddCaseComment with a bad body or key",
-            tickets
+            case_writes
                 .add_case_comment(s.as_service(
                     ServiceKind::Request,
-                    pb::AddCaseCommentRequest {
+                    ipb::AddCaseCommentRequest {
                         case_number: case_number.clone(),
                         body: body.into(),
                         comment_id: key.into(),
@@ -660,10 +662,10 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     for status in [0, -3, 42, pb::CaseStatus::Closed as i32] {
         refused(
             "UpdateCaseStatus to an unknown or closing status",
-            tickets
+            case_writes
                 .update_case_status(s.as_service(
                     ServiceKind::Request,
-                    pb::UpdateCaseStatusRequest {
+                    ipb::UpdateCaseStatusRequest {
                         case_number: case_number.clone(),
                         status,
                     },
@@ -674,10 +676,10 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     }
     refused(
         "CloseCase with an oversized resolution",
-        tickets
+        case_writes
             .close_case(s.as_service(
                 ServiceKind::Request,
-                pb::CloseCaseRequest {
+                ipb::CloseCaseRequest {
                     case_number: case_number.clone(),
                     resolution: huge.clone(),
                 },
@@ -718,6 +720,7 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
 
     // ApprovalService.
     let mut approval = s.approval();
+    let mut reconciler_calls = s.internal_approval();
     for (what, increase, cluster) in [
         ("EvaluateIncrease of a negative increase", -1, "C14"),
         ("EvaluateIncrease of nothing", 0, "C14"),
@@ -726,10 +729,10 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     ] {
         refused(
             what,
-            approval
+            reconciler_calls
                 .evaluate_increase(s.as_service(
                     ServiceKind::Request,
-                    pb::EvaluateIncreaseRequest {
+                    ipb::EvaluateIncreaseRequest {
                         request_id: "evaluate-x".into(),
                         business_unit_id: "bu-classics".into(),
                         cluster: cluster.into(),
@@ -742,10 +745,10 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     }
     refused(
         "ReleaseReservation with a malformed id",
-        approval
+        reconciler_calls
             .release_reservation(s.as_service(
                 ServiceKind::Request,
-                pb::ReleaseReservationRequest {
+                ipb::ReleaseReservationRequest {
                     request_id: huge.clone(),
                     reason: String::new(),
                 },
@@ -755,17 +758,17 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     );
     refused(
         "SubmitForReview without anything",
-        approval
-            .submit_for_review(s.as_service(ServiceKind::Request, pb::SubmitForReviewRequest::default()))
+        reconciler_calls
+            .submit_for_review(s.as_service(ServiceKind::Request, ipb::SubmitForReviewRequest::default()))
             .await,
         Invalid,
     );
     refused(
         "SubmitForReview with negative limits",
-        approval
+        reconciler_calls
             .submit_for_review(s.as_service(
                 ServiceKind::Request,
-                pb::SubmitForReviewRequest {
+                ipb::SubmitForReviewRequest {
                     request_id: "submit-x".into(),
                     business_unit_id: "bu-classics".into(),
                     cluster: "C14".into(),
@@ -786,10 +789,10 @@ async fn every_rpc_refuses_malformed_input(s: &TestSystem) {
     );
     refused(
         "WithdrawReview with a malformed id",
-        approval
+        reconciler_calls
             .withdraw_review(s.as_service(
                 ServiceKind::Request,
-                pb::WithdrawReviewRequest {
+                ipb::WithdrawReviewRequest {
                     request_id: "a b".into(),
                     reason: String::new(),
                 },

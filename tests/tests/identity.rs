@@ -18,6 +18,9 @@ fn served_by(path: &str) -> Vec<ServiceKind> {
         "sspm.v1.AuthorizationService" => vec![ServiceKind::Authorization],
         "sspm.v1.ApprovalService" => vec![ServiceKind::Approval],
         "sspm.v1.TicketingService" => vec![ServiceKind::Ticketing],
+        "sspm.internal.v1.AuthorizationService" => vec![ServiceKind::Authorization],
+        "sspm.internal.v1.ApprovalService" => vec![ServiceKind::Approval],
+        "sspm.internal.v1.TicketingService" => vec![ServiceKind::Ticketing],
         "sspm.v1.AuditService" => ServiceKind::ALL.to_vec(),
         other => panic!("{other} is not an SSPM service"),
     }

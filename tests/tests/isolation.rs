@@ -8,6 +8,7 @@
 
 use sspm_e2e::{TestSystem, scenario};
 use sspm_platform::ServiceKind;
+use sspm_proto::internal::v1 as ipb;
 use sspm_proto::v1 as pb;
 use tonic::Code;
 
@@ -210,7 +211,9 @@ async fn probe(s: &TestSystem, intruder: &str, victim: &Owned) {
     let cn = victim.case_number.as_str();
     let mut requests = s.requests();
     let mut tickets = s.ticketing();
+    let mut case_writes = s.internal_ticketing();
     let mut approval = s.approval();
+    let mut reconciler_calls = s.internal_approval();
     let mut authz = s.authorization();
 
     // PortRequestService.
@@ -405,10 +408,10 @@ async fn probe(s: &TestSystem, intruder: &str, victim: &Owned) {
     );
     refused(
         "OpenCase",
-        tickets
+        case_writes
             .open_case(s.authed(
                 intruder,
-                pb::OpenCaseRequest {
+                ipb::OpenCaseRequest {
                     external_reference: rid.into(),
                     subject: "x".into(),
                     description: "x".into(),
@@ -421,10 +424,10 @@ async fn probe(s: &TestSystem, intruder: &str, victim: &Owned) {
     );
     refused(
         "AddCaseComment",
-        tickets
+        case_writes
             .add_case_comment(s.authed(
                 intruder,
-                pb::AddCaseCommentRequest {
+                ipb::AddCaseCommentRequest {
                     case_number: cn.into(),
                     body: "hello".into(),
                     comment_id: String::new(),
@@ -435,10 +438,10 @@ async fn probe(s: &TestSystem, intruder: &str, victim: &Owned) {
     );
     refused(
         "UpdateCaseStatus",
-        tickets
+        case_writes
             .update_case_status(s.authed(
                 intruder,
-                pb::UpdateCaseStatusRequest {
+                ipb::UpdateCaseStatusRequest {
                     case_number: cn.into(),
                     status: pb::CaseStatus::Escalated.into(),
                 },
@@ -448,10 +451,10 @@ async fn probe(s: &TestSystem, intruder: &str, victim: &Owned) {
     );
     refused(
         "CloseCase",
-        tickets
+        case_writes
             .close_case(s.authed(
                 intruder,
-                pb::CloseCaseRequest {
+                ipb::CloseCaseRequest {
                     case_number: cn.into(),
                     resolution: "closed by an intruder".into(),
                 },
@@ -464,10 +467,10 @@ async fn probe(s: &TestSystem, intruder: &str, victim: &Owned) {
     let task_key = victim.task_id.clone().unwrap_or_else(|| "task-x".into());
     refused(
         "EvaluateIncrease",
-        approval
+        reconciler_calls
             .evaluate_increase(s.authed(
                 intruder,
-                pb::EvaluateIncreaseRequest {
+                ipb::EvaluateIncreaseRequest {
                     request_id: rid.into(),
                     business_unit_id: bu.into(),
                     cluster: "C14".into(),
@@ -479,10 +482,10 @@ async fn probe(s: &TestSystem, intruder: &str, victim: &Owned) {
     );
     refused(
         "ReleaseReservation",
-        approval
+        reconciler_calls
             .release_reservation(s.authed(
                 intruder,
-                pb::ReleaseReservationRequest {
+                ipb::ReleaseReservationRequest {
                     request_id: rid.into(),
                     reason: "x".into(),
                 },
@@ -492,10 +495,10 @@ async fn probe(s: &TestSystem, intruder: &str, victim: &Owned) {
     );
     refused(
         "SubmitForReview",
-        approval
+        reconciler_calls
             .submit_for_review(s.authed(
                 intruder,
-                pb::SubmitForReviewRequest {
+                ipb::SubmitForReviewRequest {
                     request_id: rid.into(),
                     business_unit_id: bu.into(),
                     ..Default::default()
@@ -506,10 +509,10 @@ async fn probe(s: &TestSystem, intruder: &str, victim: &Owned) {
     );
     refused(
         "WithdrawReview",
-        approval
+        reconciler_calls
             .withdraw_review(s.authed(
                 intruder,
-                pb::WithdrawReviewRequest {
+                ipb::WithdrawReviewRequest {
                     request_id: rid.into(),
                     reason: "x".into(),
                 },
@@ -552,8 +555,8 @@ async fn probe(s: &TestSystem, intruder: &str, victim: &Owned) {
     );
     refused(
         "WatchDecisions",
-        approval
-            .watch_decisions(s.authed(intruder, pb::WatchDecisionsRequest::default()))
+        reconciler_calls
+            .watch_decisions(s.authed(intruder, ipb::WatchDecisionsRequest::default()))
             .await
             .map(|_| ()),
         Code::PermissionDenied,

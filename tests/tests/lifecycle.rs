@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use sspm_e2e::{Backend, TestSystem, scenario};
 use sspm_platform::ServiceKind;
+use sspm_proto::internal::v1 as ipb;
 use sspm_proto::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -533,10 +534,10 @@ async fn daily_limit_accounting(s: &TestSystem) {
     // model test found the ledger overcounted by such a request.
     let before = usage(s, "C14").await;
     let released = s
-        .approval()
+        .internal_approval()
         .release_reservation(s.as_service(
             ServiceKind::Request,
-            pb::ReleaseReservationRequest {
+            ipb::ReleaseReservationRequest {
                 request_id: "d-late".into(),
                 reason: "cancelled".into(),
             },
@@ -546,10 +547,10 @@ async fn daily_limit_accounting(s: &TestSystem) {
         .into_inner();
     assert!(!released.released, "there was nothing to release");
     let late = s
-        .approval()
+        .internal_approval()
         .evaluate_increase(s.as_service(
             ServiceKind::Request,
-            pb::EvaluateIncreaseRequest {
+            ipb::EvaluateIncreaseRequest {
                 request_id: "d-late".into(),
                 business_unit_id: LEAGUE.into(),
                 cluster: "C14".into(),
@@ -562,10 +563,10 @@ async fn daily_limit_accounting(s: &TestSystem) {
     assert_eq!(usage(s, "C14").await, before, "the late evaluation counted nothing");
     // In the usual order, the release returns the ports.
     let fits = s
-        .approval()
+        .internal_approval()
         .evaluate_increase(s.as_service(
             ServiceKind::Request,
-            pb::EvaluateIncreaseRequest {
+            ipb::EvaluateIncreaseRequest {
                 request_id: "d-usual".into(),
                 business_unit_id: LEAGUE.into(),
                 cluster: "C14".into(),
@@ -575,13 +576,13 @@ async fn daily_limit_accounting(s: &TestSystem) {
         .await
         .expect("evaluate")
         .into_inner();
-    assert_eq!(fits.outcome(), pb::EvaluationOutcome::Fits);
+    assert_eq!(fits.outcome(), ipb::EvaluationOutcome::Fits);
     assert_eq!(usage(s, "C14").await, before + 3);
     let released = s
-        .approval()
+        .internal_approval()
         .release_reservation(s.as_service(
             ServiceKind::Request,
-            pb::ReleaseReservationRequest {
+            ipb::ReleaseReservationRequest {
                 request_id: "d-usual".into(),
                 reason: "cancelled".into(),
             },
@@ -599,10 +600,10 @@ async fn daily_limit_accounting(s: &TestSystem) {
     set_cluster_limit(s, "C14", before + 4).await;
     for attempt in 0..2 {
         let answer = s
-            .approval()
+            .internal_approval()
             .evaluate_increase(s.as_service(
                 ServiceKind::Request,
-                pb::EvaluateIncreaseRequest {
+                ipb::EvaluateIncreaseRequest {
                     request_id: "d-edge".into(),
                     business_unit_id: LEAGUE.into(),
                     cluster: "C14".into(),
@@ -612,7 +613,7 @@ async fn daily_limit_accounting(s: &TestSystem) {
             .await
             .expect("evaluate")
             .into_inner();
-        assert_eq!(answer.outcome(), pb::EvaluationOutcome::Fits, "attempt {attempt}");
+        assert_eq!(answer.outcome(), ipb::EvaluationOutcome::Fits, "attempt {attempt}");
         assert_eq!(usage(s, "C14").await, before + 4, "attempt {attempt}");
     }
 }
@@ -1235,10 +1236,10 @@ async fn administration_and_staff_rpcs(s: &TestSystem) {
     assert_eq!(cases.len(), 1);
     assert_eq!(cases[0].external_reference, "review-0");
     let e = s
-        .ticketing()
+        .internal_ticketing()
         .close_case(s.authed(
             PERCY,
-            pb::CloseCaseRequest {
+            ipb::CloseCaseRequest {
                 case_number: cases[0].case_number.clone(),
                 resolution: "closing it myself".into(),
             },
@@ -1251,13 +1252,13 @@ async fn administration_and_staff_rpcs(s: &TestSystem) {
     let comment = |key: &str| {
         let req = s.as_service(
             ServiceKind::Request,
-            pb::AddCaseCommentRequest {
+            ipb::AddCaseCommentRequest {
                 case_number: cases[0].case_number.clone(),
                 body: "Customer called about it.".into(),
                 comment_id: key.into(),
             },
         );
-        let mut ticketing = s.ticketing();
+        let mut ticketing = s.internal_ticketing();
         async move { ticketing.add_case_comment(req).await }
     };
     let before = cases[0].comments.len();

@@ -77,9 +77,9 @@ async fn a_create_is_one_trace_across_the_four_services() {
     let names: Vec<&str> = in_trace.iter().map(|s| s.name.as_ref()).collect();
     for expected in [
         "sspm.v1.AuthorizationService/Check",
-        "sspm.v1.TicketingService/OpenCase",
-        "sspm.v1.ApprovalService/EvaluateIncrease",
-        "sspm.v1.TicketingService/CloseCase",
+        "sspm.internal.v1.TicketingService/OpenCase",
+        "sspm.internal.v1.ApprovalService/EvaluateIncrease",
+        "sspm.internal.v1.TicketingService/CloseCase",
     ] {
         assert!(
             names.contains(&expected),

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
-use sspm_proto::v1::{CheckResponse, WatchAuthorizationChangesRequest};
+use sspm_proto::internal::v1::WatchAuthorizationChangesRequest;
+use sspm_proto::internal::v1::authorization_service_client::AuthorizationServiceClient;
+use sspm_proto::v1::CheckResponse;
 use tokio::time::Instant;
 
 use crate::client::InternalChannel;

@@ -419,8 +419,12 @@ mod tests {
     #[tokio::test]
     async fn paths_that_are_not_served_share_one_label() {
         let m = Metrics::new("sspm-test").unwrap();
-        let methods = Methods::of(&["sspm.v1.TicketingService"], &[sspm_proto::FILE_DESCRIPTOR_SET]).unwrap();
-        assert!(methods.len() >= 4, "the ticketing methods: {methods:?}");
+        let methods = Methods::of(
+            &["sspm.v1.TicketingService", "sspm.internal.v1.TicketingService"],
+            &[sspm_proto::FILE_DESCRIPTOR_SET],
+        )
+        .unwrap();
+        assert!(methods.len() >= 6, "the ticketing methods: {methods:?}");
         let rpc = m.rpc().with_methods(methods);
         for i in 0..500 {
             let junk = format!("/sspm.v1.TicketingService/{}{i}", "x".repeat(6_000));

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sspm_proto::internal::v1::authorization_service_client::AuthorizationServiceClient as InternalAuthorizationClient;
 use sspm_proto::v1::authorization_service_client::AuthorizationServiceClient;
 use sspm_proto::v1::{
     Action, BusinessUnit, CheckRequest, CheckResponse, DenyReason, GetBusinessUnitRequest,
@@ -237,9 +238,11 @@ impl Authz {
     /// A client of the configured authorization service, calling as `identity`.
     pub fn new(config: &SspmConfig, identity: ServiceIdentity) -> anyhow::Result<Self> {
         let endpoint = config.services.get(ServiceKind::Authorization).endpoint();
-        let client = AuthorizationServiceClient::new(connect_lazy(&endpoint, &config.clients)?);
+        let channel = connect_lazy(&endpoint, &config.clients)?;
+        let client = AuthorizationServiceClient::new(channel.clone());
         let ttl = Duration::from_millis(config.clients.authz_cache_ttl_ms);
-        let cache = (!ttl.is_zero()).then(|| CheckCache::start(ttl, client.clone(), identity.clone()));
+        let cache = (!ttl.is_zero())
+            .then(|| CheckCache::start(ttl, InternalAuthorizationClient::new(channel), identity.clone()));
         Ok(Self {
             client,
             identity,

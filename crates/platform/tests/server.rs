@@ -39,24 +39,6 @@ fn refuse<T, U>(req: &Request<T>) -> Result<Response<U>, Status> {
 
 #[tonic::async_trait]
 impl TicketingService for Refusing {
-    async fn open_case(&self, r: Request<OpenCaseRequest>) -> Result<Response<OpenCaseResponse>, Status> {
-        refuse(&r)
-    }
-    async fn add_case_comment(
-        &self,
-        r: Request<AddCaseCommentRequest>,
-    ) -> Result<Response<AddCaseCommentResponse>, Status> {
-        refuse(&r)
-    }
-    async fn update_case_status(
-        &self,
-        r: Request<UpdateCaseStatusRequest>,
-    ) -> Result<Response<UpdateCaseStatusResponse>, Status> {
-        refuse(&r)
-    }
-    async fn close_case(&self, r: Request<CloseCaseRequest>) -> Result<Response<CloseCaseResponse>, Status> {
-        refuse(&r)
-    }
     async fn get_case(&self, r: Request<GetCaseRequest>) -> Result<Response<GetCaseResponse>, Status> {
         refuse(&r)
     }

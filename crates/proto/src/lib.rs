@@ -1,9 +1,21 @@
-//! The SSPM gRPC API (`package sspm.v1`), generated from `proto/sspm/v1`.
+//! The SSPM gRPC API (`package sspm.v1`, generated from `proto/sspm/v1`) and the calls between
+//! its services (`package sspm.internal.v1`, from `proto/sspm/internal/v1`).
 
 /// Generated messages, clients and servers of `sspm.v1`.
 pub mod v1 {
     #![allow(missing_debug_implementations, unused_qualifications, clippy::all)]
     tonic::include_proto!("sspm.v1");
+}
+
+/// The calls between SSPM's services (`package sspm.internal.v1`), generated from
+/// `proto/sspm/internal/v1`: served on the same ports as the public API, refused to callers
+/// outside SSPM (README, "Who may call what").
+pub mod internal {
+    /// Generated messages, clients and servers of `sspm.internal.v1`.
+    pub mod v1 {
+        #![allow(missing_debug_implementations, unused_qualifications, clippy::all)]
+        tonic::include_proto!("sspm.internal.v1");
+    }
 }
 
 /// Encoded `FileDescriptorSet` of every SSPM proto and of the google.rpc error details, for
@@ -22,6 +34,12 @@ pub mod service_names {
     pub const TICKETING: &str = "sspm.v1.TicketingService";
     /// The audit trail, served by every service.
     pub const AUDIT: &str = "sspm.v1.AuditService";
+    /// The authorization service's calls for the other services.
+    pub const INTERNAL_AUTHORIZATION: &str = "sspm.internal.v1.AuthorizationService";
+    /// The approval service's calls for the request service.
+    pub const INTERNAL_APPROVAL: &str = "sspm.internal.v1.ApprovalService";
+    /// The ticketing service's calls for the request service.
+    pub const INTERNAL_TICKETING: &str = "sspm.internal.v1.TicketingService";
 }
 
 #[cfg(test)]
@@ -47,6 +65,9 @@ mod tests {
             service_names::APPROVAL,
             service_names::TICKETING,
             service_names::AUDIT,
+            service_names::INTERNAL_AUTHORIZATION,
+            service_names::INTERNAL_APPROVAL,
+            service_names::INTERNAL_TICKETING,
         ] {
             assert!(services.iter().any(|s| s == name), "{name} missing from {services:?}");
         }
@@ -68,7 +89,7 @@ mod tests {
     #[test]
     fn every_enum_starts_with_unspecified() {
         let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
-        for file in fds.file.iter().filter(|f| f.package() == "sspm.v1") {
+        for file in fds.file.iter().filter(|f| f.package().starts_with("sspm.")) {
             for e in &file.enum_type {
                 let zero = e.value.iter().find(|v| v.number() == 0).expect("zero value");
                 assert!(
@@ -88,7 +109,7 @@ mod tests {
         // file.service = 6, message.field = 2, enum.value = 2, service.method = 2.
         let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
         let mut missing = Vec::new();
-        for file in fds.file.iter().filter(|f| f.package() == "sspm.v1") {
+        for file in fds.file.iter().filter(|f| f.package().starts_with("sspm.")) {
             let info = file.source_code_info.as_ref().expect("source info kept for reflection");
             let documented = |path: &[i32]| {
                 info.location

@@ -12,6 +12,8 @@ use sspm_platform::rpc::{
     time_id_key, timestamp, timestamp_opt,
 };
 use sspm_platform::{Draining, caller};
+use sspm_proto::internal::v1 as ipb;
+use sspm_proto::internal::v1::approval_service_server::ApprovalService as InternalApprovalService;
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::approval_service_server::ApprovalService;
 use sspm_rules::daily::{format_day, ledger_day, parse_day};
@@ -181,7 +183,7 @@ fn money_micros(m: Option<&pb::Money>) -> Result<(i64, String), Status> {
     Ok((micros, m.currency_code.clone()))
 }
 
-type DecisionStream = Pin<Box<dyn Stream<Item = Result<pb::WatchDecisionsResponse, Status>> + Send>>;
+type DecisionStream = Pin<Box<dyn Stream<Item = Result<ipb::WatchDecisionsResponse, Status>> + Send>>;
 
 /// A well-formed task id, or INVALID_ARGUMENT.
 fn task_id(raw: &str) -> Result<&str, Status> {
@@ -196,145 +198,6 @@ fn task_id(raw: &str) -> Result<&str, Status> {
 
 #[tonic::async_trait]
 impl ApprovalService for ApprovalApi {
-    async fn evaluate_increase(
-        &self,
-        request: Request<pb::EvaluateIncreaseRequest>,
-    ) -> Result<Response<pb::EvaluateIncreaseResponse>, Status> {
-        // Internal: the caller table admits only the request service.
-        caller(&request)?;
-        let req = request.into_inner();
-        let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
-        let bu = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
-        let cluster = parse_at("cluster", ClusterName::parse(&req.cluster))?;
-        if !(1..=i32::from(PortLimit::MAX)).contains(&req.increase) {
-            return Err(invalid("increase", "must be 1 to 9999 ports"));
-        }
-        let today = self.today();
-        let evaluated = self
-            .store
-            .evaluate(
-                request_id.as_str(),
-                bu.as_str(),
-                cluster.as_str(),
-                req.increase,
-                today,
-                now_micros(),
-            )
-            .await
-            .map_err(db("evaluating an increase"))?;
-        let (outcome, day, usage) = match evaluated {
-            Evaluated::Fits(usage) => (pb::EvaluationOutcome::Fits, today, usage),
-            Evaluated::Exceeds(usage) => (pb::EvaluationOutcome::Exceeds, today, usage),
-            Evaluated::AlreadyReserved(r) if r.release_time.is_some() => {
-                return Err(Status::failed_precondition(format!(
-                    "the reservation of request {request_id} was released; a request is evaluated once"
-                )));
-            }
-            Evaluated::AlreadyReserved(r) => {
-                if r.increase != req.increase || r.business_unit_id != bu.as_str() {
-                    return Err(Status::already_exists(format!(
-                        "request {request_id} already reserved {} ports for {}",
-                        r.increase, r.business_unit_id
-                    )));
-                }
-                let usage = self
-                    .store
-                    .usage(r.day, cluster.as_str(), bu.as_str())
-                    .await
-                    .map_err(db("reading usage"))?;
-                (pb::EvaluationOutcome::Fits, r.day, usage)
-            }
-        };
-        tracing::info!(request_id = %request_id, cluster = %cluster, increase = req.increase,
-            outcome = outcome.as_str_name(), "increase evaluated");
-        Ok(Response::new(pb::EvaluateIncreaseResponse {
-            outcome: outcome.into(),
-            usage: self.usage_pb(usage),
-            day: format_day(day),
-        }))
-    }
-
-    async fn release_reservation(
-        &self,
-        request: Request<pb::ReleaseReservationRequest>,
-    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
-        // Internal: the caller table admits only the request service.
-        caller(&request)?;
-        let req = request.into_inner();
-        let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
-        let released = self
-            .store
-            .release(request_id.as_str(), self.today(), now_micros())
-            .await
-            .map_err(db("releasing a reservation"))?;
-        if released {
-            tracing::info!(request_id = %request_id, reason = req.reason, "reservation released");
-        }
-        Ok(Response::new(pb::ReleaseReservationResponse { released }))
-    }
-
-    async fn submit_for_review(
-        &self,
-        request: Request<pb::SubmitForReviewRequest>,
-    ) -> Result<Response<pb::SubmitForReviewResponse>, Status> {
-        // Internal: the caller table admits only the request service.
-        caller(&request)?;
-        let req = request.into_inner();
-        let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
-        let before = req
-            .limits_before
-            .ok_or_else(|| invalid("limits_before", "is required"))?;
-        let targets = req.targets.unwrap_or_default();
-        let (micros, currency) = money_micros(req.estimated_monthly_cost_change.as_ref())?;
-        let t = task::Model {
-            task_id: format!("{TASK_PREFIX}{request_id}"),
-            request_id: request_id.to_string(),
-            business_unit_id: parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?.to_string(),
-            cluster: parse_at("cluster", ClusterName::parse(&req.cluster))?.to_string(),
-            requester: parse_at("requester", PrincipalId::parse(&req.requester))?.to_string(),
-            case_number: parse_at("case_number", CaseNumber::parse(&req.case_number))?.to_string(),
-            before_concurrent: port("limits_before.concurrent", before.concurrent)?,
-            before_outbound: port("limits_before.outbound", before.outbound)?,
-            before_agentless: port("limits_before.agentless", before.agentless)?,
-            target_concurrent: opt_port("targets.concurrent", targets.concurrent)?,
-            target_outbound: opt_port("targets.outbound", targets.outbound)?,
-            target_agentless: opt_port("targets.agentless", targets.agentless)?,
-            justification: parse_at("justification", Text::parse(&req.justification, "justification"))?.to_string(),
-            cost_change_micros: micros,
-            currency,
-            state: "PENDING".to_owned(),
-            decided_by: None,
-            decision_reason: None,
-            create_time: now_micros(),
-            decide_time: None,
-        };
-        let stored = self.store.submit(t).await.map_err(db("submitting for review"))?;
-        Ok(Response::new(pb::SubmitForReviewResponse {
-            task: Some(task_pb(stored)),
-        }))
-    }
-
-    async fn withdraw_review(
-        &self,
-        request: Request<pb::WithdrawReviewRequest>,
-    ) -> Result<Response<pb::WithdrawReviewResponse>, Status> {
-        // Internal: the caller table admits only the request service.
-        caller(&request)?;
-        let req = request.into_inner();
-        let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
-        let reason = if req.reason.trim().is_empty() {
-            "withdrawn: the request was cancelled".to_owned()
-        } else {
-            parse_at("reason", Text::parse(&req.reason, "reason"))?.to_string()
-        };
-        let t = self
-            .store
-            .withdraw(request_id.as_str(), &reason, now_micros())
-            .await
-            .map_err(db("withdrawing a task"))?;
-        Ok(Response::new(pb::WithdrawReviewResponse { task: t.map(task_pb) }))
-    }
-
     async fn list_approval_tasks(
         &self,
         request: Request<pb::ListApprovalTasksRequest>,
@@ -444,62 +307,6 @@ impl ApprovalService for ApprovalApi {
         }
     }
 
-    type WatchDecisionsStream = DecisionStream;
-
-    async fn watch_decisions(
-        &self,
-        request: Request<pb::WatchDecisionsRequest>,
-    ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
-        // Internal: the caller table admits only the request service.
-        caller(&request)?;
-        let mut cursor =
-            i64::try_from(request.into_inner().after_cursor).map_err(|_| invalid("after_cursor", "out of range"))?;
-        let (tx, rx) = mpsc::channel(64);
-        let store = self.store.clone();
-        let mut decided = self.decided.subscribe();
-        let mut draining = self.draining.clone();
-        let feed_poll = self.feed_poll;
-        tokio::spawn(async move {
-            loop {
-                // Mark the current value seen before reading, so no decision is missed.
-                decided.borrow_and_update();
-                let batch = match store.decisions_after(cursor, 100).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(error::database("reading decisions", &e))).await;
-                        return;
-                    }
-                };
-                let empty = batch.is_empty();
-                for (event, t) in batch {
-                    cursor = event.cursor;
-                    let item = pb::WatchDecisionsResponse {
-                        cursor: u64::try_from(event.cursor).unwrap_or_default(),
-                        task: Some(task_pb(t)),
-                    };
-                    if tx.send(Ok(item)).await.is_err() {
-                        return;
-                    }
-                }
-                if empty {
-                    // New decisions on this replica wake us at once; the poll covers
-                    // decisions made on other replicas.
-                    tokio::select! {
-                        _ = decided.changed() => {}
-                        _ = tokio::time::sleep(feed_poll) => {}
-                        _ = tx.closed() => return,
-                        _ = draining.started() => {
-                            // Never wait on a subscriber that does not read: the drain must end.
-                            let _ = tx.try_send(Err(Draining::status()));
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
     async fn set_daily_limit(
         &self,
         request: Request<pb::SetDailyLimitRequest>,
@@ -599,6 +406,204 @@ impl ApprovalService for ApprovalApi {
             day: format_day(day),
             usage: self.usage_pb(usage),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl InternalApprovalService for ApprovalApi {
+    async fn evaluate_increase(
+        &self,
+        request: Request<ipb::EvaluateIncreaseRequest>,
+    ) -> Result<Response<ipb::EvaluateIncreaseResponse>, Status> {
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
+        let req = request.into_inner();
+        let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
+        let bu = parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?;
+        let cluster = parse_at("cluster", ClusterName::parse(&req.cluster))?;
+        if !(1..=i32::from(PortLimit::MAX)).contains(&req.increase) {
+            return Err(invalid("increase", "must be 1 to 9999 ports"));
+        }
+        let today = self.today();
+        let evaluated = self
+            .store
+            .evaluate(
+                request_id.as_str(),
+                bu.as_str(),
+                cluster.as_str(),
+                req.increase,
+                today,
+                now_micros(),
+            )
+            .await
+            .map_err(db("evaluating an increase"))?;
+        let (outcome, day, usage) = match evaluated {
+            Evaluated::Fits(usage) => (ipb::EvaluationOutcome::Fits, today, usage),
+            Evaluated::Exceeds(usage) => (ipb::EvaluationOutcome::Exceeds, today, usage),
+            Evaluated::AlreadyReserved(r) if r.release_time.is_some() => {
+                return Err(Status::failed_precondition(format!(
+                    "the reservation of request {request_id} was released; a request is evaluated once"
+                )));
+            }
+            Evaluated::AlreadyReserved(r) => {
+                if r.increase != req.increase || r.business_unit_id != bu.as_str() {
+                    return Err(Status::already_exists(format!(
+                        "request {request_id} already reserved {} ports for {}",
+                        r.increase, r.business_unit_id
+                    )));
+                }
+                let usage = self
+                    .store
+                    .usage(r.day, cluster.as_str(), bu.as_str())
+                    .await
+                    .map_err(db("reading usage"))?;
+                (ipb::EvaluationOutcome::Fits, r.day, usage)
+            }
+        };
+        tracing::info!(request_id = %request_id, cluster = %cluster, increase = req.increase,
+            outcome = outcome.as_str_name(), "increase evaluated");
+        Ok(Response::new(ipb::EvaluateIncreaseResponse {
+            outcome: outcome.into(),
+            usage: self.usage_pb(usage),
+            day: format_day(day),
+        }))
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<ipb::ReleaseReservationRequest>,
+    ) -> Result<Response<ipb::ReleaseReservationResponse>, Status> {
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
+        let req = request.into_inner();
+        let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
+        let released = self
+            .store
+            .release(request_id.as_str(), self.today(), now_micros())
+            .await
+            .map_err(db("releasing a reservation"))?;
+        if released {
+            tracing::info!(request_id = %request_id, reason = req.reason, "reservation released");
+        }
+        Ok(Response::new(ipb::ReleaseReservationResponse { released }))
+    }
+
+    async fn submit_for_review(
+        &self,
+        request: Request<ipb::SubmitForReviewRequest>,
+    ) -> Result<Response<ipb::SubmitForReviewResponse>, Status> {
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
+        let req = request.into_inner();
+        let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
+        let before = req
+            .limits_before
+            .ok_or_else(|| invalid("limits_before", "is required"))?;
+        let targets = req.targets.unwrap_or_default();
+        let (micros, currency) = money_micros(req.estimated_monthly_cost_change.as_ref())?;
+        let t = task::Model {
+            task_id: format!("{TASK_PREFIX}{request_id}"),
+            request_id: request_id.to_string(),
+            business_unit_id: parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?.to_string(),
+            cluster: parse_at("cluster", ClusterName::parse(&req.cluster))?.to_string(),
+            requester: parse_at("requester", PrincipalId::parse(&req.requester))?.to_string(),
+            case_number: parse_at("case_number", CaseNumber::parse(&req.case_number))?.to_string(),
+            before_concurrent: port("limits_before.concurrent", before.concurrent)?,
+            before_outbound: port("limits_before.outbound", before.outbound)?,
+            before_agentless: port("limits_before.agentless", before.agentless)?,
+            target_concurrent: opt_port("targets.concurrent", targets.concurrent)?,
+            target_outbound: opt_port("targets.outbound", targets.outbound)?,
+            target_agentless: opt_port("targets.agentless", targets.agentless)?,
+            justification: parse_at("justification", Text::parse(&req.justification, "justification"))?.to_string(),
+            cost_change_micros: micros,
+            currency,
+            state: "PENDING".to_owned(),
+            decided_by: None,
+            decision_reason: None,
+            create_time: now_micros(),
+            decide_time: None,
+        };
+        let stored = self.store.submit(t).await.map_err(db("submitting for review"))?;
+        Ok(Response::new(ipb::SubmitForReviewResponse {
+            task: Some(task_pb(stored)),
+        }))
+    }
+
+    async fn withdraw_review(
+        &self,
+        request: Request<ipb::WithdrawReviewRequest>,
+    ) -> Result<Response<ipb::WithdrawReviewResponse>, Status> {
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
+        let req = request.into_inner();
+        let request_id = parse_at("request_id", RequestId::parse(&req.request_id))?;
+        let reason = if req.reason.trim().is_empty() {
+            "withdrawn: the request was cancelled".to_owned()
+        } else {
+            parse_at("reason", Text::parse(&req.reason, "reason"))?.to_string()
+        };
+        let t = self
+            .store
+            .withdraw(request_id.as_str(), &reason, now_micros())
+            .await
+            .map_err(db("withdrawing a task"))?;
+        Ok(Response::new(ipb::WithdrawReviewResponse { task: t.map(task_pb) }))
+    }
+
+    type WatchDecisionsStream = DecisionStream;
+
+    async fn watch_decisions(
+        &self,
+        request: Request<ipb::WatchDecisionsRequest>,
+    ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
+        let mut cursor =
+            i64::try_from(request.into_inner().after_cursor).map_err(|_| invalid("after_cursor", "out of range"))?;
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        let mut decided = self.decided.subscribe();
+        let mut draining = self.draining.clone();
+        let feed_poll = self.feed_poll;
+        tokio::spawn(async move {
+            loop {
+                // Mark the current value seen before reading, so no decision is missed.
+                decided.borrow_and_update();
+                let batch = match store.decisions_after(cursor, 100).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(error::database("reading decisions", &e))).await;
+                        return;
+                    }
+                };
+                let empty = batch.is_empty();
+                for (event, t) in batch {
+                    cursor = event.cursor;
+                    let item = ipb::WatchDecisionsResponse {
+                        cursor: u64::try_from(event.cursor).unwrap_or_default(),
+                        task: Some(task_pb(t)),
+                    };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+                if empty {
+                    // New decisions on this replica wake us at once; the poll covers
+                    // decisions made on other replicas.
+                    tokio::select! {
+                        _ = decided.changed() => {}
+                        _ = tokio::time::sleep(feed_poll) => {}
+                        _ = tx.closed() => return,
+                        _ = draining.started() => {
+                            // Never wait on a subscriber that does not read: the drain must end.
+                            let _ = tx.try_send(Err(Draining::status()));
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod store;
 use sea_orm::{DatabaseConnection, DbErr};
 use sspm_platform::rpc::{Authz, ServiceIdentity, now_micros};
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
+use sspm_proto::internal::v1::approval_service_server::ApprovalServiceServer as InternalApprovalServiceServer;
 use sspm_proto::v1::approval_service_server::ApprovalServiceServer;
 use tokio::net::TcpListener;
 
@@ -32,7 +33,10 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     let api = api::ApprovalApi::new(store, authz, config.daily_limits.day_utc_offset_minutes, app.draining())
         .with_feed_poll(std::time::Duration::from_millis(config.workflow.decision_feed_poll_ms));
     Ok(app
-        .map_server(|s| s.add_service(ApprovalServiceServer::new(api)))
+        .map_server(|s| {
+            s.add_service(ApprovalServiceServer::new(api.clone()))
+                .add_service(InternalApprovalServiceServer::new(api))
+        })
         .with_audit(readers))
 }
 

@@ -13,6 +13,8 @@ use sspm_platform::error::{self, db, not_found, permission_denied};
 use sspm_platform::rpc::{
     self, invalid, next_page_token, now_micros, page_key, page_number, page_size, parse_at, timestamp,
 };
+use sspm_proto::internal::v1 as ipb;
+use sspm_proto::internal::v1::authorization_service_server::AuthorizationService as InternalAuthorizationService;
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::authorization_service_server::AuthorizationService;
 use sspm_rules::{BusinessUnitId, ClusterName, PrincipalId, Text};
@@ -258,44 +260,10 @@ fn deny(reason: pb::DenyReason, message: impl Into<String>) -> pb::CheckResponse
     }
 }
 
-type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::WatchAuthorizationChangesResponse, Status>> + Send>>;
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<ipb::WatchAuthorizationChangesResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AuthorizationService for AuthorizationApi {
-    type WatchAuthorizationChangesStream = ChangeStream;
-
-    async fn watch_authorization_changes(
-        &self,
-        request: Request<pb::WatchAuthorizationChangesRequest>,
-    ) -> Result<Response<Self::WatchAuthorizationChangesStream>, Status> {
-        // Internal: the caller table admits only the services that call it.
-        caller(&request)?;
-        let (tx, rx) = mpsc::channel(4);
-        let mut changes = self.changes.subscribe();
-        let mut draining = self.draining.clone();
-        tokio::spawn(async move {
-            loop {
-                // The current generation, at once and after every change; changes that
-                // come while a message waits are folded into the next one.
-                let generation = *changes.borrow_and_update();
-                let item = pb::WatchAuthorizationChangesResponse { generation };
-                if tx.send(Ok(item)).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                    _ = draining.started() => {
-                        // Never wait on a subscriber that does not read: the drain must end.
-                        let _ = tx.try_send(Err(Draining::status()));
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
@@ -737,6 +705,43 @@ impl AuthorizationService for AuthorizationApi {
             grants: rows.into_iter().map(to_pb_grant).collect(),
             next_page_token: next,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl InternalAuthorizationService for AuthorizationApi {
+    type WatchAuthorizationChangesStream = ChangeStream;
+
+    async fn watch_authorization_changes(
+        &self,
+        request: Request<ipb::WatchAuthorizationChangesRequest>,
+    ) -> Result<Response<Self::WatchAuthorizationChangesStream>, Status> {
+        // Internal: the caller table admits only the services that call it.
+        caller(&request)?;
+        let (tx, rx) = mpsc::channel(4);
+        let mut changes = self.changes.subscribe();
+        let mut draining = self.draining.clone();
+        tokio::spawn(async move {
+            loop {
+                // The current generation, at once and after every change; changes that
+                // come while a message waits are folded into the next one.
+                let generation = *changes.borrow_and_update();
+                let item = ipb::WatchAuthorizationChangesResponse { generation };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = draining.started() => {
+                        // Never wait on a subscriber that does not read: the drain must end.
+                        let _ = tx.try_send(Err(Draining::status()));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

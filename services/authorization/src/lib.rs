@@ -11,6 +11,7 @@ pub mod seed;
 pub mod store;
 
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
+use sspm_proto::internal::v1::authorization_service_server::AuthorizationServiceServer as InternalAuthorizationServiceServer;
 use sspm_proto::v1::authorization_service_server::AuthorizationServiceServer;
 use tokio::net::TcpListener;
 
@@ -32,7 +33,10 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
     let api = api::AuthorizationApi::start(store, app.draining(), poll).await?;
     let readers = api.audit_readers();
     Ok(app
-        .map_server(|s| s.add_service(AuthorizationServiceServer::new(api)))
+        .map_server(|s| {
+            s.add_service(AuthorizationServiceServer::new(api.clone()))
+                .add_service(InternalAuthorizationServiceServer::new(api))
+        })
         .with_audit(readers))
 }
 

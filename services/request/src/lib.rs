@@ -34,9 +34,10 @@ use sea_orm::{DatabaseConnection, DbErr};
 use sspm_platform::client::connect_lazy;
 use sspm_platform::rpc::{Authz, ServiceIdentity, now_micros};
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
-use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
+use sspm_proto::internal::v1::approval_service_client::ApprovalServiceClient;
+use sspm_proto::internal::v1::ticketing_service_client::TicketingServiceClient;
+use sspm_proto::v1::approval_service_client::ApprovalServiceClient as PublicApprovalServiceClient;
 use sspm_proto::v1::port_request_service_server::PortRequestServiceServer;
-use sspm_proto::v1::ticketing_service_client::TicketingServiceClient;
 use tokio::net::TcpListener;
 
 /// Connects and migrates the request service's database, binds its listener (`listener`,
@@ -57,9 +58,11 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         .with_reader(app.read_db.clone())
         .with_lite(app.lite_reader()?)
         .with_group_commit(config.workflow.group_commit_queue);
+    let approval = connect_lazy(&endpoint(ServiceKind::Approval), &config.clients)?;
     let outbox = outbox::Outbox {
         ticketing: TicketingServiceClient::new(connect_lazy(&endpoint(ServiceKind::Ticketing), &config.clients)?),
-        approval: ApprovalServiceClient::new(connect_lazy(&endpoint(ServiceKind::Approval), &config.clients)?),
+        approval: ApprovalServiceClient::new(approval.clone()),
+        approval_reads: PublicApprovalServiceClient::new(approval),
         identity,
     };
     let workflow = Arc::new(workflow::Workflow::new(store, authz, outbox, config.workflow.clone()));

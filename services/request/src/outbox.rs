@@ -4,9 +4,10 @@
 
 use sspm_platform::client::InternalChannel;
 use sspm_platform::rpc::ServiceIdentity;
+use sspm_proto::internal::v1 as ipb;
+use sspm_proto::internal::v1::approval_service_client::ApprovalServiceClient;
+use sspm_proto::internal::v1::ticketing_service_client::TicketingServiceClient;
 use sspm_proto::v1 as pb;
-use sspm_proto::v1::approval_service_client::ApprovalServiceClient;
-use sspm_proto::v1::ticketing_service_client::TicketingServiceClient;
 use tonic::Status;
 
 use crate::entities::{effect, request};
@@ -95,6 +96,9 @@ pub struct Outbox {
     pub ticketing: TicketingServiceClient<InternalChannel>,
     /// The approval service (the task and the reservation).
     pub approval: ApprovalServiceClient<InternalChannel>,
+    /// The approval service's public reads (the task of a decision to apply, the day's usage
+    /// for a dry run), on the same connection.
+    pub approval_reads: sspm_proto::v1::approval_service_client::ApprovalServiceClient<InternalChannel>,
     /// Who calls.
     pub identity: ServiceIdentity,
 }
@@ -112,7 +116,7 @@ impl Outbox {
         let id = self.identity.clone();
         match effect {
             Effect::Comment(body) => {
-                let req = pb::AddCaseCommentRequest {
+                let req = ipb::AddCaseCommentRequest {
                     case_number: case,
                     body,
                     // The outbox entry's id: a retry after a crash or a timeout does not
@@ -122,7 +126,7 @@ impl Outbox {
                 self.ticketing.clone().add_case_comment(id.request(req, actor)).await?;
             }
             Effect::CaseStatus(status) => {
-                let req = pb::UpdateCaseStatusRequest {
+                let req = ipb::UpdateCaseStatusRequest {
                     case_number: case,
                     status: status.into(),
                 };
@@ -132,7 +136,7 @@ impl Outbox {
                     .await?;
             }
             Effect::CloseCase(resolution) => {
-                let req = pb::CloseCaseRequest {
+                let req = ipb::CloseCaseRequest {
                     case_number: case,
                     resolution,
                 };
@@ -143,14 +147,14 @@ impl Outbox {
                 self.approval.clone().submit_for_review(id.request(req, actor)).await?;
             }
             Effect::WithdrawReview(reason) => {
-                let req = pb::WithdrawReviewRequest {
+                let req = ipb::WithdrawReviewRequest {
                     request_id: r.request_id.clone(),
                     reason,
                 };
                 self.approval.clone().withdraw_review(id.request(req, actor)).await?;
             }
             Effect::Release(reason) => {
-                let req = pb::ReleaseReservationRequest {
+                let req = ipb::ReleaseReservationRequest {
                     request_id: r.request_id.clone(),
                     reason,
                 };
@@ -165,14 +169,14 @@ impl Outbox {
 }
 
 /// The approval task of request `r`, whose case is `case`.
-fn review_of(r: &request::Model, case: String) -> Result<pb::SubmitForReviewRequest, sea_orm::DbErr> {
+fn review_of(r: &request::Model, case: String) -> Result<ipb::SubmitForReviewRequest, sea_orm::DbErr> {
     let change = change_of(r)?;
     let (units, nanos) = sspm_rules::Amount {
         currency: r.currency.clone(),
         micros: r.cost_change_micros,
     }
     .units_and_nanos();
-    Ok(pb::SubmitForReviewRequest {
+    Ok(ipb::SubmitForReviewRequest {
         request_id: r.request_id.clone(),
         business_unit_id: r.business_unit_id.clone(),
         cluster: r.cluster.clone(),

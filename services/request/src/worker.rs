@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sspm_platform::rpc::now_micros;
+use sspm_proto::internal::v1 as ipb;
 use sspm_proto::v1 as pb;
 use tonic::Code;
 use tracing::Instrument;
@@ -67,7 +68,7 @@ impl Workflow {
                     continue;
                 }
             };
-            let req = pb::WatchDecisionsRequest {
+            let req = ipb::WatchDecisionsRequest {
                 after_cursor: u64::try_from(after).unwrap_or_default(),
             };
             let mut stream = match self
@@ -136,7 +137,7 @@ impl Workflow {
                 };
                 match self
                     .outbox
-                    .approval
+                    .approval_reads
                     .clone()
                     .get_approval_task(self.outbox.identity.request(req, None))
                     .await

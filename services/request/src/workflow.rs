@@ -13,6 +13,7 @@ use rand::Rng;
 use sea_orm::DbErr;
 use sspm_platform::config::WorkflowConfig;
 use sspm_platform::rpc::{Authz, ServiceIdentity, is_transient, now_micros};
+use sspm_proto::internal::v1 as ipb;
 use sspm_proto::v1 as pb;
 use sspm_rules::{BusinessUnitFacts, RequestState, ValidatedChange, Violation};
 use tokio::sync::broadcast;
@@ -129,11 +130,11 @@ impl Workflow {
         &self.authz
     }
 
-    /// The approval client (for dry runs).
+    /// The approval service's public reads (for dry runs).
     pub fn approval(
         &self,
     ) -> sspm_proto::v1::approval_service_client::ApprovalServiceClient<sspm_platform::client::InternalChannel> {
-        self.outbox.approval.clone()
+        self.outbox.approval_reads.clone()
     }
 
     /// The service identity.
@@ -253,7 +254,7 @@ impl Workflow {
     /// external reference); its number.
     async fn open_case_call(&self, r: &request::Model, change: &ValidatedChange) -> Result<String, StepError> {
         let summary = describe(change);
-        let req = pb::OpenCaseRequest {
+        let req = ipb::OpenCaseRequest {
             external_reference: r.request_id.clone(),
             subject: format!("Port change for {}: {summary}", r.business_unit_id),
             description: format!(
@@ -320,7 +321,7 @@ impl Workflow {
             ));
         }
         let increase = i32::from(change.concurrent_increase());
-        let req = pb::EvaluateIncreaseRequest {
+        let req = ipb::EvaluateIncreaseRequest {
             request_id: r.request_id.clone(),
             business_unit_id: r.business_unit_id.clone(),
             cluster: r.cluster.clone(),
@@ -347,7 +348,7 @@ impl Workflow {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        if answer.outcome() == pb::EvaluationOutcome::Fits {
+        if answer.outcome() == ipb::EvaluationOutcome::Fits {
             return Ok(Verdict::Fits(format!(
                 "approved automatically: +{increase} concurrent ports fit the daily limit of {} ({budget})",
                 answer.day

@@ -10,6 +10,8 @@ use sspm_platform::rpc::{
     Authz, ON_BEHALF_OF, invalid, next_page_token, now_micros, page_number, page_size, parse_at, timestamp,
     timestamp_opt,
 };
+use sspm_proto::internal::v1 as ipb;
+use sspm_proto::internal::v1::ticketing_service_server::TicketingService as InternalTicketingService;
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::ticketing_service_server::TicketingService;
 use sspm_rules::{BusinessUnitId, CaseNumber, PrincipalId, Text};
@@ -144,115 +146,6 @@ fn comment_key(raw: &str) -> Result<Option<&str>, Status> {
 
 #[tonic::async_trait]
 impl TicketingService for TicketingApi {
-    async fn open_case(&self, request: Request<pb::OpenCaseRequest>) -> Result<Response<pb::OpenCaseResponse>, Status> {
-        // Internal: the caller table admits only the request service.
-        caller(&request)?;
-        let req = request.into_inner();
-        let reference = external_reference(&req.external_reference)?;
-        let description = if req.description.is_empty() {
-            String::new()
-        } else {
-            text("description", &req.description, "description", 32_000)?
-        };
-        let new = NewCase {
-            external_reference: reference.to_owned(),
-            subject: text("subject", &req.subject, "subject", 255)?,
-            description,
-            business_unit_id: parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?.to_string(),
-            requester: parse_at("requester", PrincipalId::parse(&req.requester))?.to_string(),
-        };
-        let (case, created) = match &self.org {
-            Some(org) => org.open(new).await?,
-            None => self.store.open(new, now_micros()).await.map_err(db("opening a case"))?,
-        };
-        if created {
-            tracing::info!(case_number = ?case.case.case_number, reference, "case opened");
-        }
-        Ok(Response::new(pb::OpenCaseResponse {
-            case: Some(to_pb(case)),
-            created,
-        }))
-    }
-
-    async fn add_case_comment(
-        &self,
-        request: Request<pb::AddCaseCommentRequest>,
-    ) -> Result<Response<pb::AddCaseCommentResponse>, Status> {
-        let caller = caller(&request)?;
-        let author = author(&request, &caller);
-        let req = request.into_inner();
-        let body = text("body", &req.body, "comment", Text::MAX_LEN)?;
-        let key = comment_key(&req.comment_id)?;
-        let case = self.case_by_number(&req.case_number).await?;
-        self.store
-            .comment(&case.case, &author, &body, key, now_micros())
-            .await
-            .map_err(db("adding a comment"))?;
-        self.written();
-        let case = self.case_by_number(&req.case_number).await?;
-        Ok(Response::new(pb::AddCaseCommentResponse {
-            case: Some(to_pb(case)),
-        }))
-    }
-
-    async fn update_case_status(
-        &self,
-        request: Request<pb::UpdateCaseStatusRequest>,
-    ) -> Result<Response<pb::UpdateCaseStatusResponse>, Status> {
-        // Internal: the caller table admits only the request service.
-        caller(&request)?;
-        let req = request.into_inner();
-        let status: pb::CaseStatus = sspm_platform::rpc::required_enum("status", req.status)?;
-        if status == pb::CaseStatus::Closed {
-            return Err(invalid("status", "use CloseCase to close a case, with its resolution"));
-        }
-        let case = self.case_by_number(&req.case_number).await?;
-        let updated = self
-            .store
-            .set_status(&case.case, status_name(status), now_micros())
-            .await
-            .map_err(db("updating a case"))?;
-        self.written();
-        if !updated {
-            return Err(Status::failed_precondition(format!(
-                "case {} is closed; its status can no longer change",
-                req.case_number
-            )));
-        }
-        let case = self.case_by_number(&req.case_number).await?;
-        Ok(Response::new(pb::UpdateCaseStatusResponse {
-            case: Some(to_pb(case)),
-        }))
-    }
-
-    async fn close_case(
-        &self,
-        request: Request<pb::CloseCaseRequest>,
-    ) -> Result<Response<pb::CloseCaseResponse>, Status> {
-        // Internal: the caller table admits only the request service.
-        caller(&request)?;
-        let req = request.into_inner();
-        let number = parse_at("case_number", CaseNumber::parse(&req.case_number))?;
-        let resolution = text("resolution", &req.resolution, "resolution", Text::MAX_LEN)?;
-        let closed = self
-            .store
-            .close(number.as_str(), &resolution, now_micros())
-            .await
-            .map_err(db("closing a case"))?
-            .ok_or_else(|| not_found("case", number.as_str()))?;
-        self.written();
-        match closed {
-            Closed::Ok(case) => Ok(Response::new(pb::CloseCaseResponse {
-                case: Some(to_pb(case)),
-            })),
-            Closed::Conflict(case) => Err(Status::failed_precondition(format!(
-                "case {} is already closed with another resolution: {:?}",
-                number,
-                case.case.resolution.unwrap_or_default()
-            ))),
-        }
-    }
-
     async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
         let caller = caller(&request)?;
         let (case, asked) = match request.into_inner().key {
@@ -310,5 +203,120 @@ impl TicketingService for TicketingApi {
             cases: rows.into_iter().map(to_pb).collect(),
             next_page_token: next,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl InternalTicketingService for TicketingApi {
+    async fn open_case(
+        &self,
+        request: Request<ipb::OpenCaseRequest>,
+    ) -> Result<Response<ipb::OpenCaseResponse>, Status> {
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
+        let req = request.into_inner();
+        let reference = external_reference(&req.external_reference)?;
+        let description = if req.description.is_empty() {
+            String::new()
+        } else {
+            text("description", &req.description, "description", 32_000)?
+        };
+        let new = NewCase {
+            external_reference: reference.to_owned(),
+            subject: text("subject", &req.subject, "subject", 255)?,
+            description,
+            business_unit_id: parse_at("business_unit_id", BusinessUnitId::parse(&req.business_unit_id))?.to_string(),
+            requester: parse_at("requester", PrincipalId::parse(&req.requester))?.to_string(),
+        };
+        let (case, created) = match &self.org {
+            Some(org) => org.open(new).await?,
+            None => self.store.open(new, now_micros()).await.map_err(db("opening a case"))?,
+        };
+        if created {
+            tracing::info!(case_number = ?case.case.case_number, reference, "case opened");
+        }
+        Ok(Response::new(ipb::OpenCaseResponse {
+            case: Some(to_pb(case)),
+            created,
+        }))
+    }
+
+    async fn add_case_comment(
+        &self,
+        request: Request<ipb::AddCaseCommentRequest>,
+    ) -> Result<Response<ipb::AddCaseCommentResponse>, Status> {
+        let caller = caller(&request)?;
+        let author = author(&request, &caller);
+        let req = request.into_inner();
+        let body = text("body", &req.body, "comment", Text::MAX_LEN)?;
+        let key = comment_key(&req.comment_id)?;
+        let case = self.case_by_number(&req.case_number).await?;
+        self.store
+            .comment(&case.case, &author, &body, key, now_micros())
+            .await
+            .map_err(db("adding a comment"))?;
+        self.written();
+        let case = self.case_by_number(&req.case_number).await?;
+        Ok(Response::new(ipb::AddCaseCommentResponse {
+            case: Some(to_pb(case)),
+        }))
+    }
+
+    async fn update_case_status(
+        &self,
+        request: Request<ipb::UpdateCaseStatusRequest>,
+    ) -> Result<Response<ipb::UpdateCaseStatusResponse>, Status> {
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
+        let req = request.into_inner();
+        let status: pb::CaseStatus = sspm_platform::rpc::required_enum("status", req.status)?;
+        if status == pb::CaseStatus::Closed {
+            return Err(invalid("status", "use CloseCase to close a case, with its resolution"));
+        }
+        let case = self.case_by_number(&req.case_number).await?;
+        let updated = self
+            .store
+            .set_status(&case.case, status_name(status), now_micros())
+            .await
+            .map_err(db("updating a case"))?;
+        self.written();
+        if !updated {
+            return Err(Status::failed_precondition(format!(
+                "case {} is closed; its status can no longer change",
+                req.case_number
+            )));
+        }
+        let case = self.case_by_number(&req.case_number).await?;
+        Ok(Response::new(ipb::UpdateCaseStatusResponse {
+            case: Some(to_pb(case)),
+        }))
+    }
+
+    async fn close_case(
+        &self,
+        request: Request<ipb::CloseCaseRequest>,
+    ) -> Result<Response<ipb::CloseCaseResponse>, Status> {
+        // Internal: the caller table admits only the request service.
+        caller(&request)?;
+        let req = request.into_inner();
+        let number = parse_at("case_number", CaseNumber::parse(&req.case_number))?;
+        let resolution = text("resolution", &req.resolution, "resolution", Text::MAX_LEN)?;
+        let closed = self
+            .store
+            .close(number.as_str(), &resolution, now_micros())
+            .await
+            .map_err(db("closing a case"))?
+            .ok_or_else(|| not_found("case", number.as_str()))?;
+        self.written();
+        match closed {
+            Closed::Ok(case) => Ok(Response::new(ipb::CloseCaseResponse {
+                case: Some(to_pb(case)),
+            })),
+            Closed::Conflict(case) => Err(Status::failed_precondition(format!(
+                "case {} is already closed with another resolution: {:?}",
+                number,
+                case.case.resolution.unwrap_or_default()
+            ))),
+        }
     }
 }

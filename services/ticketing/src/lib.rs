@@ -17,6 +17,7 @@ use std::sync::Arc;
 use sspm_platform::config::TicketingBackend;
 use sspm_platform::rpc::{Authz, ServiceIdentity};
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
+use sspm_proto::internal::v1::ticketing_service_server::TicketingServiceServer as InternalTicketingServiceServer;
 use sspm_proto::v1::ticketing_service_server::TicketingServiceServer;
 use tokio::net::TcpListener;
 
@@ -57,7 +58,10 @@ pub async fn build(config: SspmConfig, listener: Option<TcpListener>) -> anyhow:
         }
     };
     Ok(app
-        .map_server(|s| s.add_service(TicketingServiceServer::new(api)))
+        .map_server(|s| {
+            s.add_service(TicketingServiceServer::new(api.clone()))
+                .add_service(InternalTicketingServiceServer::new(api))
+        })
         .with_audit(readers)
         .with_background(background))
 }

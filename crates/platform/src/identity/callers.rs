@@ -66,10 +66,6 @@ pub const TABLE: &[(&str, Callers)] = &[
         "/sspm.v1.AuthorizationService/GetBusinessUnit",
         users_and(&[Request, Approval]),
     ),
-    (
-        "/sspm.v1.AuthorizationService/WatchAuthorizationChanges",
-        internal(&[Request, Approval, Ticketing]),
-    ),
     // Authorization: the account representative's administration (staff).
     ("/sspm.v1.AuthorizationService/CreateBusinessUnit", USERS),
     ("/sspm.v1.AuthorizationService/UpdateBusinessUnit", USERS),
@@ -79,12 +75,6 @@ pub const TABLE: &[(&str, Callers)] = &[
     ("/sspm.v1.AuthorizationService/GrantPermission", USERS),
     ("/sspm.v1.AuthorizationService/RevokePermission", USERS),
     ("/sspm.v1.AuthorizationService/ListPermissions", USERS),
-    // Approval: the request service's reconciler.
-    ("/sspm.v1.ApprovalService/EvaluateIncrease", internal(&[Request])),
-    ("/sspm.v1.ApprovalService/ReleaseReservation", internal(&[Request])),
-    ("/sspm.v1.ApprovalService/SubmitForReview", internal(&[Request])),
-    ("/sspm.v1.ApprovalService/WithdrawReview", internal(&[Request])),
-    ("/sspm.v1.ApprovalService/WatchDecisions", internal(&[Request])),
     // Approval: Network Operations (staff); the request service reads the task of a
     // decision it applies, and the day's usage for a dry run.
     ("/sspm.v1.ApprovalService/ListApprovalTasks", USERS),
@@ -94,15 +84,43 @@ pub const TABLE: &[(&str, Callers)] = &[
     ("/sspm.v1.ApprovalService/ClearDailyLimit", USERS),
     ("/sspm.v1.ApprovalService/ListDailyLimits", USERS),
     ("/sspm.v1.ApprovalService/GetDailyUsage", users_and(&[Request])),
-    // Ticketing: the request service's reconciler writes cases; users read them.
-    ("/sspm.v1.TicketingService/OpenCase", internal(&[Request])),
-    ("/sspm.v1.TicketingService/AddCaseComment", internal(&[Request])),
-    ("/sspm.v1.TicketingService/UpdateCaseStatus", internal(&[Request])),
-    ("/sspm.v1.TicketingService/CloseCase", internal(&[Request])),
+    // Ticketing: users read the cases the request service opens.
     ("/sspm.v1.TicketingService/GetCase", USERS),
     ("/sspm.v1.TicketingService/ListCases", USERS),
     // Every service's audit trail (staff).
     ("/sspm.v1.AuditService/ListAuditEvents", USERS),
+    // The calls between SSPM's services (package sspm.internal.v1): never users.
+    // Authorization: the change stream that keeps the others' Check caches fresh.
+    (
+        "/sspm.internal.v1.AuthorizationService/WatchAuthorizationChanges",
+        internal(&[Request, Approval, Ticketing]),
+    ),
+    // Approval: the request service's reconciler (reservations, reviews, decisions).
+    (
+        "/sspm.internal.v1.ApprovalService/EvaluateIncrease",
+        internal(&[Request]),
+    ),
+    (
+        "/sspm.internal.v1.ApprovalService/ReleaseReservation",
+        internal(&[Request]),
+    ),
+    (
+        "/sspm.internal.v1.ApprovalService/SubmitForReview",
+        internal(&[Request]),
+    ),
+    ("/sspm.internal.v1.ApprovalService/WithdrawReview", internal(&[Request])),
+    ("/sspm.internal.v1.ApprovalService/WatchDecisions", internal(&[Request])),
+    // Ticketing: the request service's reconciler writes the cases.
+    ("/sspm.internal.v1.TicketingService/OpenCase", internal(&[Request])),
+    (
+        "/sspm.internal.v1.TicketingService/AddCaseComment",
+        internal(&[Request]),
+    ),
+    (
+        "/sspm.internal.v1.TicketingService/UpdateCaseStatus",
+        internal(&[Request]),
+    ),
+    ("/sspm.internal.v1.TicketingService/CloseCase", internal(&[Request])),
 ];
 
 /// The callers of the RPC at `path`; `None` for a path SSPM does not serve.
@@ -185,12 +203,24 @@ mod tests {
     }
 
     #[test]
+    fn users_call_every_public_rpc_and_no_internal_one() {
+        for (path, callers) in TABLE {
+            let internal = path.starts_with("/sspm.internal.v1.");
+            assert!(internal || path.starts_with("/sspm.v1."), "{path}: neither package");
+            assert_eq!(callers.users, !internal, "{path}");
+            if internal {
+                assert!(!callers.services.is_empty(), "{path}: nobody may call it");
+            }
+        }
+    }
+
+    #[test]
     fn the_internal_rpcs_admit_only_the_services_that_call_them() {
         use ServiceKind::Authorization;
         let only_request = [
-            "/sspm.v1.TicketingService/OpenCase",
-            "/sspm.v1.ApprovalService/EvaluateIncrease",
-            "/sspm.v1.ApprovalService/WatchDecisions",
+            "/sspm.internal.v1.TicketingService/OpenCase",
+            "/sspm.internal.v1.ApprovalService/EvaluateIncrease",
+            "/sspm.internal.v1.ApprovalService/WatchDecisions",
         ];
         for path in only_request {
             assert!(allowed_for(path, Some(Request)), "{path}");
@@ -199,7 +229,7 @@ mod tests {
             }
             assert!(!allowed_for(path, None), "{path} by a user");
         }
-        let watch = "/sspm.v1.AuthorizationService/WatchAuthorizationChanges";
+        let watch = "/sspm.internal.v1.AuthorizationService/WatchAuthorizationChanges";
         assert!(!allowed_for(watch, None) && !allowed_for(watch, Some(Authorization)));
         assert!(
             [Request, Approval, Ticketing]
