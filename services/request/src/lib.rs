@@ -13,7 +13,6 @@
 
 pub mod admit;
 pub mod api;
-pub mod bulk;
 pub mod convert;
 pub mod entities;
 pub mod events;

@@ -3,6 +3,7 @@
 //! latency percentiles from HDR histograms and errors by gRPC code, for people or (`--json`)
 //! machines. See the README's "Load harness" and BENCHMARKS.md.
 
+mod bulk;
 mod history;
 mod run;
 mod scenario;

@@ -13,12 +13,11 @@
 use std::time::Instant;
 
 use sspm_platform::rpc::now_micros;
-use sspm_request::bulk;
 use sspm_request::entities::request;
 use sspm_request::plan::Entry;
 use sspm_rules::RequestState;
 
-use crate::tenancy;
+use crate::{bulk, tenancy};
 
 /// Requests written per transaction.
 const BATCH: usize = 5_000;

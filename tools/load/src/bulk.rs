@@ -1,14 +1,15 @@
 //! What only the load harness writes (`sspm-load history`): requests that are over, in
 //! bulk, straight into the request service's database, for measuring with a long history.
-//! Nothing of the service calls it.
+//! The service itself never writes this way: it is here, in the program that needs it, on
+//! the service's public entities and event log.
 
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait};
 use sspm_platform::audit;
 use sspm_rules::RequestState;
 
-use crate::entities::request;
-use crate::events::{self, NewEvent};
-use crate::plan::Entry;
+use sspm_request::entities::request;
+use sspm_request::events::{self, NewEvent};
+use sspm_request::plan::Entry;
 
 /// Requests per INSERT statement of [`import_history`] (31 columns each).
 const IMPORT_CHUNK: usize = 1000;
