@@ -17,9 +17,19 @@ pub fn limits_pb(l: PortLimits) -> pb::PortLimits {
     }
 }
 
-/// The API state of a stored state.
+/// The API state of a request state. (A match, not the names: a state added to the rules
+/// does not compile until it has its API value.)
 pub fn state_pb(s: RequestState) -> pb::PortChangeRequestState {
-    pb::PortChangeRequestState::from_str_name(&format!("PORT_CHANGE_REQUEST_STATE_{}", s.as_str())).unwrap_or_default()
+    use pb::PortChangeRequestState as Pb;
+    match s {
+        RequestState::New => Pb::New,
+        RequestState::PendingInformation => Pb::PendingInformation,
+        RequestState::UnderReview => Pb::UnderReview,
+        RequestState::Approved => Pb::Approved,
+        RequestState::Rejected => Pb::Rejected,
+        RequestState::Cancelled => Pb::Cancelled,
+        RequestState::Failed => Pb::Failed,
+    }
 }
 
 /// Money of a stored amount.
@@ -121,5 +131,18 @@ fn history_pb(h: HistoryEntry) -> pb::HistoryEvent {
             .into(),
         to_state: state(&h.to_state).into(),
         reason: h.reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_state_has_the_api_value_of_its_name() {
+        for s in RequestState::ALL {
+            let api = state_pb(s);
+            assert_eq!(api.as_str_name(), format!("PORT_CHANGE_REQUEST_STATE_{}", s.as_str()));
+        }
     }
 }

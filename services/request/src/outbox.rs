@@ -60,7 +60,7 @@ impl Effect {
             Effect::Comment(text) | Effect::CloseCase(text) | Effect::WithdrawReview(text) | Effect::Release(text) => {
                 text.clone()
             }
-            Effect::CaseStatus(status) => status.as_str_name().trim_start_matches("CASE_STATUS_").to_owned(),
+            Effect::CaseStatus(status) => case_status_name(*status).to_owned(),
             Effect::SubmitReview => String::new(),
         }
     }
@@ -70,7 +70,7 @@ impl Effect {
         let text = argument.to_owned();
         Some(match kind {
             "COMMENT" => Effect::Comment(text),
-            "CASE_STATUS" => Effect::CaseStatus(pb::CaseStatus::from_str_name(&format!("CASE_STATUS_{argument}"))?),
+            "CASE_STATUS" => Effect::CaseStatus(case_status_of(argument)?),
             "CLOSE_CASE" => Effect::CloseCase(text),
             "SUBMIT_REVIEW" => Effect::SubmitReview,
             "WITHDRAW_REVIEW" => Effect::WithdrawReview(text),
@@ -87,6 +87,31 @@ impl Effect {
             actor: actor.to_owned(),
         }
     }
+}
+
+/// The stored name of a case status (as the ticketing service names it).
+fn case_status_name(s: pb::CaseStatus) -> &'static str {
+    match s {
+        pb::CaseStatus::Unspecified => "UNSPECIFIED",
+        pb::CaseStatus::New => "NEW",
+        pb::CaseStatus::Working => "WORKING",
+        pb::CaseStatus::WaitingOnCustomer => "WAITING_ON_CUSTOMER",
+        pb::CaseStatus::Escalated => "ESCALATED",
+        pb::CaseStatus::Closed => "CLOSED",
+    }
+}
+
+/// The case status of a stored name; `None` for one this version does not know.
+fn case_status_of(name: &str) -> Option<pb::CaseStatus> {
+    [
+        pb::CaseStatus::New,
+        pb::CaseStatus::Working,
+        pb::CaseStatus::WaitingOnCustomer,
+        pb::CaseStatus::Escalated,
+        pb::CaseStatus::Closed,
+    ]
+    .into_iter()
+    .find(|s| case_status_name(*s) == name)
 }
 
 /// Carries out stored effects: the clients of the services they call.
@@ -195,4 +220,23 @@ fn review_of(r: &request::Model, case: String) -> Result<ipb::SubmitForReviewReq
             nanos,
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored case status comes back as the status it was (the names are the proto's
+    /// without their prefix, as the ticketing service stores them).
+    #[test]
+    fn case_statuses_round_trip_through_their_stored_names() {
+        for n in 1..=5 {
+            let status = pb::CaseStatus::try_from(n).expect("a case status");
+            let stored = Effect::CaseStatus(status).argument();
+            assert_eq!(format!("CASE_STATUS_{stored}"), status.as_str_name());
+            assert_eq!(Effect::decode("CASE_STATUS", &stored), Some(Effect::CaseStatus(status)));
+        }
+        assert_eq!(Effect::decode("CASE_STATUS", "UNSPECIFIED"), None);
+        assert_eq!(Effect::decode("CASE_STATUS", "closed"), None);
+    }
 }

@@ -17,6 +17,7 @@ use sspm_proto::v1::ticketing_service_server::TicketingService;
 use sspm_rules::{BusinessUnitId, CaseNumber, PrincipalId, Text};
 use tonic::{Code, Request, Response, Status};
 
+use crate::entities::case;
 use crate::org::OrgSync;
 use crate::store::{CaseRecord, Closed, NewCase, Store};
 
@@ -84,13 +85,9 @@ fn author<T>(request: &Request<T>, caller: &Caller) -> String {
         .map_or_else(|| caller.id.to_string(), str::to_owned)
 }
 
-fn status_name(s: pb::CaseStatus) -> &'static str {
-    s.as_str_name().trim_start_matches("CASE_STATUS_")
-}
-
 fn to_pb(r: CaseRecord) -> pb::Case {
     let c = r.case;
-    let status = pb::CaseStatus::from_str_name(&format!("CASE_STATUS_{}", c.status)).unwrap_or_default();
+    let status = pb::CaseStatus::from(c.status);
     pb::Case {
         case_number: c.case_number.unwrap_or_default(),
         external_reference: c.external_reference,
@@ -189,9 +186,10 @@ impl TicketingService for TicketingApi {
             self.may_read(&caller, id.as_str()).await?;
             Some(id.to_string())
         };
-        let statuses: Vec<_> = sspm_platform::rpc::enum_filter::<pb::CaseStatus>("statuses", &req.statuses)?
+        // enum_filter refuses CASE_STATUS_UNSPECIFIED: every value names a status.
+        let statuses: Vec<case::Status> = sspm_platform::rpc::enum_filter::<pb::CaseStatus>("statuses", &req.statuses)?
             .into_iter()
-            .map(status_name)
+            .filter_map(|s| case::Status::try_from(s).ok())
             .collect();
         let mut rows = self
             .store
@@ -270,13 +268,14 @@ impl InternalTicketingService for TicketingApi {
         caller(&request)?;
         let req = request.into_inner();
         let status: pb::CaseStatus = sspm_platform::rpc::required_enum("status", req.status)?;
-        if status == pb::CaseStatus::Closed {
+        let status = case::Status::try_from(status).map_err(|_| invalid("status", "is required"))?;
+        if status == case::Status::Closed {
             return Err(invalid("status", "use CloseCase to close a case, with its resolution"));
         }
         let case = self.case_by_number(&req.case_number).await?;
         let updated = self
             .store
-            .set_status(&case.case, status_name(status), now_micros())
+            .set_status(&case.case, status, now_micros())
             .await
             .map_err(db("updating a case"))?;
         self.written();

@@ -23,8 +23,8 @@ pub mod case {
         pub business_unit_id: String,
         /// Who the case is for.
         pub requester: String,
-        /// `NEW`, `WORKING`, `WAITING_ON_CUSTOMER`, `ESCALATED` or `CLOSED`.
-        pub status: String,
+        /// Its status.
+        pub status: Status,
         /// How it was resolved.
         pub resolution: Option<String>,
         /// Unix microseconds.
@@ -42,6 +42,56 @@ pub mod case {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    /// A case's status, stored by the names of `sspm.v1.CaseStatus` without their prefix.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+    pub enum Status {
+        /// Opened.
+        #[sea_orm(string_value = "NEW")]
+        New,
+        /// Being worked on.
+        #[sea_orm(string_value = "WORKING")]
+        Working,
+        /// Waiting for the customer (a justification).
+        #[sea_orm(string_value = "WAITING_ON_CUSTOMER")]
+        WaitingOnCustomer,
+        /// With a human approver.
+        #[sea_orm(string_value = "ESCALATED")]
+        Escalated,
+        /// Resolved.
+        #[sea_orm(string_value = "CLOSED")]
+        Closed,
+    }
+
+    impl From<Status> for sspm_proto::v1::CaseStatus {
+        fn from(s: Status) -> Self {
+            match s {
+                Status::New => Self::New,
+                Status::Working => Self::Working,
+                Status::WaitingOnCustomer => Self::WaitingOnCustomer,
+                Status::Escalated => Self::Escalated,
+                Status::Closed => Self::Closed,
+            }
+        }
+    }
+
+    impl TryFrom<sspm_proto::v1::CaseStatus> for Status {
+        /// `CASE_STATUS_UNSPECIFIED` names no status.
+        type Error = sspm_proto::v1::CaseStatus;
+
+        fn try_from(s: sspm_proto::v1::CaseStatus) -> Result<Self, Self::Error> {
+            use sspm_proto::v1::CaseStatus as Pb;
+            Ok(match s {
+                Pb::Unspecified => return Err(s),
+                Pb::New => Status::New,
+                Pb::Working => Status::Working,
+                Pb::WaitingOnCustomer => Status::WaitingOnCustomer,
+                Pb::Escalated => Status::Escalated,
+                Pb::Closed => Status::Closed,
+            })
+        }
+    }
 }
 
 /// `case_comments`: comments on cases.
@@ -87,8 +137,8 @@ pub mod org_write {
         pub id: i64,
         /// The case.
         pub case_id: i64,
-        /// `COMMENT`, `STATUS` or `CLOSE`.
-        pub kind: String,
+        /// What to send.
+        pub kind: Kind,
         /// The comment as the org gets it, the SSPM status name, or the resolution.
         pub argument: String,
         /// Failed attempts so far.
@@ -112,4 +162,37 @@ pub mod org_write {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    /// What the org is sent, in order per case.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+    pub enum Kind {
+        /// A comment, as the org gets it.
+        #[sea_orm(string_value = "COMMENT")]
+        Comment,
+        /// A status (the argument is a stored [`super::case::Status`]).
+        #[sea_orm(string_value = "STATUS")]
+        Status,
+        /// Close with the resolution.
+        #[sea_orm(string_value = "CLOSE")]
+        Close,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveEnum, Iterable};
+
+    use super::case::Status;
+
+    /// Every stored status is an API status of the same name, and back.
+    #[test]
+    fn case_statuses_match_the_api() {
+        for s in Status::iter() {
+            let api = sspm_proto::v1::CaseStatus::from(s);
+            assert_eq!(api.as_str_name(), format!("CASE_STATUS_{}", s.to_value()));
+            assert_eq!(Status::try_from(api), Ok(s));
+        }
+        assert!(Status::try_from(sspm_proto::v1::CaseStatus::Unspecified).is_err());
+    }
 }

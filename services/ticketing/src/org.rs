@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use sea_orm::ActiveEnum;
 use sspm_platform::config::SalesforceConfig;
 use sspm_platform::rpc::{backoff_ms, now_micros};
 use tokio::sync::Notify;
@@ -162,7 +163,7 @@ impl OrgSync {
             match self.send(&w, &case).await {
                 Ok(()) => {
                     self.store.org_write_done(w.id).await?;
-                    tracing::debug!(case_number = number, kind = w.kind, "written to Salesforce");
+                    tracing::debug!(case_number = number, kind = w.kind.to_value(), "written to Salesforce");
                     pass.sent += 1;
                 }
                 Err(e @ (SalesforceError::Unavailable { .. } | SalesforceError::SignIn(_))) => {
@@ -171,7 +172,7 @@ impl OrgSync {
                     let at = now_micros() + i64::try_from(delay.saturating_mul(1_000)).unwrap_or(i64::MAX);
                     let maybe_done = matches!(e, SalesforceError::Unavailable { maybe_done: true, .. });
                     self.store.org_write_retry(&w, at, &e.to_string(), maybe_done).await?;
-                    tracing::warn!(case_number = number, kind = w.kind, attempt, retry_in_ms = delay, error = %e, "Salesforce write deferred");
+                    tracing::warn!(case_number = number, kind = w.kind.to_value(), attempt, retry_in_ms = delay, error = %e, "Salesforce write deferred");
                     pass.deferred += 1;
                     pass.next_due = Some(pass.next_due.map_or(at, |n| n.min(at)));
                     break;
@@ -180,7 +181,7 @@ impl OrgSync {
                     self.store
                         .org_write_failed(&w, &number, &e.to_string(), now_micros())
                         .await?;
-                    tracing::error!(case_number = number, kind = w.kind, error = %e, "Salesforce refused a write; it is kept in org_writes and not tried again");
+                    tracing::error!(case_number = number, kind = w.kind.to_value(), error = %e, "Salesforce refused a write; it is kept in org_writes and not tried again");
                     pass.refused += 1;
                 }
             }
@@ -192,35 +193,29 @@ impl OrgSync {
         let Some(org_id) = case.org_id.as_deref() else {
             return Ok(());
         };
-        match OrgWriteKind::from_name(&w.kind) {
-            Some(OrgWriteKind::Comment) => {
+        match w.kind {
+            OrgWriteKind::Comment => {
                 // Its answer was lost last time: it may be on the case already.
                 if w.maybe_done && self.org.comment_bodies(org_id).await?.contains(&w.argument) {
                     return Ok(());
                 }
                 self.org.add_comment(org_id, &w.argument).await.map(|_| ())
             }
-            Some(OrgWriteKind::Status) => self.org.set_status(org_id, self.picklist_value(&w.argument)).await,
-            Some(OrgWriteKind::Close) => self.org.close(org_id, &w.argument).await,
-            None => Err(SalesforceError::Refused {
-                what: "write to a case".to_owned(),
-                http_status: 0,
-                code: "UNKNOWN_WRITE".to_owned(),
-                message: format!("SSPM does not know the write {:?}", w.kind),
-                fields: vec![],
-            }),
+            OrgWriteKind::Status => self.org.set_status(org_id, self.picklist_value(&w.argument)).await,
+            OrgWriteKind::Close => self.org.close(org_id, &w.argument).await,
         }
     }
 
-    /// The org's Status value for an SSPM case status.
+    /// The org's Status value for an SSPM case status (as a status write stores it; an
+    /// unknown name, which only a newer version could have written, as WORKING).
     fn picklist_value(&self, status: &str) -> &str {
         let s = &self.org.config().statuses;
-        match status {
-            "NEW" => &s.new,
-            "WAITING_ON_CUSTOMER" => &s.waiting_on_customer,
-            "ESCALATED" => &s.escalated,
-            "CLOSED" => &s.closed,
-            _ => &s.working,
+        match case::Status::try_from_value(&status.to_owned()) {
+            Ok(case::Status::New) => &s.new,
+            Ok(case::Status::WaitingOnCustomer) => &s.waiting_on_customer,
+            Ok(case::Status::Escalated) => &s.escalated,
+            Ok(case::Status::Closed) => &s.closed,
+            Ok(case::Status::Working) | Err(_) => &s.working,
         }
     }
 
@@ -338,7 +333,12 @@ mod tests {
                 .await
                 .unwrap()
         );
-        assert!(store.set_status(&case, "WAITING_ON_CUSTOMER", 12).await.unwrap());
+        assert!(
+            store
+                .set_status(&case, case::Status::WaitingOnCustomer, 12)
+                .await
+                .unwrap()
+        );
         assert!(
             store
                 .comment(&case, "system", "Justification received", None, 13)
@@ -546,14 +546,14 @@ mod tests {
         let (sync, db) = backend(&testing::fresh_sqlite().url, cfg).await;
         let case = sync.open(new_case("r-1")).await.unwrap().0.case;
         let store = sync.store();
-        store.set_status(&case, "ESCALATED", 10).await.unwrap();
+        store.set_status(&case, case::Status::Escalated, 10).await.unwrap();
         store.comment(&case, "system", "Escalated", None, 11).await.unwrap();
         drain(&sync).await;
         assert_eq!(org.cases()[0].comments.len(), 1);
         assert_eq!(org.cases()[0].fields["Status"], "New");
         let writes = store.org_writes().await.unwrap();
         assert_eq!(writes.len(), 1);
-        assert_eq!(writes[0].kind, "STATUS");
+        assert_eq!(writes[0].kind, OrgWriteKind::Status);
         assert!(writes[0].failed_time.is_some());
         let error = writes[0].last_error.clone().unwrap_or_default();
         assert!(error.contains("Status"), "{error}");

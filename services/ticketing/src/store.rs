@@ -1,5 +1,6 @@
 //! Every query of the ticketing service.
 
+use sea_orm::ActiveEnum;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -55,33 +56,7 @@ pub struct Mirror {
 }
 
 /// What the org is sent, in order per case (`org_writes.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrgWriteKind {
-    /// A comment, as the org gets it.
-    Comment,
-    /// A status (an SSPM status name).
-    Status,
-    /// Close with the resolution.
-    Close,
-}
-
-impl OrgWriteKind {
-    /// Stored name.
-    pub fn name(self) -> &'static str {
-        match self {
-            OrgWriteKind::Comment => "COMMENT",
-            OrgWriteKind::Status => "STATUS",
-            OrgWriteKind::Close => "CLOSE",
-        }
-    }
-
-    /// From its stored name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [OrgWriteKind::Comment, OrgWriteKind::Status, OrgWriteKind::Close]
-            .into_iter()
-            .find(|k| k.name() == name)
-    }
-}
+pub use crate::entities::org_write::Kind as OrgWriteKind;
 
 /// The most a Salesforce case comment holds (`CaseComment.CommentBody`), in bytes of UTF-8.
 pub const ORG_COMMENT_MAX_BYTES: usize = 4000;
@@ -224,7 +199,7 @@ impl Store {
             description: new.description,
             business_unit_id: new.business_unit_id,
             requester: new.requester,
-            status: "NEW".to_owned(),
+            status: case::Status::New,
             resolution: None,
             create_time: now,
             update_time: now,
@@ -297,7 +272,7 @@ impl Store {
         org_write::Entity::insert(org_write::ActiveModel {
             id: NotSet,
             case_id: Set(case.id),
-            kind: Set(kind.name().to_owned()),
+            kind: Set(kind),
             argument: Set(argument),
             attempts: Set(0),
             next_attempt_time: Set(now),
@@ -355,20 +330,20 @@ impl Store {
     }
 
     /// Sets the status of an open case; `false` when the case is closed.
-    pub async fn set_status(&self, case: &case::Model, status: &str, now: i64) -> Result<bool, DbErr> {
+    pub async fn set_status(&self, case: &case::Model, status: case::Status, now: i64) -> Result<bool, DbErr> {
         let tx = self.db.begin().await?;
         let r = case::Entity::update_many()
-            .col_expr(case::Column::Status, Expr::val(status))
+            .col_expr(case::Column::Status, Expr::val(status.to_value()))
             .col_expr(case::Column::UpdateTime, Expr::val(now))
             .filter(case::Column::Id.eq(case.id))
-            .filter(case::Column::Status.ne("CLOSED"))
+            .filter(case::Column::Status.ne(case::Status::Closed))
             .exec(&tx)
             .await?;
         if r.rows_affected == 1 {
             let number = case.case_number.clone().unwrap_or_default();
-            audit::record(&tx, "case.status_set", &number, &format!("status {status}"), now).await?;
-            self.queue_for_org(&tx, case, OrgWriteKind::Status, status.to_owned(), now)
-                .await?;
+            let name = status.to_value();
+            audit::record(&tx, "case.status_set", &number, &format!("status {name}"), now).await?;
+            self.queue_for_org(&tx, case, OrgWriteKind::Status, name, now).await?;
         }
         tx.commit().await?;
         Ok(r.rows_affected == 1)
@@ -404,12 +379,12 @@ impl Store {
         now: i64,
     ) -> Result<Savepoint<Option<case::Model>>, DbErr> {
         let closed = case::Entity::update_many()
-            .col_expr(case::Column::Status, Expr::val("CLOSED"))
+            .col_expr(case::Column::Status, Expr::val(case::Status::Closed.to_value()))
             .col_expr(case::Column::Resolution, Expr::val(resolution))
             .col_expr(case::Column::CloseTime, Expr::val(now))
             .col_expr(case::Column::UpdateTime, Expr::val(now))
             .filter(case::Column::CaseNumber.eq(number))
-            .filter(case::Column::Status.ne("CLOSED"))
+            .filter(case::Column::Status.ne(case::Status::Closed))
             .exec_with_returning(tx)
             .await?
             .pop();
@@ -434,7 +409,7 @@ impl Store {
     pub async fn list(
         &self,
         business_unit_id: Option<&str>,
-        statuses: &[&str],
+        statuses: &[case::Status],
         before: Option<i64>,
         limit: u64,
     ) -> Result<Vec<CaseRecord>, DbErr> {
@@ -509,7 +484,7 @@ impl Store {
     /// is done. A comment is marked as possibly made from here on: should this process stop
     /// while it is being sent, the next attempt looks for it on the case before posting it.
     pub async fn claim_org_write(&self, w: &org_write::Model, now: i64, lease_until: i64) -> Result<bool, DbErr> {
-        let in_flight = w.maybe_done || w.kind == OrgWriteKind::Comment.name();
+        let in_flight = w.maybe_done || w.kind == OrgWriteKind::Comment;
         let r = org_write::Entity::update_many()
             .col_expr(org_write::Column::LeaseUntil, Expr::val(lease_until))
             .col_expr(org_write::Column::MaybeDone, Expr::val(in_flight))
@@ -573,7 +548,7 @@ impl Store {
             &tx,
             "case.org_write_failed",
             case_number,
-            &format!("{} refused by Salesforce: {error}", w.kind),
+            &format!("{} refused by Salesforce: {error}", w.kind.to_value()),
             now,
         )
         .await?;
@@ -631,7 +606,7 @@ mod tests {
         let store = Store::new(connect_and_migrate::<Migrator>(url).await.unwrap());
         let (first, created) = store.open(new_case("r-1"), 10).await.unwrap();
         assert!(created);
-        assert_eq!(first.case.status, "NEW");
+        assert_eq!(first.case.status, case::Status::New);
         let stored = store.by_reference("r-1").await.unwrap().unwrap();
         assert_eq!(stored.case, first.case);
         assert!(stored.comments.is_empty());
