@@ -390,14 +390,34 @@ impl Authz {
     }
 }
 
-/// The protobuf name of a permission without its prefix, e.g. `PORT_MANAGEMENT_CREATE`.
+/// The name of a permission as stored and shown: the protobuf name without its prefix, e.g.
+/// `PORT_MANAGEMENT_CREATE`. (A match, not the names: a permission added to the protos does
+/// not compile until it has its stored name.)
 pub fn permission_name(p: Permission) -> &'static str {
-    p.as_str_name().trim_start_matches("PERMISSION_")
+    match p {
+        Permission::Unspecified => "UNSPECIFIED",
+        Permission::MonitoringGatewayView => "MONITORING_GATEWAY_VIEW",
+        Permission::PortManagementView => "PORT_MANAGEMENT_VIEW",
+        Permission::PortManagementCreate => "PORT_MANAGEMENT_CREATE",
+        Permission::AccountRepresentative => "ACCOUNT_REPRESENTATIVE",
+        Permission::NetworkOperationsDailyLimits => "NETWORK_OPERATIONS_DAILY_LIMITS",
+        Permission::NetworkOperationsApprove => "NETWORK_OPERATIONS_APPROVE",
+        Permission::EventsReadAll => "EVENTS_READ_ALL",
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permission_names_are_the_proto_names_without_their_prefix() {
+        for n in 0..=i32::from(u8::MAX) {
+            if let Ok(p) = Permission::try_from(n) {
+                assert_eq!(format!("PERMISSION_{}", permission_name(p)), p.as_str_name());
+            }
+        }
+    }
 
     #[test]
     fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {

@@ -14,9 +14,12 @@ impl Perm {
         sspm_platform::rpc::permission_name(self.0)
     }
 
-    /// The permission of a stored name.
+    /// The permission of a stored name (`UNSPECIFIED` is none).
     pub fn from_name(name: &str) -> Option<Self> {
-        Permission::from_str_name(&format!("PERMISSION_{name}")).map(Perm)
+        (1..=i32::from(u8::MAX))
+            .filter_map(|n| Permission::try_from(n).ok())
+            .find(|p| sspm_platform::rpc::permission_name(*p) == name)
+            .map(Perm)
     }
 
     /// Global permissions are granted with an empty business unit; the others on one.
