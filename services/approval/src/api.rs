@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use sea_orm::ActiveEnum;
 use sspm_platform::auth::{Principal as Caller, PrincipalKind as CallerKind};
 use sspm_platform::error::{self, db, not_found, permission_denied};
 use sspm_platform::rpc::{
@@ -119,10 +120,6 @@ fn limit_pb(l: daily_limit::Model) -> pb::DailyLimit {
     }
 }
 
-fn task_state_pb(s: &str) -> pb::ApprovalTaskState {
-    pb::ApprovalTaskState::from_str_name(&format!("APPROVAL_TASK_STATE_{s}")).unwrap_or_default()
-}
-
 /// A task as the API shows it.
 pub fn task_pb(t: task::Model) -> pb::ApprovalTask {
     let (units, nanos) = Amount {
@@ -153,7 +150,7 @@ pub fn task_pb(t: task::Model) -> pb::ApprovalTask {
             units,
             nanos,
         }),
-        state: task_state_pb(&t.state).into(),
+        state: pb::ApprovalTaskState::from(t.state).into(),
         decided_by: t.decided_by.unwrap_or_default(),
         decision_reason: t.decision_reason.unwrap_or_default(),
         create_time: Some(timestamp(t.create_time)),
@@ -207,9 +204,10 @@ impl ApprovalService for ApprovalApi {
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
         let after = page_time_id(&req.page_token)?;
-        let states: Vec<&str> = enum_filter::<pb::ApprovalTaskState>("states", &req.states)?
+        // enum_filter refuses APPROVAL_TASK_STATE_UNSPECIFIED: every value names a state.
+        let states: Vec<task::State> = enum_filter::<pb::ApprovalTaskState>("states", &req.states)?
             .into_iter()
-            .map(|s| s.as_str_name().trim_start_matches("APPROVAL_TASK_STATE_"))
+            .filter_map(|s| task::State::try_from(s).ok())
             .collect();
         let cluster = if req.cluster.is_empty() {
             None
@@ -301,7 +299,7 @@ impl ApprovalService for ApprovalApi {
             Decided::Already(t) => Err(Status::failed_precondition(format!(
                 "task {} is already {}{}",
                 t.task_id,
-                t.state,
+                t.state.to_value(),
                 t.decided_by.map(|b| format!(" by {b}")).unwrap_or_default()
             ))),
         }
@@ -517,7 +515,7 @@ impl InternalApprovalService for ApprovalApi {
             justification: parse_at("justification", Text::parse(&req.justification, "justification"))?.to_string(),
             cost_change_micros: micros,
             currency,
-            state: "PENDING".to_owned(),
+            state: task::State::Pending,
             decided_by: None,
             decision_reason: None,
             create_time: now_micros(),

@@ -128,8 +128,8 @@ pub mod task {
         pub cost_change_micros: i64,
         /// ISO 4217.
         pub currency: String,
-        /// `PENDING`, `APPROVED`, `REJECTED` or `WITHDRAWN`.
-        pub state: String,
+        /// Where its review is.
+        pub state: State,
         /// Approver.
         pub decided_by: Option<String>,
         /// Why.
@@ -145,6 +145,52 @@ pub mod task {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    /// Where a task's review is, stored by the names of `sspm.v1.ApprovalTaskState` without
+    /// their prefix.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+    pub enum State {
+        /// Waiting for an approver.
+        #[sea_orm(string_value = "PENDING")]
+        Pending,
+        /// Approved.
+        #[sea_orm(string_value = "APPROVED")]
+        Approved,
+        /// Rejected.
+        #[sea_orm(string_value = "REJECTED")]
+        Rejected,
+        /// Withdrawn: the request was cancelled before a decision.
+        #[sea_orm(string_value = "WITHDRAWN")]
+        Withdrawn,
+    }
+
+    impl From<State> for sspm_proto::v1::ApprovalTaskState {
+        fn from(s: State) -> Self {
+            match s {
+                State::Pending => Self::Pending,
+                State::Approved => Self::Approved,
+                State::Rejected => Self::Rejected,
+                State::Withdrawn => Self::Withdrawn,
+            }
+        }
+    }
+
+    impl TryFrom<sspm_proto::v1::ApprovalTaskState> for State {
+        /// `APPROVAL_TASK_STATE_UNSPECIFIED` names no state.
+        type Error = sspm_proto::v1::ApprovalTaskState;
+
+        fn try_from(s: sspm_proto::v1::ApprovalTaskState) -> Result<Self, Self::Error> {
+            use sspm_proto::v1::ApprovalTaskState as Pb;
+            Ok(match s {
+                Pb::Unspecified => return Err(s),
+                Pb::Pending => State::Pending,
+                Pb::Approved => State::Approved,
+                Pb::Rejected => State::Rejected,
+                Pb::Withdrawn => State::Withdrawn,
+            })
+        }
+    }
 }
 
 /// `decision_events`: the durable, ordered log of decisions.
@@ -177,4 +223,22 @@ pub mod decision {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveEnum, Iterable};
+
+    use super::task::State;
+
+    /// Every stored task state is an API state of the same name, and back.
+    #[test]
+    fn task_states_match_the_api() {
+        for s in State::iter() {
+            let api = sspm_proto::v1::ApprovalTaskState::from(s);
+            assert_eq!(api.as_str_name(), format!("APPROVAL_TASK_STATE_{}", s.to_value()));
+            assert_eq!(State::try_from(api), Ok(s));
+        }
+        assert!(State::try_from(sspm_proto::v1::ApprovalTaskState::Unspecified).is_err());
+    }
 }

@@ -8,7 +8,7 @@ pub mod entities;
 pub mod migration;
 pub mod store;
 
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::{ActiveEnum, DatabaseConnection, DbErr, Iterable};
 use sspm_platform::rpc::{Authz, ServiceIdentity, now_micros};
 use sspm_platform::{ServiceApp, ServiceKind, SspmConfig};
 use sspm_proto::internal::v1::approval_service_server::ApprovalServiceServer as InternalApprovalServiceServer;
@@ -68,9 +68,10 @@ fn register_figures(app: &ServiceApp, store: store::Store, day_offset_seconds: i
             used.set_all(clusters.iter().map(|(c, _, u)| (label(c), i64::from(*u))));
             left.set_all(clusters.iter().map(|(c, l, u)| (label(c), i64::from((l - u).max(0)))));
             // Every state appears, at zero if no task is in it, so alerts see it.
-            tasks.set_all(store::TASK_STATES.iter().map(|state| {
-                let n = by_state.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
-                (vec![("state", (*state).to_owned())], n)
+            tasks.set_all(entities::task::State::iter().map(|state| {
+                let state = state.to_value();
+                let n = by_state.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
+                (vec![("state", state)], n)
             }));
             Ok(())
         }

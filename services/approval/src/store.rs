@@ -8,6 +8,7 @@
 //! overrun a limit; the reservation's primary key makes a repeated evaluation of one
 //! request count once.
 
+use sea_orm::ActiveEnum;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait,
@@ -37,8 +38,6 @@ pub const CLUSTER: &str = "CLUSTER";
 pub const BUSINESS_UNIT: &str = "BUSINESS_UNIT";
 /// Scope of the default limit.
 pub const DEFAULT: &str = "DEFAULT";
-/// Every state of an approval task, as stored.
-pub const TASK_STATES: [&str; 4] = ["PENDING", "APPROVED", "REJECTED", "WITHDRAWN"];
 
 /// One limit that applies to an increase, with the ledger total it is counted against.
 #[derive(Debug, Clone)]
@@ -452,11 +451,11 @@ impl Store {
     pub async fn withdraw(&self, request_id: &str, reason: &str, now: i64) -> Result<Option<task::Model>, DbErr> {
         let tx = self.db.begin().await?;
         let withdrawn = task::Entity::update_many()
-            .col_expr(task::Column::State, Expr::val("WITHDRAWN"))
+            .col_expr(task::Column::State, Expr::val(task::State::Withdrawn.to_value()))
             .col_expr(task::Column::DecisionReason, Expr::val(reason))
             .col_expr(task::Column::DecideTime, Expr::val(now))
             .filter(task::Column::RequestId.eq(request_id))
-            .filter(task::Column::State.eq("PENDING"))
+            .filter(task::Column::State.eq(task::State::Pending))
             .exec(&tx)
             .await?
             .rows_affected
@@ -479,14 +478,18 @@ impl Store {
         now: i64,
     ) -> Result<Decided, DbErr> {
         let tx = self.db.begin().await?;
-        let state = if approved { "APPROVED" } else { "REJECTED" };
+        let state = if approved {
+            task::State::Approved
+        } else {
+            task::State::Rejected
+        };
         let changed = task::Entity::update_many()
-            .col_expr(task::Column::State, Expr::val(state))
+            .col_expr(task::Column::State, Expr::val(state.to_value()))
             .col_expr(task::Column::DecidedBy, Expr::val(by))
             .col_expr(task::Column::DecisionReason, Expr::val(reason))
             .col_expr(task::Column::DecideTime, Expr::val(now))
             .filter(task::Column::TaskId.eq(task_id))
-            .filter(task::Column::State.eq("PENDING"))
+            .filter(task::Column::State.eq(task::State::Pending))
             .exec(&tx)
             .await?
             .rows_affected
@@ -544,7 +547,7 @@ impl Store {
     /// Tasks oldest first after `after` (create time, task id), filtered.
     pub async fn tasks(
         &self,
-        states: &[&str],
+        states: &[task::State],
         cluster: Option<&str>,
         after: Option<(i64, String)>,
         limit: u64,
