@@ -216,10 +216,7 @@ fn to_pb_bu(m: business_unit::Model) -> pb::BusinessUnit {
 }
 
 fn to_pb_principal(m: principal::Model) -> pb::Principal {
-    let kind = match m.kind.as_str() {
-        "SERVICE" => pb::PrincipalKind::Service,
-        _ => pb::PrincipalKind::User,
-    };
+    let kind = pb::PrincipalKind::from(m.kind);
     pb::Principal {
         principal_id: m.principal_id,
         display_name: m.display_name,
@@ -539,10 +536,8 @@ impl AuthorizationService for AuthorizationApi {
             .principal
             .ok_or_else(|| invalid("principal", "is required"))?;
         let id = parse_at("principal.principal_id", PrincipalId::parse(&p.principal_id))?;
-        let kind = match rpc::required_enum::<pb::PrincipalKind>("principal.kind", p.kind)? {
-            pb::PrincipalKind::Service => "SERVICE",
-            _ => "USER",
-        };
+        let kind = principal::Kind::try_from(rpc::required_enum::<pb::PrincipalKind>("principal.kind", p.kind)?)
+            .map_err(|_| invalid("principal.kind", "is required"))?;
         let name = if p.display_name.is_empty() {
             id.to_string()
         } else {
@@ -555,7 +550,7 @@ impl AuthorizationService for AuthorizationApi {
             principal_id: id.to_string(),
             display_name: name,
             home_business_unit_id: home,
-            kind: kind.to_owned(),
+            kind,
             create_time: now_micros(),
         };
         created(

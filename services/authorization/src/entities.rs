@@ -49,8 +49,8 @@ pub mod principal {
         pub display_name: String,
         /// The business unit it belongs to; `None` for staff.
         pub home_business_unit_id: Option<String>,
-        /// `USER` or `SERVICE`.
-        pub kind: String,
+        /// A person or a program.
+        pub kind: Kind,
         /// Unix microseconds.
         pub create_time: i64,
     }
@@ -60,6 +60,42 @@ pub mod principal {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    /// A person or a program, stored by the names of `sspm.v1.PrincipalKind` without their
+    /// prefix.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+    pub enum Kind {
+        /// A person.
+        #[sea_orm(string_value = "USER")]
+        User,
+        /// A program (a platform service calling with its own credentials).
+        #[sea_orm(string_value = "SERVICE")]
+        Service,
+    }
+
+    impl From<Kind> for sspm_proto::v1::PrincipalKind {
+        fn from(k: Kind) -> Self {
+            match k {
+                Kind::User => Self::User,
+                Kind::Service => Self::Service,
+            }
+        }
+    }
+
+    impl TryFrom<sspm_proto::v1::PrincipalKind> for Kind {
+        /// `PRINCIPAL_KIND_UNSPECIFIED` names no kind.
+        type Error = sspm_proto::v1::PrincipalKind;
+
+        fn try_from(k: sspm_proto::v1::PrincipalKind) -> Result<Self, Self::Error> {
+            use sspm_proto::v1::PrincipalKind as Pb;
+            match k {
+                Pb::Unspecified => Err(k),
+                Pb::User => Ok(Kind::User),
+                Pb::Service => Ok(Kind::Service),
+            }
+        }
+    }
 }
 
 /// `permission_grants`: one permission of one principal on one business unit ('' = global).
@@ -90,4 +126,22 @@ pub mod grant {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveEnum, Iterable};
+
+    use super::principal::Kind;
+
+    /// Every stored principal kind is an API kind of the same name, and back.
+    #[test]
+    fn principal_kinds_match_the_api() {
+        for k in Kind::iter() {
+            let api = sspm_proto::v1::PrincipalKind::from(k);
+            assert_eq!(api.as_str_name(), format!("PRINCIPAL_KIND_{}", k.to_value()));
+            assert_eq!(Kind::try_from(api), Ok(k));
+        }
+        assert!(Kind::try_from(sspm_proto::v1::PrincipalKind::Unspecified).is_err());
+    }
 }

@@ -139,7 +139,7 @@ mod tests {
                 principal_id: "p".into(),
                 display_name: "p".into(),
                 home_business_unit_id: home.map(Into::into),
-                kind: "USER".into(),
+                kind: principal::Kind::User,
                 create_time: 0,
             },
             grants: grants

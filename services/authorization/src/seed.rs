@@ -46,7 +46,7 @@ fn staff(id: &str, name: &str) -> principal::Model {
         principal_id: id.to_owned(),
         display_name: name.to_owned(),
         home_business_unit_id: None,
-        kind: "USER".to_owned(),
+        kind: principal::Kind::User,
         create_time: now_micros(),
     }
 }
@@ -146,7 +146,7 @@ pub async fn seed_demo(db: &DatabaseConnection) -> Result<bool, DbErr> {
         staff(ACCOUNT_REP, "Armand St. Just (account representative)"),
         staff(NETOPS, "Chauvelin (Network Operations)"),
         principal::Model {
-            kind: "SERVICE".to_owned(),
+            kind: principal::Kind::Service,
             ..staff(EVENTS_CONSUMER, "Media servers (follow the port limits)")
         },
     ] {

@@ -1,5 +1,6 @@
 //! Every query of the authorization service.
 
+use sea_orm::ActiveEnum;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
@@ -184,7 +185,13 @@ impl Store {
                                 principal_id: row.get(0)?,
                                 display_name: row.get(1)?,
                                 home_business_unit_id: row.get(2)?,
-                                kind: row.get(3)?,
+                                kind: principal::Kind::try_from_value(&row.get::<_, String>(3)?).map_err(|e| {
+                                    sspm_platform::lite::rusqlite::Error::FromSqlConversionFailure(
+                                        3,
+                                        sspm_platform::lite::rusqlite::types::Type::Text,
+                                        Box::new(e),
+                                    )
+                                })?,
                                 create_time: row.get(4)?,
                             },
                             Vec::new(),
@@ -218,7 +225,7 @@ impl Store {
             principal_id: first.try_get("", "principal_id")?,
             display_name: first.try_get("", "display_name")?,
             home_business_unit_id: first.try_get("", "home_business_unit_id")?,
-            kind: first.try_get("", "kind")?,
+            kind: principal::Kind::try_from_value(&first.try_get::<String>("", "kind")?)?,
             create_time: first.try_get("", "create_time")?,
         };
         let mut grants = Vec::with_capacity(rows.len());
@@ -436,7 +443,7 @@ fn describe_principal(p: &principal::Model) -> String {
     format!(
         "{:?} ({}), home {}",
         p.display_name,
-        p.kind,
+        p.kind.to_value(),
         p.home_business_unit_id.as_deref().unwrap_or("none")
     )
 }
