@@ -86,6 +86,19 @@ pub enum Backend {
     Postgres,
 }
 
+/// The services whose port serves the gRPC service `name` (fully qualified): its own, or
+/// every one for the audit trail.
+pub fn served_by(name: &str) -> Vec<ServiceKind> {
+    match name {
+        "sspm.v1.PortRequestService" => vec![ServiceKind::Request],
+        "sspm.v1.AuthorizationService" | "sspm.internal.v1.AuthorizationService" => vec![ServiceKind::Authorization],
+        "sspm.v1.ApprovalService" | "sspm.internal.v1.ApprovalService" => vec![ServiceKind::Approval],
+        "sspm.v1.TicketingService" | "sspm.internal.v1.TicketingService" => vec![ServiceKind::Ticketing],
+        "sspm.v1.AuditService" => ServiceKind::ALL.to_vec(),
+        other => panic!("{other} is not an SSPM service"),
+    }
+}
+
 /// The running system.
 #[derive(Debug)]
 pub struct TestSystem {
@@ -358,6 +371,34 @@ impl TestSystem {
     /// A client of the authorization service's internal calls (`sspm.internal.v1`).
     pub fn internal_authorization(&self) -> InternalAuthorizationClient<InternalChannel> {
         InternalAuthorizationClient::new(self.channel(ServiceKind::Authorization))
+    }
+
+    /// Calls the RPC at `path` on `target` with `message`, whatever the method's types (the
+    /// answer is not decoded), as whoever `token` names; the status it ends with (OK when it
+    /// was answered, or a stream opened).
+    pub async fn call_raw<M>(&self, target: ServiceKind, path: &str, message: M, token: &str) -> tonic::Status
+    where
+        M: prost::Message + Send + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.channel(target));
+        grpc.ready().await.expect("channel ready");
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+        let codec = tonic_prost::ProstCodec::<M, ()>::default();
+        let path = http::uri::PathAndQuery::try_from(path.to_owned()).expect("path");
+        // Server-streaming framing serves unary methods too: one message, then the trailers.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(20),
+            grpc.server_streaming(request, path.clone(), codec),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path} on {target:?} did not answer"));
+        match answer {
+            Ok(_) => tonic::Status::ok(""),
+            Err(status) => status,
+        }
     }
 
     /// A request carrying `principal`'s bearer token.

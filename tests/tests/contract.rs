@@ -7,7 +7,7 @@
 
 use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, MessageDescriptor, ReflectMessage, Value};
 use sspm_authorization::seed::demo::{ACCOUNT_REP, NETOPS, PARTNER_ADMIN};
-use sspm_e2e::{Backend, TestSystem};
+use sspm_e2e::{Backend, TestSystem, served_by};
 use sspm_platform::ServiceKind;
 use sspm_platform::identity::callers::{TABLE, allowed_for};
 use tonic::Code;
@@ -57,17 +57,6 @@ fn real_oneofs(message: &MessageDescriptor) -> Vec<String> {
         .collect()
 }
 
-fn served_by(service: &str) -> ServiceKind {
-    match service {
-        "sspm.v1.PortRequestService" => ServiceKind::Request,
-        "sspm.v1.AuthorizationService" | "sspm.internal.v1.AuthorizationService" => ServiceKind::Authorization,
-        "sspm.v1.ApprovalService" | "sspm.internal.v1.ApprovalService" => ServiceKind::Approval,
-        "sspm.v1.TicketingService" | "sspm.internal.v1.TicketingService" => ServiceKind::Ticketing,
-        "sspm.v1.AuditService" => ServiceKind::Request,
-        other => panic!("{other} is not an SSPM service"),
-    }
-}
-
 /// Calls `path` on `target` with `message`, as a caller the caller table admits: for the
 /// RPCs users call, Network Operations, the account representative or the partner
 /// administrator (the first not refused), else the first service allowed. The status the
@@ -76,7 +65,7 @@ async fn call(s: &TestSystem, target: ServiceKind, path: &str, message: DynamicM
     if allowed_for(path, None) {
         let mut status = tonic::Status::ok("");
         for user in [NETOPS, ACCOUNT_REP, PARTNER_ADMIN] {
-            status = call_as(s, target, path, message.clone(), &s.token(user)).await;
+            status = s.call_raw(target, path, message.clone(), &s.token(user)).await;
             if status.code() != Code::PermissionDenied {
                 break;
             }
@@ -87,35 +76,7 @@ async fn call(s: &TestSystem, target: ServiceKind, path: &str, message: DynamicM
         .into_iter()
         .find(|k| allowed_for(path, Some(*k)))
         .unwrap_or_else(|| panic!("nobody may call {path}"));
-    call_as(s, target, path, message, &s.service_token(service)).await
-}
-
-async fn call_as(
-    s: &TestSystem,
-    target: ServiceKind,
-    path: &str,
-    message: DynamicMessage,
-    token: &str,
-) -> tonic::Status {
-    let mut grpc = tonic::client::Grpc::new(s.channel(target));
-    grpc.ready().await.expect("channel ready");
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
-    let codec = tonic_prost::ProstCodec::<DynamicMessage, ()>::default();
-    let path = http::uri::PathAndQuery::try_from(path.to_owned()).expect("path");
-    // Server-streaming framing serves unary methods too: one message, then the trailers.
-    let answer = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        grpc.server_streaming(request, path.clone(), codec),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{path} on {target:?} did not answer"));
-    match answer {
-        Ok(_) => tonic::Status::ok(""),
-        Err(status) => status,
-    }
+    s.call_raw(target, path, message, &s.service_token(service)).await
 }
 
 /// The fields an INVALID_ARGUMENT status's `BadRequest` names.
@@ -244,7 +205,7 @@ async fn required_fields_are_required(s: &TestSystem) {
         .services()
         .filter(|s| matches!(s.package_name(), "sspm.v1" | "sspm.internal.v1"))
     {
-        let target = served_by(service.full_name());
+        let target = served_by(service.full_name())[0];
         for method in service.methods() {
             let path = format!("/{}/{}", service.full_name(), method.name());
             assert!(

@@ -3,51 +3,12 @@
 //! token never changes staff-owned data or reads across tenants.
 
 use sspm_authorization::seed::demo::{NETOPS, PARTNER_ADMIN};
-use sspm_e2e::{Backend, TestSystem};
+use sspm_e2e::{Backend, TestSystem, served_by};
 use sspm_platform::ServiceKind;
 use sspm_platform::identity::callers::{TABLE, allowed_for};
 use sspm_proto::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-/// The services serving `path` (the audit trail is on every service's port).
-fn served_by(path: &str) -> Vec<ServiceKind> {
-    let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
-    match service {
-        "sspm.v1.PortRequestService" => vec![ServiceKind::Request],
-        "sspm.v1.AuthorizationService" => vec![ServiceKind::Authorization],
-        "sspm.v1.ApprovalService" => vec![ServiceKind::Approval],
-        "sspm.v1.TicketingService" => vec![ServiceKind::Ticketing],
-        "sspm.internal.v1.AuthorizationService" => vec![ServiceKind::Authorization],
-        "sspm.internal.v1.ApprovalService" => vec![ServiceKind::Approval],
-        "sspm.internal.v1.TicketingService" => vec![ServiceKind::Ticketing],
-        "sspm.v1.AuditService" => ServiceKind::ALL.to_vec(),
-        other => panic!("{other} is not an SSPM service"),
-    }
-}
-
-/// Calls `path` on `target` with an empty message as whoever `token` names; the status it
-/// ends with (OK when the call was answered, or a stream opened).
-async fn call(s: &TestSystem, target: ServiceKind, path: &'static str, token: &str) -> tonic::Status {
-    let mut grpc = tonic::client::Grpc::new(s.channel(target));
-    grpc.ready().await.expect("channel ready");
-    let mut request = tonic::Request::new(());
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
-    let codec = tonic_prost::ProstCodec::<(), ()>::default();
-    // Server-streaming framing serves unary methods too: one message, then the trailers.
-    let answer = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        grpc.server_streaming(request, http::uri::PathAndQuery::from_static(path), codec),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{path} on {target:?} did not answer"));
-    match answer {
-        Ok(_) => tonic::Status::ok(""),
-        Err(status) => status,
-    }
-}
 
 fn refused_as_caller_not_allowed(status: &tonic::Status) -> bool {
     status.code() == Code::PermissionDenied
@@ -62,11 +23,12 @@ async fn every_rpc_admits_exactly_the_callers_of_the_table(s: &TestSystem) {
     let services: Vec<(ServiceKind, String)> = ServiceKind::ALL.into_iter().map(|k| (k, s.service_token(k))).collect();
     let mut checked = 0;
     for (path, _) in TABLE {
-        for target in served_by(path) {
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        for target in served_by(service) {
             let mut callers = vec![(None, user.clone())];
             callers.extend(services.iter().map(|(k, t)| (Some(*k), t.clone())));
             for (service, token) in callers {
-                let status = call(s, target, path, &token).await;
+                let status = s.call_raw(target, path, (), &token).await;
                 let refused = refused_as_caller_not_allowed(&status);
                 let expected = allowed_for(path, service);
                 assert_eq!(
