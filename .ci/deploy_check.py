@@ -14,6 +14,7 @@ the kubelet) is left to `docker compose up` / a cluster.
 
 import argparse
 import os
+import random
 import re
 import signal
 import socket
@@ -47,10 +48,31 @@ def fail(msg):
     sys.exit(1)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(taken=set()):
+    """A port free now and outside the kernel's ephemeral range.
+
+    A port the kernel hands out for bind(0) comes from the ephemeral range, the same range
+    outgoing connections (the services' own, to PostgreSQL) take their local ports from: one
+    of them took a port picked this way before its service listened on it (CI, 2026-12-05).
+    Ports below the range are only ever taken by a listener that asks for them.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    if low <= 26000:
+        fail(f"the ephemeral port range starts at {low}: below the 20000-25999 this check uses")
+    rng = random.Random()
+    while True:
+        # 20000-25999: under the ephemeral range and clear of load-smoke's 26xxx, the Go
+        # client's 27051-27054 and the Rust tests' 27000-32699.
+        port = rng.randrange(20000, 26000)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
 
 
 class Site:
