@@ -60,7 +60,8 @@ impl RequestState {
         !self.is_open()
     }
 
-    /// Stable name, as stored and as in the proto enum without its prefix.
+    /// Its name in messages: the proto enum's without its prefix (which the request service
+    /// also stores, by its own active enum).
     pub fn as_str(self) -> &'static str {
         match self {
             RequestState::New => "NEW",
@@ -71,11 +72,6 @@ impl RequestState {
             RequestState::Cancelled => "CANCELLED",
             RequestState::Failed => "FAILED",
         }
-    }
-
-    /// The state of a stored name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 }
 
@@ -205,8 +201,6 @@ mod tests {
         assert_eq!(open, [S::New, S::PendingInformation, S::UnderReview]);
         for s in S::ALL {
             assert_ne!(s.is_open(), s.is_terminal());
-            assert_eq!(S::from_name(s.as_str()), Some(s));
         }
-        assert_eq!(S::from_name("approved"), None);
     }
 }

@@ -24,8 +24,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::entities::daily_limit::Scope;
 use crate::entities::{daily_limit, task};
-use crate::store::{BUSINESS_UNIT, CLUSTER, DEFAULT, Decided, Evaluated, Store, TASK_PREFIX, Usage};
+use crate::store::{Decided, Evaluated, Store, TASK_PREFIX, Usage};
 
 /// The handlers.
 #[derive(Debug, Clone)]
@@ -101,18 +102,9 @@ impl ApprovalApi {
     }
 }
 
-fn scope_pb(scope: &str) -> pb::LimitScope {
-    match scope {
-        DEFAULT => pb::LimitScope::Default,
-        CLUSTER => pb::LimitScope::Cluster,
-        BUSINESS_UNIT => pb::LimitScope::BusinessUnit,
-        _ => pb::LimitScope::Unspecified,
-    }
-}
-
 fn limit_pb(l: daily_limit::Model) -> pb::DailyLimit {
     pb::DailyLimit {
-        scope: scope_pb(&l.scope).into(),
+        scope: pb::LimitScope::from(l.scope).into(),
         target: l.target,
         max_daily_increase: l.max_daily_increase,
         updated_by: l.updated_by,
@@ -321,7 +313,7 @@ impl ApprovalService for ApprovalApi {
             return Err(invalid("limit.max_daily_increase", "must be 0 to 9999 ports"));
         }
         let model = daily_limit::Model {
-            scope: scope.to_owned(),
+            scope,
             target,
             max_daily_increase: l.max_daily_increase,
             updated_by: caller.id.to_string(),
@@ -331,7 +323,7 @@ impl ApprovalService for ApprovalApi {
             .set_limit(model.clone())
             .await
             .map_err(db("setting a daily limit"))?;
-        tracing::info!(scope, target = model.target, max = model.max_daily_increase, by = %caller.id, "daily limit set");
+        tracing::info!(scope = %scope, target = model.target, max = model.max_daily_increase, by = %caller.id, "daily limit set");
         Ok(Response::new(pb::SetDailyLimitResponse {
             limit: Some(limit_pb(model)),
         }))
@@ -608,22 +600,17 @@ impl InternalApprovalService for ApprovalApi {
 impl ApprovalApi {
     /// Validates a limit's scope and target: empty for the default, a cluster name, or an
     /// existing business unit.
-    async fn limit_key(
-        &self,
-        scope: pb::LimitScope,
-        target: &str,
-        field: &str,
-    ) -> Result<(&'static str, String), Status> {
+    async fn limit_key(&self, scope: pb::LimitScope, target: &str, field: &str) -> Result<(Scope, String), Status> {
         match scope {
-            pb::LimitScope::Default if target.is_empty() => Ok((DEFAULT, String::new())),
+            pb::LimitScope::Default if target.is_empty() => Ok((Scope::Default, String::new())),
             pb::LimitScope::Default => Err(invalid(field, "must be empty for the default limit")),
-            pb::LimitScope::Cluster => Ok((CLUSTER, parse_at(field, ClusterName::parse(target))?.to_string())),
+            pb::LimitScope::Cluster => Ok((Scope::Cluster, parse_at(field, ClusterName::parse(target))?.to_string())),
             pb::LimitScope::BusinessUnit => {
                 let id = parse_at(field, BusinessUnitId::parse(target))?;
                 if self.authz.business_unit(id.as_str()).await?.is_none() {
                     return Err(not_found("business unit", id.as_str()));
                 }
-                Ok((BUSINESS_UNIT, id.to_string()))
+                Ok((Scope::BusinessUnit, id.to_string()))
             }
             pb::LimitScope::Unspecified => Err(invalid("scope", "is required")),
         }

@@ -8,9 +8,9 @@ pub mod daily_limit {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "daily_limits")]
     pub struct Model {
-        /// `DEFAULT`, `CLUSTER` or `BUSINESS_UNIT`.
+        /// What it limits.
         #[sea_orm(primary_key, auto_increment = false)]
-        pub scope: String,
+        pub scope: Scope,
         /// The cluster or business unit; empty for the default.
         #[sea_orm(primary_key, auto_increment = false)]
         pub target: String,
@@ -27,6 +27,50 @@ pub mod daily_limit {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    /// What a limit (or a ledger total) is about, stored by the names of
+    /// `sspm.v1.LimitScope` without their prefix. Ordered as limits are listed: the default,
+    /// then clusters, then business units.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+    pub enum Scope {
+        /// Every cluster without a limit of its own (target empty). Never a ledger scope:
+        /// a default limit counts against the cluster's total.
+        #[sea_orm(string_value = "DEFAULT")]
+        Default,
+        /// One cluster (target: its name).
+        #[sea_orm(string_value = "CLUSTER")]
+        Cluster,
+        /// One business unit (target: its id).
+        #[sea_orm(string_value = "BUSINESS_UNIT")]
+        BusinessUnit,
+    }
+
+    impl std::fmt::Display for Scope {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.to_value())
+        }
+    }
+
+    impl From<Scope> for sspm_proto::v1::LimitScope {
+        fn from(s: Scope) -> Self {
+            match s {
+                Scope::Default => Self::Default,
+                Scope::Cluster => Self::Cluster,
+                Scope::BusinessUnit => Self::BusinessUnit,
+            }
+        }
+    }
+
+    impl From<Scope> for sspm_rules::daily::LimitScope {
+        fn from(s: Scope) -> Self {
+            match s {
+                Scope::Default => Self::Default,
+                Scope::Cluster => Self::Cluster,
+                Scope::BusinessUnit => Self::BusinessUnit,
+            }
+        }
+    }
 }
 
 /// `ledger_reservations`: one automatically approved increase per request.
@@ -65,6 +109,8 @@ pub mod reservation {
 pub mod total {
     use sea_orm::entity::prelude::*;
 
+    pub use super::daily_limit::Scope;
+
     /// One running total.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "ledger_totals")]
@@ -72,9 +118,9 @@ pub mod total {
         /// Ledger day.
         #[sea_orm(primary_key, auto_increment = false)]
         pub day: i64,
-        /// `CLUSTER` or `BUSINESS_UNIT`.
+        /// `Cluster` or `BusinessUnit`.
         #[sea_orm(primary_key, auto_increment = false)]
-        pub scope: String,
+        pub scope: Scope,
         /// The cluster or business unit.
         #[sea_orm(primary_key, auto_increment = false)]
         pub target: String,
@@ -240,5 +286,29 @@ mod tests {
             assert_eq!(State::try_from(api), Ok(s));
         }
         assert!(State::try_from(sspm_proto::v1::ApprovalTaskState::Unspecified).is_err());
+    }
+
+    /// Every stored limit scope is an API scope of the same name, and the rules' scope of
+    /// the same meaning; listed in the API's order.
+    #[test]
+    fn limit_scopes_match_the_api_and_the_rules() {
+        use super::daily_limit::Scope;
+        use sspm_rules::daily::LimitScope;
+        let scopes: Vec<Scope> = Scope::iter().collect();
+        for s in &scopes {
+            let api = sspm_proto::v1::LimitScope::from(*s);
+            assert_eq!(api.as_str_name(), format!("LIMIT_SCOPE_{}", s.to_value()));
+        }
+        let rules: Vec<LimitScope> = scopes.iter().map(|s| LimitScope::from(*s)).collect();
+        assert_eq!(
+            rules,
+            [LimitScope::Default, LimitScope::Cluster, LimitScope::BusinessUnit]
+        );
+        let mut sorted = scopes.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted, scopes,
+            "limits list the default, then clusters, then business units"
+        );
     }
 }

@@ -87,7 +87,7 @@ pub async fn seed_demo(db: &DatabaseConnection, by: &str, default_max: u32) -> R
     }
     store::Store::new(db.clone(), default_max)
         .set_limit(entities::daily_limit::Model {
-            scope: store::DEFAULT.to_owned(),
+            scope: entities::daily_limit::Scope::Default,
             target: String::new(),
             max_daily_increase: i32::try_from(default_max).unwrap_or(i32::MAX),
             updated_by: by.to_owned(),

@@ -19,33 +19,19 @@ use sspm_platform::db::SelectUnique;
 use sspm_platform::db::{DbErrorKind, classify};
 
 use sspm_platform::group_commit::{Savepoint, Writer};
-use sspm_rules::daily::{self, Budget, LimitScope};
+use sspm_rules::daily::{self, Budget};
 
 use crate::entities::{daily_limit, decision, reservation, task, total};
 
-/// The rules' scope of a stored limit scope.
-fn rules_scope(scope: &str) -> LimitScope {
-    match scope {
-        CLUSTER => LimitScope::Cluster,
-        BUSINESS_UNIT => LimitScope::BusinessUnit,
-        _ => LimitScope::Default,
-    }
-}
-
-/// Ledger scope of per-cluster totals (used by cluster and default limits).
-pub const CLUSTER: &str = "CLUSTER";
-/// Ledger scope of per-business-unit totals.
-pub const BUSINESS_UNIT: &str = "BUSINESS_UNIT";
-/// Scope of the default limit.
-pub const DEFAULT: &str = "DEFAULT";
+use crate::entities::daily_limit::Scope;
 
 /// One limit that applies to an increase, with the ledger total it is counted against.
 #[derive(Debug, Clone)]
 pub struct Applicable {
     /// The limit (for the default: as stored, or from config).
     pub limit: daily_limit::Model,
-    /// Ledger scope (`CLUSTER` or `BUSINESS_UNIT`).
-    pub ledger_scope: &'static str,
+    /// Ledger scope (`Cluster` or `BusinessUnit`).
+    pub ledger_scope: Scope,
     /// Ledger target (the cluster or business unit).
     pub ledger_target: String,
 }
@@ -133,31 +119,32 @@ impl Store {
         let rows = daily_limit::Entity::find()
             .filter(
                 Condition::any()
-                    .add(daily_limit::Column::Scope.eq(DEFAULT))
+                    .add(daily_limit::Column::Scope.eq(Scope::Default))
                     .add(
                         Condition::all()
-                            .add(daily_limit::Column::Scope.eq(CLUSTER))
+                            .add(daily_limit::Column::Scope.eq(Scope::Cluster))
                             .add(daily_limit::Column::Target.eq(cluster)),
                     )
                     .add(
                         Condition::all()
-                            .add(daily_limit::Column::Scope.eq(BUSINESS_UNIT))
+                            .add(daily_limit::Column::Scope.eq(Scope::BusinessUnit))
                             .add(daily_limit::Column::Target.eq(business_unit_id)),
                     ),
             )
             .all(db)
             .await?;
-        let find = |scope: &str| rows.iter().find(|r| r.scope == scope).cloned();
-        let cluster_limit = find(CLUSTER).unwrap_or_else(|| find(DEFAULT).unwrap_or_else(|| self.config_default()));
+        let find = |scope: Scope| rows.iter().find(|r| r.scope == scope).cloned();
+        let cluster_limit =
+            find(Scope::Cluster).unwrap_or_else(|| find(Scope::Default).unwrap_or_else(|| self.config_default()));
         let mut out = vec![Applicable {
             limit: cluster_limit,
-            ledger_scope: CLUSTER,
+            ledger_scope: Scope::Cluster,
             ledger_target: cluster.to_owned(),
         }];
-        if let Some(bu) = find(BUSINESS_UNIT) {
+        if let Some(bu) = find(Scope::BusinessUnit) {
             out.push(Applicable {
                 limit: bu,
-                ledger_scope: BUSINESS_UNIT,
+                ledger_scope: Scope::BusinessUnit,
                 ledger_target: business_unit_id.to_owned(),
             });
         }
@@ -167,7 +154,7 @@ impl Store {
     /// The default limit from config, until Network Operations sets one.
     pub fn config_default(&self) -> daily_limit::Model {
         daily_limit::Model {
-            scope: DEFAULT.to_owned(),
+            scope: Scope::Default,
             target: String::new(),
             max_daily_increase: self.default_max,
             updated_by: "config".to_owned(),
@@ -180,7 +167,7 @@ impl Store {
         let limits = self.applicable(&self.db, cluster, business_unit_id).await?;
         let mut out = Vec::with_capacity(limits.len());
         for a in limits {
-            let used = total::Entity::find_by_id((day, a.ledger_scope.to_owned(), a.ledger_target.clone()))
+            let used = total::Entity::find_by_id((day, a.ledger_scope, a.ledger_target.clone()))
                 .unique(&self.read)
                 .await?
                 .map_or(0, |t| t.used);
@@ -248,24 +235,29 @@ impl Store {
         let totals = tx
             .query_all_raw(sea_orm::Statement::from_sql_and_values(
                 backend,
-                format!(
-                    "INSERT INTO ledger_totals (day, scope, target, used) VALUES ($1, '{CLUSTER}', $2, 0), ($1, '{BUSINESS_UNIT}', $3, 0) \
-                     ON CONFLICT (day, scope, target) DO UPDATE SET used = ledger_totals.used RETURNING scope, used"
-                ),
-                [day.into(), cluster.into(), business_unit_id.into()],
+                "INSERT INTO ledger_totals (day, scope, target, used) VALUES ($1, $2, $3, 0), ($1, $4, $5, 0) \
+                 ON CONFLICT (day, scope, target) DO UPDATE SET used = ledger_totals.used RETURNING scope, used",
+                [
+                    day.into(),
+                    Scope::Cluster.into(),
+                    cluster.into(),
+                    Scope::BusinessUnit.into(),
+                    business_unit_id.into(),
+                ],
             ))
             .await?;
         let mut used = std::collections::HashMap::new();
         for row in totals {
-            used.insert(row.try_get::<String>("", "scope")?, row.try_get::<i32>("", "used")?);
+            let scope = Scope::try_from_value(&row.try_get::<String>("", "scope")?)?;
+            used.insert(scope, row.try_get::<i32>("", "used")?);
         }
         let limits = self.applicable(tx, cluster, business_unit_id).await?;
         let budgets: Vec<Budget> = limits
             .iter()
             .map(|a| Budget {
-                scope: rules_scope(&a.limit.scope),
+                scope: a.limit.scope.into(),
                 max: u32::try_from(a.limit.max_daily_increase).unwrap_or(0),
-                used: u32::try_from(used.get(a.ledger_scope).copied().unwrap_or(0)).unwrap_or(0),
+                used: u32::try_from(used.get(&a.ledger_scope).copied().unwrap_or(0)).unwrap_or(0),
             })
             .collect();
         let evaluation = daily::evaluate(&budgets, u32::try_from(increase).unwrap_or(u32::MAX));
@@ -299,12 +291,12 @@ impl Store {
                 Condition::any()
                     .add(
                         Condition::all()
-                            .add(total::Column::Scope.eq(CLUSTER))
+                            .add(total::Column::Scope.eq(Scope::Cluster))
                             .add(total::Column::Target.eq(cluster)),
                     )
                     .add(
                         Condition::all()
-                            .add(total::Column::Scope.eq(BUSINESS_UNIT))
+                            .add(total::Column::Scope.eq(Scope::BusinessUnit))
                             .add(total::Column::Target.eq(business_unit_id)),
                     ),
             )
@@ -381,7 +373,7 @@ impl Store {
                 .unique(&tx)
                 .await?
         {
-            for (scope, target) in [(CLUSTER, &r.cluster), (BUSINESS_UNIT, &r.business_unit_id)] {
+            for (scope, target) in [(Scope::Cluster, &r.cluster), (Scope::BusinessUnit, &r.business_unit_id)] {
                 total::Entity::update_many()
                     .col_expr(total::Column::Used, Expr::col(total::Column::Used).sub(r.increase))
                     .filter(total::Column::Day.eq(r.day))
@@ -579,12 +571,12 @@ impl Store {
     pub async fn set_limit(&self, l: daily_limit::Model) -> Result<(), DbErr> {
         let tx = self.db.begin().await?;
         let before = daily_limit::Entity::find()
-            .filter(daily_limit::Column::Scope.eq(l.scope.as_str()))
+            .filter(daily_limit::Column::Scope.eq(l.scope))
             .filter(daily_limit::Column::Target.eq(l.target.as_str()))
             .unique(&tx)
             .await?
             .map_or_else(|| "none".to_owned(), |b| b.max_daily_increase.to_string());
-        let target = limit_target(&l.scope, &l.target);
+        let target = limit_target(l.scope, &l.target);
         let detail = format!("max daily increase {before} -> {}", l.max_daily_increase);
         let (by, now) = (l.updated_by.clone(), l.update_time);
         daily_limit::Entity::insert(daily_limit::ActiveModel::from(l))
@@ -604,7 +596,7 @@ impl Store {
     }
 
     /// Removes a limit; whether there was one.
-    pub async fn clear_limit(&self, scope: &str, target: &str, now: i64) -> Result<bool, DbErr> {
+    pub async fn clear_limit(&self, scope: Scope, target: &str, now: i64) -> Result<bool, DbErr> {
         let tx = self.db.begin().await?;
         let cleared = daily_limit::Entity::delete_many()
             .filter(daily_limit::Column::Scope.eq(scope))
@@ -623,15 +615,10 @@ impl Store {
     /// Every limit that is set, the default first (from config when not set).
     pub async fn limits(&self) -> Result<Vec<daily_limit::Model>, DbErr> {
         let mut rows = daily_limit::Entity::find().all(&self.read).await?;
-        if !rows.iter().any(|r| r.scope == DEFAULT) {
+        if !rows.iter().any(|r| r.scope == Scope::Default) {
             rows.push(self.config_default());
         }
-        let rank = |s: &str| match s {
-            DEFAULT => 0,
-            CLUSTER => 1,
-            _ => 2,
-        };
-        rows.sort_by(|a, b| (rank(&a.scope), &a.target).cmp(&(rank(&b.scope), &b.target)));
+        rows.sort_by(|a, b| (a.scope, &a.target).cmp(&(b.scope, &b.target)));
         Ok(rows)
     }
 
@@ -641,25 +628,25 @@ impl Store {
         // Only the default and the clusters' limits (the key's first column): a scrape does
         // not read every business unit's limit.
         let limits = daily_limit::Entity::find()
-            .filter(daily_limit::Column::Scope.is_in([DEFAULT, CLUSTER]))
+            .filter(daily_limit::Column::Scope.is_in([Scope::Default, Scope::Cluster]))
             .all(&self.read)
             .await?;
         let default = limits
             .iter()
-            .find(|l| l.scope == DEFAULT)
+            .find(|l| l.scope == Scope::Default)
             .map_or(self.default_max, |l| l.max_daily_increase);
         let used: Vec<(String, i32)> = total::Entity::find()
             .select_only()
             .column(total::Column::Target)
             .column(total::Column::Used)
             .filter(total::Column::Day.eq(day))
-            .filter(total::Column::Scope.eq(CLUSTER))
+            .filter(total::Column::Scope.eq(Scope::Cluster))
             .into_tuple()
             .all(&self.read)
             .await?;
         let mut clusters: Vec<(String, i32, i32)> = limits
             .iter()
-            .filter(|l| l.scope == CLUSTER)
+            .filter(|l| l.scope == Scope::Cluster)
             .map(|l| (l.target.clone(), l.max_daily_increase, 0))
             .collect();
         for (cluster, n) in used {
@@ -684,9 +671,9 @@ impl Store {
 pub const TASK_PREFIX: &str = "task-";
 
 /// A limit as an audit target: `DEFAULT`, `CLUSTER/C14`, `BUSINESS_UNIT/bu-1042`.
-fn limit_target(scope: &str, target: &str) -> String {
+fn limit_target(scope: Scope, target: &str) -> String {
     if target.is_empty() {
-        scope.to_owned()
+        scope.to_string()
     } else {
         format!("{scope}/{target}")
     }

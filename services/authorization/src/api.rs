@@ -118,7 +118,7 @@ impl AuthorizationApi {
         let is_rep = self
             .caller_subject(caller)
             .await?
-            .is_some_and(|s| s.has_global(pb::Permission::AccountRepresentative));
+            .is_some_and(|s| s.has_global(Perm::AccountRepresentative));
         if is_rep {
             Ok(())
         } else {
@@ -227,7 +227,7 @@ fn to_pb_principal(m: principal::Model) -> pb::Principal {
 }
 
 fn to_pb_grant(m: grant::Model) -> pb::PermissionGrant {
-    let permission = Perm::from_name(&m.permission).map_or(pb::Permission::Unspecified, |p| p.0);
+    let permission = pb::Permission::from(m.permission);
     pb::PermissionGrant {
         principal_id: m.principal_id,
         business_unit_id: m.business_unit_id,
@@ -283,7 +283,7 @@ impl AuthorizationService for AuthorizationApi {
             )));
         };
         if global {
-            let missing: Vec<pb::Permission> = needs.iter().copied().filter(|p| !subject.has_global(*p)).collect();
+            let missing: Vec<Perm> = needs.iter().copied().filter(|p| !subject.has_global(*p)).collect();
             return Ok(Response::new(if missing.is_empty() {
                 pb::CheckResponse {
                     allowed: true,
@@ -295,7 +295,7 @@ impl AuthorizationService for AuthorizationApi {
                     allowed: false,
                     deny_reason: pb::DenyReason::MissingPermission.into(),
                     message: format!("{who} lacks {}", names(&missing)),
-                    missing_permissions: missing.into_iter().map(Into::into).collect(),
+                    missing_permissions: missing.into_iter().map(|p| pb::Permission::from(p).into()).collect(),
                     business_unit: None,
                 }
             }));
@@ -323,7 +323,7 @@ impl AuthorizationService for AuthorizationApi {
                 )
             }));
         }
-        let missing: Vec<pb::Permission> = needs.iter().copied().filter(|p| !subject.has_on(*p, &bu)).collect();
+        let missing: Vec<Perm> = needs.iter().copied().filter(|p| !subject.has_on(*p, &bu)).collect();
         let answer = if missing.is_empty() {
             pb::CheckResponse {
                 allowed: true,
@@ -336,7 +336,7 @@ impl AuthorizationService for AuthorizationApi {
                 allowed: false,
                 deny_reason: pb::DenyReason::MissingPermission.into(),
                 message: format!("{who} lacks {} on business unit {bu_id}", names(&missing)),
-                missing_permissions: missing.into_iter().map(Into::into).collect(),
+                missing_permissions: missing.into_iter().map(|p| pb::Permission::from(p).into()).collect(),
                 business_unit: Some(to_pb_bu(bu)),
             }
         };
@@ -628,7 +628,7 @@ impl AuthorizationService for AuthorizationApi {
             .grant(grant::Model {
                 principal_id,
                 business_unit_id: bu,
-                permission: perm.name().to_owned(),
+                permission: perm,
                 granted_by: caller.id.to_string(),
                 grant_time: now_micros(),
             })
@@ -658,7 +658,7 @@ impl AuthorizationService for AuthorizationApi {
             .await
             .map_err(db("revoking a permission"))?;
         self.changed();
-        tracing::info!(principal = %principal_id, business_unit = %bu, permission = perm.name(),
+        tracing::info!(principal = %principal_id, business_unit = %bu, permission = %perm,
             by = %caller.id, revoked, "permission revoked");
         Ok(Response::new(pb::RevokePermissionResponse { revoked }))
     }
@@ -748,7 +748,8 @@ impl AuthorizationApi {
         bu_raw: &str,
         permission: i32,
     ) -> Result<(String, String, Perm), Status> {
-        let perm = Perm(rpc::required_enum::<pb::Permission>("permission", permission)?);
+        let perm = Perm::try_from(rpc::required_enum::<pb::Permission>("permission", permission)?)
+            .map_err(|_| invalid("permission", "is required"))?;
         let id = parse_at("principal_id", PrincipalId::parse(principal_raw))?;
         if self
             .store
@@ -764,13 +765,13 @@ impl AuthorizationApi {
             (true, false) => {
                 return Err(invalid(
                     "business_unit_id",
-                    format!("{} is a global permission: leave business_unit_id empty", perm.name()),
+                    format!("{perm} is a global permission: leave business_unit_id empty"),
                 ));
             }
             (false, true) => {
                 return Err(invalid(
                     "business_unit_id",
-                    format!("{} is granted on a business unit: set business_unit_id", perm.name()),
+                    format!("{perm} is granted on a business unit: set business_unit_id"),
                 ));
             }
             (false, false) => {
@@ -783,10 +784,6 @@ impl AuthorizationApi {
     }
 }
 
-fn names(perms: &[pb::Permission]) -> String {
-    perms
-        .iter()
-        .map(|p| rpc::permission_name(*p))
-        .collect::<Vec<_>>()
-        .join(" and ")
+fn names(perms: &[Perm]) -> String {
+    perms.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ")
 }

@@ -112,9 +112,9 @@ pub mod grant {
         /// On which business unit; empty for a global permission.
         #[sea_orm(primary_key, auto_increment = false)]
         pub business_unit_id: String,
-        /// The permission's name without the `PERMISSION_` prefix.
+        /// The permission.
         #[sea_orm(primary_key, auto_increment = false)]
-        pub permission: String,
+        pub permission: Permission,
         /// Who granted it.
         pub granted_by: String,
         /// Unix microseconds.
@@ -126,6 +126,72 @@ pub mod grant {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    /// A permission, stored by the names of `sspm.v1.Permission` without their prefix.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(48))")]
+    pub enum Permission {
+        /// See the Monitoring Gateway.
+        #[sea_orm(string_value = "MONITORING_GATEWAY_VIEW")]
+        MonitoringGatewayView,
+        /// See port limits and requests.
+        #[sea_orm(string_value = "PORT_MANAGEMENT_VIEW")]
+        PortManagementView,
+        /// Request port changes.
+        #[sea_orm(string_value = "PORT_MANAGEMENT_CREATE")]
+        PortManagementCreate,
+        /// Account representative (global).
+        #[sea_orm(string_value = "ACCOUNT_REPRESENTATIVE")]
+        AccountRepresentative,
+        /// Set daily limits (global).
+        #[sea_orm(string_value = "NETWORK_OPERATIONS_DAILY_LIMITS")]
+        NetworkOperationsDailyLimits,
+        /// Decide approvals (global).
+        #[sea_orm(string_value = "NETWORK_OPERATIONS_APPROVE")]
+        NetworkOperationsApprove,
+        /// Read every business unit's events (global).
+        #[sea_orm(string_value = "EVENTS_READ_ALL")]
+        EventsReadAll,
+    }
+
+    impl std::fmt::Display for Permission {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.to_value())
+        }
+    }
+
+    impl From<Permission> for sspm_proto::v1::Permission {
+        fn from(p: Permission) -> Self {
+            match p {
+                Permission::MonitoringGatewayView => Self::MonitoringGatewayView,
+                Permission::PortManagementView => Self::PortManagementView,
+                Permission::PortManagementCreate => Self::PortManagementCreate,
+                Permission::AccountRepresentative => Self::AccountRepresentative,
+                Permission::NetworkOperationsDailyLimits => Self::NetworkOperationsDailyLimits,
+                Permission::NetworkOperationsApprove => Self::NetworkOperationsApprove,
+                Permission::EventsReadAll => Self::EventsReadAll,
+            }
+        }
+    }
+
+    impl TryFrom<sspm_proto::v1::Permission> for Permission {
+        /// `PERMISSION_UNSPECIFIED` names no permission.
+        type Error = sspm_proto::v1::Permission;
+
+        fn try_from(p: sspm_proto::v1::Permission) -> Result<Self, Self::Error> {
+            use sspm_proto::v1::Permission as Pb;
+            Ok(match p {
+                Pb::Unspecified => return Err(p),
+                Pb::MonitoringGatewayView => Permission::MonitoringGatewayView,
+                Pb::PortManagementView => Permission::PortManagementView,
+                Pb::PortManagementCreate => Permission::PortManagementCreate,
+                Pb::AccountRepresentative => Permission::AccountRepresentative,
+                Pb::NetworkOperationsDailyLimits => Permission::NetworkOperationsDailyLimits,
+                Pb::NetworkOperationsApprove => Permission::NetworkOperationsApprove,
+                Pb::EventsReadAll => Permission::EventsReadAll,
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,5 +209,20 @@ mod tests {
             assert_eq!(Kind::try_from(api), Ok(k));
         }
         assert!(Kind::try_from(sspm_proto::v1::PrincipalKind::Unspecified).is_err());
+    }
+
+    /// Every stored permission is an API permission of the same name, and back.
+    #[test]
+    fn permissions_match_the_api() {
+        use super::grant::Permission;
+        for p in Permission::iter() {
+            let api = sspm_proto::v1::Permission::from(p);
+            assert_eq!(api.as_str_name(), format!("PERMISSION_{}", p.to_value()));
+            assert_eq!(Permission::try_from(api), Ok(p));
+            assert_eq!(sspm_platform::rpc::permission_name(api), p.to_value());
+        }
+        let every = (1..=i32::from(u8::MAX)).filter(|n| sspm_proto::v1::Permission::try_from(*n).is_ok());
+        assert_eq!(every.count(), Permission::iter().count());
+        assert!(Permission::try_from(sspm_proto::v1::Permission::Unspecified).is_err());
     }
 }

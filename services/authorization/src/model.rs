@@ -1,54 +1,32 @@
 //! Who may see and do what: permissions, actions, visibility and partner scope (R6, R7).
 
-use sspm_proto::v1::{Action, Permission};
+use sspm_proto::v1::Action;
 
+pub use crate::entities::grant::Permission as Perm;
 use crate::entities::{business_unit, grant, principal};
 
-/// A permission as stored (the protobuf name without `PERMISSION_`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Perm(pub Permission);
-
 impl Perm {
-    /// The stored name, e.g. `PORT_MANAGEMENT_CREATE`.
-    pub fn name(self) -> &'static str {
-        sspm_platform::rpc::permission_name(self.0)
-    }
-
-    /// The permission of a stored name (`UNSPECIFIED` is none).
-    pub fn from_name(name: &str) -> Option<Self> {
-        (1..=i32::from(u8::MAX))
-            .filter_map(|n| Permission::try_from(n).ok())
-            .find(|p| sspm_platform::rpc::permission_name(*p) == name)
-            .map(Perm)
-    }
-
     /// Global permissions are granted with an empty business unit; the others on one.
     pub fn is_global(self) -> bool {
-        matches!(
-            self.0,
-            Permission::AccountRepresentative
-                | Permission::NetworkOperationsDailyLimits
-                | Permission::NetworkOperationsApprove
-                | Permission::EventsReadAll
-        )
+        match self {
+            Perm::AccountRepresentative
+            | Perm::NetworkOperationsDailyLimits
+            | Perm::NetworkOperationsApprove
+            | Perm::EventsReadAll => true,
+            Perm::MonitoringGatewayView | Perm::PortManagementView | Perm::PortManagementCreate => false,
+        }
     }
 }
 
 /// What an action needs: global permissions, or permissions on the business unit.
-pub fn required(action: Action) -> (bool, &'static [Permission]) {
+pub fn required(action: Action) -> (bool, &'static [Perm]) {
     match action {
-        Action::ViewPorts => (
-            false,
-            &[Permission::MonitoringGatewayView, Permission::PortManagementView],
-        ),
-        Action::RequestPortChange => (
-            false,
-            &[Permission::MonitoringGatewayView, Permission::PortManagementCreate],
-        ),
-        Action::ManageDailyLimits => (true, &[Permission::NetworkOperationsDailyLimits]),
-        Action::DecideApprovals => (true, &[Permission::NetworkOperationsApprove]),
-        Action::ReadAllEvents => (true, &[Permission::EventsReadAll]),
-        Action::Administer | Action::Unspecified => (true, &[Permission::AccountRepresentative]),
+        Action::ViewPorts => (false, &[Perm::MonitoringGatewayView, Perm::PortManagementView]),
+        Action::RequestPortChange => (false, &[Perm::MonitoringGatewayView, Perm::PortManagementCreate]),
+        Action::ManageDailyLimits => (true, &[Perm::NetworkOperationsDailyLimits]),
+        Action::DecideApprovals => (true, &[Perm::NetworkOperationsApprove]),
+        Action::ReadAllEvents => (true, &[Perm::EventsReadAll]),
+        Action::Administer | Action::Unspecified => (true, &[Perm::AccountRepresentative]),
     }
 }
 
@@ -63,18 +41,17 @@ pub struct Subject {
 
 impl Subject {
     /// Whether it holds `p` globally.
-    pub fn has_global(&self, p: Permission) -> bool {
-        let name = Perm(p).name();
+    pub fn has_global(&self, p: Perm) -> bool {
         self.grants
             .iter()
-            .any(|g| g.business_unit_id.is_empty() && g.permission == name)
+            .any(|g| g.business_unit_id.is_empty() && g.permission == p)
     }
 
     /// Staff (account representatives, Network Operations) see every business unit.
     pub fn is_staff(&self) -> bool {
-        self.has_global(Permission::AccountRepresentative)
-            || self.has_global(Permission::NetworkOperationsDailyLimits)
-            || self.has_global(Permission::NetworkOperationsApprove)
+        self.has_global(Perm::AccountRepresentative)
+            || self.has_global(Perm::NetworkOperationsDailyLimits)
+            || self.has_global(Perm::NetworkOperationsApprove)
     }
 
     /// The business units whose own and customer business units it may see: its home and
@@ -107,10 +84,9 @@ impl Subject {
 
     /// Whether it holds `p` on `bu`: granted on `bu` itself or on its partner (a partner's
     /// grants cover its customers).
-    pub fn has_on(&self, p: Permission, bu: &business_unit::Model) -> bool {
-        let name = Perm(p).name();
+    pub fn has_on(&self, p: Perm, bu: &business_unit::Model) -> bool {
         self.grants.iter().any(|g| {
-            g.permission == name
+            g.permission == p
                 && (g.business_unit_id == bu.business_unit_id || Some(&g.business_unit_id) == bu.partner_id.as_ref())
         })
     }
@@ -133,7 +109,7 @@ mod tests {
         }
     }
 
-    fn subject(home: Option<&str>, grants: &[(&str, Permission)]) -> Subject {
+    fn subject(home: Option<&str>, grants: &[(&str, Perm)]) -> Subject {
         Subject {
             principal: principal::Model {
                 principal_id: "p".into(),
@@ -147,7 +123,7 @@ mod tests {
                 .map(|(b, p)| grant::Model {
                     principal_id: "p".into(),
                     business_unit_id: (*b).into(),
-                    permission: Perm(*p).name().into(),
+                    permission: *p,
                     granted_by: "rep".into(),
                     grant_time: 0,
                 })
@@ -157,19 +133,19 @@ mod tests {
 
     #[test]
     fn partner_grants_cover_customers_but_not_other_partners() {
-        let percy = subject(Some("classics"), &[("classics", Permission::PortManagementCreate)]);
+        let percy = subject(Some("classics"), &[("classics", Perm::PortManagementCreate)]);
         let league = bu("league", Some("classics"));
         assert!(percy.may_see(&league));
-        assert!(percy.has_on(Permission::PortManagementCreate, &league));
-        assert!(!percy.has_on(Permission::PortManagementView, &league));
+        assert!(percy.has_on(Perm::PortManagementCreate, &league));
+        assert!(!percy.has_on(Perm::PortManagementView, &league));
         let other = bu("nautilus-crew", Some("nautilus"));
         assert!(!percy.may_see(&other));
-        assert!(!percy.has_on(Permission::PortManagementCreate, &other));
+        assert!(!percy.has_on(Perm::PortManagementCreate, &other));
     }
 
     #[test]
     fn customer_users_see_only_their_own_business_unit() {
-        let user = subject(Some("league"), &[("league", Permission::PortManagementView)]);
+        let user = subject(Some("league"), &[("league", Perm::PortManagementView)]);
         assert!(user.may_see(&bu("league", Some("classics"))));
         assert!(!user.may_see(&bu("musketeers", Some("classics"))));
         assert!(!user.may_see(&bu("classics", None)));
@@ -177,15 +153,11 @@ mod tests {
 
     #[test]
     fn staff_see_everything_and_global_permissions_are_global() {
-        let rep = subject(None, &[("", Permission::AccountRepresentative)]);
+        let rep = subject(None, &[("", Perm::AccountRepresentative)]);
         assert!(rep.may_see(&bu("anything", None)));
-        assert!(rep.has_global(Permission::AccountRepresentative));
-        assert!(!rep.has_global(Permission::NetworkOperationsApprove));
-        assert!(Perm(Permission::NetworkOperationsApprove).is_global());
-        assert!(!Perm(Permission::PortManagementView).is_global());
-        assert_eq!(
-            Perm::from_name("PORT_MANAGEMENT_VIEW"),
-            Some(Perm(Permission::PortManagementView))
-        );
+        assert!(rep.has_global(Perm::AccountRepresentative));
+        assert!(!rep.has_global(Perm::NetworkOperationsApprove));
+        assert!(Perm::NetworkOperationsApprove.is_global());
+        assert!(!Perm::PortManagementView.is_global());
     }
 }

@@ -3,7 +3,6 @@
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, TransactionTrait};
 use sspm_platform::db::SelectUnique;
 use sspm_platform::rpc::now_micros;
-use sspm_proto::v1::Permission;
 
 use crate::entities::{business_unit, grant, principal};
 use crate::model::Perm;
@@ -18,12 +17,11 @@ pub async fn bootstrap_account_representatives(db: &DatabaseConnection, ids: &[S
     let tx = db.begin().await?;
     for id in ids {
         ensure_principal(&tx, staff(id, id)).await?;
-        let g = global(id, Permission::AccountRepresentative, "config");
-        let held =
-            grant::Entity::find_by_id((g.principal_id.clone(), g.business_unit_id.clone(), g.permission.clone()))
-                .unique(&tx)
-                .await?
-                .is_some();
+        let g = global(id, Perm::AccountRepresentative, "config");
+        let held = grant::Entity::find_by_id((g.principal_id.clone(), g.business_unit_id.clone(), g.permission))
+            .unique(&tx)
+            .await?
+            .is_some();
         if held {
             continue;
         }
@@ -51,15 +49,15 @@ fn staff(id: &str, name: &str) -> principal::Model {
     }
 }
 
-fn global(id: &str, p: Permission, by: &str) -> grant::Model {
+fn global(id: &str, p: Perm, by: &str) -> grant::Model {
     on(id, "", p, by)
 }
 
-fn on(id: &str, bu: &str, p: Permission, by: &str) -> grant::Model {
+fn on(id: &str, bu: &str, p: Perm, by: &str) -> grant::Model {
     grant::Model {
         principal_id: id.to_owned(),
         business_unit_id: bu.to_owned(),
-        permission: Perm(p).name().to_owned(),
+        permission: p,
         granted_by: by.to_owned(),
         grant_time: now_micros(),
     }
@@ -154,15 +152,15 @@ pub async fn seed_demo(db: &DatabaseConnection) -> Result<bool, DbErr> {
     }
     let by = ACCOUNT_REP;
     for g in [
-        global(ACCOUNT_REP, Permission::AccountRepresentative, "demo"),
-        global(NETOPS, Permission::NetworkOperationsDailyLimits, by),
-        global(NETOPS, Permission::NetworkOperationsApprove, by),
-        global(EVENTS_CONSUMER, Permission::EventsReadAll, by),
-        on(PARTNER_ADMIN, PARTNER, Permission::MonitoringGatewayView, by),
-        on(PARTNER_ADMIN, PARTNER, Permission::PortManagementView, by),
-        on(PARTNER_ADMIN, PARTNER, Permission::PortManagementCreate, by),
-        on(CUSTOMER_USER, CUSTOMER, Permission::MonitoringGatewayView, by),
-        on(CUSTOMER_USER, CUSTOMER, Permission::PortManagementView, by),
+        global(ACCOUNT_REP, Perm::AccountRepresentative, "demo"),
+        global(NETOPS, Perm::NetworkOperationsDailyLimits, by),
+        global(NETOPS, Perm::NetworkOperationsApprove, by),
+        global(EVENTS_CONSUMER, Perm::EventsReadAll, by),
+        on(PARTNER_ADMIN, PARTNER, Perm::MonitoringGatewayView, by),
+        on(PARTNER_ADMIN, PARTNER, Perm::PortManagementView, by),
+        on(PARTNER_ADMIN, PARTNER, Perm::PortManagementCreate, by),
+        on(CUSTOMER_USER, CUSTOMER, Perm::MonitoringGatewayView, by),
+        on(CUSTOMER_USER, CUSTOMER, Perm::PortManagementView, by),
     ] {
         grant_on(&tx, g).await?;
     }

@@ -185,13 +185,7 @@ impl Store {
                                 principal_id: row.get(0)?,
                                 display_name: row.get(1)?,
                                 home_business_unit_id: row.get(2)?,
-                                kind: principal::Kind::try_from_value(&row.get::<_, String>(3)?).map_err(|e| {
-                                    sspm_platform::lite::rusqlite::Error::FromSqlConversionFailure(
-                                        3,
-                                        sspm_platform::lite::rusqlite::types::Type::Text,
-                                        Box::new(e),
-                                    )
-                                })?,
+                                kind: lite_enum(row, 3)?,
                                 create_time: row.get(4)?,
                             },
                             Vec::new(),
@@ -201,7 +195,7 @@ impl Store {
                         grants.push(grant::Model {
                             principal_id: principal.principal_id.clone(),
                             business_unit_id,
-                            permission: row.get(6)?,
+                            permission: lite_enum(row, 6)?,
                             granted_by: row.get(7)?,
                             grant_time: row.get(8)?,
                         });
@@ -236,7 +230,7 @@ impl Store {
             grants.push(grant::Model {
                 principal_id: principal.principal_id.clone(),
                 business_unit_id,
-                permission: row.try_get("", "grant_permission")?,
+                permission: grant::Permission::try_from_value(&row.try_get::<String>("", "grant_permission")?)?,
                 granted_by: row.try_get("", "grant_granted_by")?,
                 grant_time: row.try_get("", "grant_time")?,
             });
@@ -318,7 +312,7 @@ impl Store {
         let r = grant::Entity::delete_many()
             .filter(grant::Column::PrincipalId.eq(principal_id))
             .filter(grant::Column::BusinessUnitId.eq(business_unit_id))
-            .filter(grant::Column::Permission.eq(perm.name()))
+            .filter(grant::Column::Permission.eq(perm))
             .exec(&tx)
             .await?;
         if r.rows_affected > 0 {
@@ -327,7 +321,7 @@ impl Store {
             } else {
                 business_unit_id
             };
-            let detail = format!("{} on {on} revoked", perm.name());
+            let detail = format!("{perm} on {on} revoked");
             audit::record(&tx, "permission.revoked", principal_id, &detail, now).await?;
             count_change(&tx).await?;
         }
@@ -459,4 +453,18 @@ fn describe_grant(g: &grant::Model) -> String {
 
 fn on_off(b: bool) -> &'static str {
     if b { "on" } else { "off" }
+}
+
+/// Column `idx` of a rusqlite row as a stored enum (its text, checked as sea-orm checks it).
+fn lite_enum<E: ActiveEnum<Value = String>>(
+    row: &sspm_platform::lite::rusqlite::Row<'_>,
+    idx: usize,
+) -> sspm_platform::lite::rusqlite::Result<E> {
+    E::try_from_value(&row.get::<_, String>(idx)?).map_err(|e| {
+        sspm_platform::lite::rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            sspm_platform::lite::rusqlite::types::Type::Text,
+            Box::new(e),
+        )
+    })
 }

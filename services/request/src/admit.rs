@@ -20,7 +20,7 @@ use tonic::Status;
 
 use crate::entities::request;
 use crate::model::limits_of;
-use crate::plan::{Entry, describe};
+use crate::plan::{Entry, HistoryKind, describe};
 use crate::store::{Inserted, Written};
 use crate::workflow::Workflow;
 
@@ -160,7 +160,7 @@ impl Create<'_> {
             business_unit_id: command.business_unit_id.to_string(),
             cluster: self.unit.cluster.clone(),
             requester: self.requester.to_string(),
-            state: RequestState::New.as_str().to_owned(),
+            state: RequestState::New.into(),
             case_number: None,
             before_concurrent: change.before.concurrent.get().into(),
             before_outbound: change.before.outbound.get().into(),
@@ -190,7 +190,7 @@ impl Create<'_> {
             update_time: now,
         };
         let entry = Entry {
-            kind: "TRANSITION",
+            kind: HistoryKind::Transition,
             actor: self.requester.to_string(),
             from: None,
             to: RequestState::New,

@@ -20,11 +20,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::admit::{Create, Created, DryRun};
-use crate::convert::{limits_pb, outcome, request_pb};
+use crate::convert::{limits_pb, outcome, request_pb, state_of_pb};
 use crate::entities::request;
 use crate::events;
 use crate::feed::Feed;
-use crate::model::limits_of;
+use crate::model::{limits_of, state_of};
 use crate::store::Provisioned;
 use crate::watch::Watchers;
 use crate::workflow::{Command, Workflow};
@@ -355,7 +355,7 @@ impl PortRequestService for RequestApi {
                 entry,
                 started: Some(started),
             } => {
-                sspm_platform::rpc::annotate_state(&started.request.state);
+                sspm_platform::rpc::annotate_state(RequestState::from(started.request.state).as_str());
                 let outcome = outcome(&started.request);
                 let created = events::HistoryEntry::of(&model.request_id, model.create_time, &entry);
                 pb::CreatePortChangeRequestResponse {
@@ -367,7 +367,7 @@ impl PortRequestService for RequestApi {
             // The first steps did not finish here (the worker goes on): the request as stored.
             Created::Written { model, .. } => {
                 let r = self.load(&model.request_id).await?;
-                sspm_platform::rpc::annotate_state(&r.state);
+                sspm_platform::rpc::annotate_state(state_of(&r).as_str());
                 self.replayed(r).await?
             }
         }))
@@ -400,10 +400,8 @@ impl PortRequestService for RequestApi {
             .into_iter()
             .enumerate()
         {
-            let name = s.as_str_name().trim_start_matches("PORT_CHANGE_REQUEST_STATE_");
-            let state =
-                RequestState::from_name(name).ok_or_else(|| invalid(&format!("states[{i}]"), "unknown state"))?;
-            states.push(state.as_str());
+            let state = state_of_pb(s).ok_or_else(|| invalid(&format!("states[{i}]"), "unknown state"))?;
+            states.push(request::State::from(state));
         }
         let authz = self.wf.authz();
         let bus: Vec<String> = if req.business_unit_id.is_empty() {

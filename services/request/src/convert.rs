@@ -4,7 +4,7 @@ use sspm_platform::rpc::{timestamp, timestamp_opt};
 use sspm_proto::v1 as pb;
 use sspm_rules::{Amount, PortLimits, RequestState};
 
-use crate::entities::request;
+use crate::entities::request::{self, ApprovalPath};
 use crate::events::HistoryEntry;
 use crate::model::{change_of, state_of};
 
@@ -32,6 +32,21 @@ pub fn state_pb(s: RequestState) -> pb::PortChangeRequestState {
     }
 }
 
+/// The request state of an API state; `None` for UNSPECIFIED.
+pub fn state_of_pb(s: pb::PortChangeRequestState) -> Option<RequestState> {
+    use pb::PortChangeRequestState as Pb;
+    Some(match s {
+        Pb::Unspecified => return None,
+        Pb::New => RequestState::New,
+        Pb::PendingInformation => RequestState::PendingInformation,
+        Pb::UnderReview => RequestState::UnderReview,
+        Pb::Approved => RequestState::Approved,
+        Pb::Rejected => RequestState::Rejected,
+        Pb::Cancelled => RequestState::Cancelled,
+        Pb::Failed => RequestState::Failed,
+    })
+}
+
 /// Money of a stored amount.
 pub fn money(currency: &str, micros: i64) -> pb::Money {
     let (units, nanos) = Amount {
@@ -48,12 +63,12 @@ pub fn money(currency: &str, micros: i64) -> pb::Money {
 
 /// What creating a request did, from where it stands now.
 pub fn outcome(r: &request::Model) -> pb::CreateOutcome {
-    match (state_of(r), r.approval_path.as_deref()) {
-        (RequestState::Approved, Some("AUTOMATIC")) => pb::CreateOutcome::AutoApproved,
+    match (state_of(r), r.approval_path) {
+        (RequestState::Approved, Some(ApprovalPath::Automatic)) => pb::CreateOutcome::AutoApproved,
         (RequestState::PendingInformation, _) => pb::CreateOutcome::NeedsInformation,
         (RequestState::UnderReview, _) => pb::CreateOutcome::SentToReview,
-        (_, Some("REVIEW")) if r.justification.is_some() => pb::CreateOutcome::SentToReview,
-        (_, Some("REVIEW")) => pb::CreateOutcome::NeedsInformation,
+        (_, Some(ApprovalPath::Review)) if r.justification.is_some() => pb::CreateOutcome::SentToReview,
+        (_, Some(ApprovalPath::Review)) => pb::CreateOutcome::NeedsInformation,
         _ => pb::CreateOutcome::Accepted,
     }
 }
@@ -71,11 +86,7 @@ pub fn request_pb(r: request::Model, history: Vec<HistoryEntry>) -> pb::PortChan
         }),
         _ => None,
     };
-    let path = match r.approval_path.as_deref() {
-        Some("AUTOMATIC") => pb::ApprovalPath::Automatic,
-        Some("REVIEW") => pb::ApprovalPath::Review,
-        _ => pb::ApprovalPath::Unspecified,
-    };
+    let path = r.approval_path.map_or(pb::ApprovalPath::Unspecified, Into::into);
     let revert = r.revert_at.map(|at| pb::Revert {
         revert_at: Some(timestamp(at)),
         reverted_time: timestamp_opt(r.reverted_time),
@@ -114,22 +125,15 @@ pub fn request_pb(r: request::Model, history: Vec<HistoryEntry>) -> pb::PortChan
 }
 
 fn history_pb(h: HistoryEntry) -> pb::HistoryEvent {
-    let kind = match h.kind.as_str() {
-        "TRANSITION" => pb::HistoryEventKind::Transition,
-        "REVERTED" => pb::HistoryEventKind::Reverted,
-        _ => pb::HistoryEventKind::Note,
-    };
-    let state = |s: &str| RequestState::from_name(s).map_or(pb::PortChangeRequestState::Unspecified, state_pb);
     pb::HistoryEvent {
-        kind: kind.into(),
+        kind: pb::HistoryEventKind::from(h.kind).into(),
         time: Some(timestamp(h.time)),
         actor: h.actor,
         from_state: h
             .from_state
-            .as_deref()
-            .map_or(pb::PortChangeRequestState::Unspecified, state)
+            .map_or(pb::PortChangeRequestState::Unspecified, state_pb)
             .into(),
-        to_state: state(&h.to_state).into(),
+        to_state: state_pb(h.to_state).into(),
         reason: h.reason,
     }
 }
@@ -138,11 +142,34 @@ fn history_pb(h: HistoryEntry) -> pb::HistoryEvent {
 mod tests {
     use super::*;
 
+    use sea_orm::{ActiveEnum, Iterable};
+
+    /// Each state is stored by the name of its API value without the prefix, and comes
+    /// back from the API value as itself.
     #[test]
-    fn every_request_state_has_the_api_value_of_its_name() {
+    fn every_request_state_has_the_api_value_of_its_stored_name() {
         for s in RequestState::ALL {
             let api = state_pb(s);
-            assert_eq!(api.as_str_name(), format!("PORT_CHANGE_REQUEST_STATE_{}", s.as_str()));
+            let stored = request::State::from(s).to_value();
+            assert_eq!(api.as_str_name(), format!("PORT_CHANGE_REQUEST_STATE_{stored}"));
+            assert_eq!(stored, s.as_str(), "messages name a state as it is stored");
+            assert_eq!(state_of_pb(api), Some(s));
+            assert_eq!(RequestState::from(request::State::from(s)), s);
+        }
+        assert_eq!(state_of_pb(pb::PortChangeRequestState::Unspecified), None);
+        assert_eq!(request::State::iter().count(), RequestState::ALL.len());
+    }
+
+    /// Paths and history kinds are stored by the names of their API values.
+    #[test]
+    fn paths_and_history_kinds_have_the_api_values_of_their_stored_names() {
+        for p in ApprovalPath::iter() {
+            let api = pb::ApprovalPath::from(p);
+            assert_eq!(api.as_str_name(), format!("APPROVAL_PATH_{}", p.to_value()));
+        }
+        for k in crate::entities::event::Kind::iter() {
+            let api = pb::HistoryEventKind::from(k);
+            assert_eq!(api.as_str_name(), format!("HISTORY_EVENT_KIND_{}", k.to_value()));
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod limits {
 /// `port_change_requests`: the requests.
 pub mod request {
     use sea_orm::entity::prelude::*;
+    use sspm_rules::RequestState;
 
     /// One request.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -47,8 +48,8 @@ pub mod request {
         pub cluster: String,
         /// Requester.
         pub requester: String,
-        /// Lifecycle state (`RequestState::as_str`).
-        pub state: String,
+        /// Lifecycle state.
+        pub state: State,
         /// Support case.
         pub case_number: Option<String>,
         /// Limits before.
@@ -69,8 +70,8 @@ pub mod request {
         pub currency: String,
         /// Justification.
         pub justification: Option<String>,
-        /// `AUTOMATIC` or `REVIEW`.
-        pub approval_path: Option<String>,
+        /// How it is decided, once known.
+        pub approval_path: Option<ApprovalPath>,
         /// Who decided (`system` for automatic approvals).
         pub decided_by: Option<String>,
         /// Approved or rejected.
@@ -106,11 +107,98 @@ pub mod request {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    /// A request's state as stored: [`RequestState`] (which lives in the pure rules crate,
+    /// without sea-orm) by the names of `sspm.v1.PortChangeRequestState` without their prefix.
+    /// Also the type of the history's `from_state`/`to_state`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+    pub enum State {
+        /// [`RequestState::New`].
+        #[sea_orm(string_value = "NEW")]
+        New,
+        /// [`RequestState::PendingInformation`].
+        #[sea_orm(string_value = "PENDING_INFORMATION")]
+        PendingInformation,
+        /// [`RequestState::UnderReview`].
+        #[sea_orm(string_value = "UNDER_REVIEW")]
+        UnderReview,
+        /// [`RequestState::Approved`].
+        #[sea_orm(string_value = "APPROVED")]
+        Approved,
+        /// [`RequestState::Rejected`].
+        #[sea_orm(string_value = "REJECTED")]
+        Rejected,
+        /// [`RequestState::Cancelled`].
+        #[sea_orm(string_value = "CANCELLED")]
+        Cancelled,
+        /// [`RequestState::Failed`].
+        #[sea_orm(string_value = "FAILED")]
+        Failed,
+    }
+
+    impl From<RequestState> for State {
+        fn from(s: RequestState) -> Self {
+            match s {
+                RequestState::New => State::New,
+                RequestState::PendingInformation => State::PendingInformation,
+                RequestState::UnderReview => State::UnderReview,
+                RequestState::Approved => State::Approved,
+                RequestState::Rejected => State::Rejected,
+                RequestState::Cancelled => State::Cancelled,
+                RequestState::Failed => State::Failed,
+            }
+        }
+    }
+
+    impl From<State> for RequestState {
+        fn from(s: State) -> Self {
+            match s {
+                State::New => RequestState::New,
+                State::PendingInformation => RequestState::PendingInformation,
+                State::UnderReview => RequestState::UnderReview,
+                State::Approved => RequestState::Approved,
+                State::Rejected => RequestState::Rejected,
+                State::Cancelled => RequestState::Cancelled,
+                State::Failed => RequestState::Failed,
+            }
+        }
+    }
+
+    /// How a request was decided, stored by the names of `sspm.v1.ApprovalPath` without
+    /// their prefix.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+    pub enum ApprovalPath {
+        /// By SSPM: the increase fit the daily limit, or needed no check (R8).
+        #[sea_orm(string_value = "AUTOMATIC")]
+        Automatic,
+        /// By a human approver.
+        #[sea_orm(string_value = "REVIEW")]
+        Review,
+    }
+
+    impl std::fmt::Display for ApprovalPath {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.to_value())
+        }
+    }
+
+    impl From<ApprovalPath> for sspm_proto::v1::ApprovalPath {
+        fn from(p: ApprovalPath) -> Self {
+            match p {
+                ApprovalPath::Automatic => Self::Automatic,
+                ApprovalPath::Review => Self::Review,
+            }
+        }
+    }
 }
 
 /// `events`: the event log (docs/EVENTS.md). A request's history is its rows with a `kind`.
 pub mod event {
     use sea_orm::entity::prelude::*;
+
+    pub use super::request::State;
 
     /// One event.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -130,16 +218,16 @@ pub mod event {
         pub event_type: String,
         /// The request it is about, if any.
         pub request_id: Option<String>,
-        /// For a history entry: `TRANSITION`, `REVERTED` or `NOTE`; `None` otherwise.
-        pub kind: Option<String>,
+        /// For a history entry, its kind; `None` for other events.
+        pub kind: Option<Kind>,
         /// Unix microseconds.
         pub time: i64,
         /// Who.
         pub actor: String,
         /// State before.
-        pub from_state: Option<String>,
+        pub from_state: Option<State>,
         /// State after.
-        pub to_state: Option<String>,
+        pub to_state: Option<State>,
         /// Why.
         pub reason: String,
         /// The payload, protobuf-encoded (`sspm.v1.PortLimitsChanged`, `RequestEvent`,
@@ -152,6 +240,32 @@ pub mod event {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    /// The kind of a history entry, stored by the names of `sspm.v1.HistoryEventKind`
+    /// without their prefix.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+    pub enum Kind {
+        /// A change of state.
+        #[sea_orm(string_value = "TRANSITION")]
+        Transition,
+        /// A temporary change reverted (R11); the state stays.
+        #[sea_orm(string_value = "REVERTED")]
+        Reverted,
+        /// A note; the state stays.
+        #[sea_orm(string_value = "NOTE")]
+        Note,
+    }
+
+    impl From<Kind> for sspm_proto::v1::HistoryEventKind {
+        fn from(k: Kind) -> Self {
+            match k {
+                Kind::Transition => Self::Transition,
+                Kind::Reverted => Self::Reverted,
+                Kind::Note => Self::Note,
+            }
+        }
+    }
 }
 
 /// `request_effects`: the outbox of calls to other services.
@@ -167,8 +281,8 @@ pub mod effect {
         pub id: i64,
         /// The request.
         pub request_id: String,
-        /// What to do (see `crate::workflow::Effect`).
-        pub kind: String,
+        /// What to do.
+        pub kind: Kind,
         /// Its argument (a comment, a resolution, a reason).
         pub argument: String,
         /// On whose behalf.
@@ -182,6 +296,30 @@ pub mod effect {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    /// What an effect does (`crate::outbox::Effect` is the kind with its argument decoded).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+    pub enum Kind {
+        /// Comment on the case.
+        #[sea_orm(string_value = "COMMENT")]
+        Comment,
+        /// Set the case's status.
+        #[sea_orm(string_value = "CASE_STATUS")]
+        CaseStatus,
+        /// Close the case.
+        #[sea_orm(string_value = "CLOSE_CASE")]
+        CloseCase,
+        /// Submit the request for review.
+        #[sea_orm(string_value = "SUBMIT_REVIEW")]
+        SubmitReview,
+        /// Withdraw it from review.
+        #[sea_orm(string_value = "WITHDRAW_REVIEW")]
+        WithdrawReview,
+        /// Release its daily-limit reservation.
+        #[sea_orm(string_value = "RELEASE")]
+        Release,
+    }
 }
 
 /// `decision_cursor`: where the decision feed resumes.

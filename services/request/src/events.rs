@@ -7,16 +7,18 @@
 use prost::Message;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, ExprTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TransactionTrait, Value,
+    ActiveEnum, ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, ExprTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, TransactionTrait, Value,
 };
 use sspm_platform::rpc::timestamp;
 use sspm_proto::v1 as pb;
 use sspm_rules::{PortLimits, RequestState};
 
 use crate::convert::{limits_pb, request_pb, state_pb};
+use crate::entities::request::State;
 use crate::entities::{cursor, event, request};
-use crate::plan::Entry;
+use crate::model::ApprovalPath;
+use crate::plan::{Entry, HistoryKind};
 
 /// The CloudEvents `source` of every event.
 pub const SOURCE: &str = "sspm://request";
@@ -49,8 +51,8 @@ pub const TYPES: [&str; 13] = [
 /// The type of the event of history entry `e`.
 pub fn entry_type(e: &Entry) -> &'static str {
     match (e.kind, e.from, e.to) {
-        ("NOTE", ..) => NOTED,
-        ("REVERTED", ..) => REVERTED,
+        (HistoryKind::Note, ..) => NOTED,
+        (HistoryKind::Reverted, ..) => REVERTED,
         (_, None, _) | (_, _, RequestState::New) => CREATED,
         (_, _, RequestState::PendingInformation) => TYPES[2],
         (_, _, RequestState::UnderReview) => TYPES[3],
@@ -69,7 +71,7 @@ pub struct NewEvent {
     /// The request it is about.
     pub request_id: Option<String>,
     /// For a history entry, its kind.
-    pub kind: Option<&'static str>,
+    pub kind: Option<HistoryKind>,
     /// When, Unix microseconds.
     pub time: i64,
     /// Who.
@@ -112,14 +114,14 @@ impl NewEvent {
     /// The approval task's event when entry `e` of `r` (as it is after the entry) enters
     /// or leaves human review.
     pub fn of_task(r: &request::Model, e: &Entry, time: i64) -> Option<Self> {
-        if e.kind != "TRANSITION" {
+        if e.kind != HistoryKind::Transition {
             return None;
         }
         let review = RequestState::UnderReview;
         let event_type = match (e.from, e.to) {
             (from, to) if to == review && from != Some(review) => TASK_CREATED,
             (Some(from), to) if from == review && to != review => {
-                if r.decision_approved.is_some() && r.approval_path.as_deref() == Some("REVIEW") {
+                if r.decision_approved.is_some() && r.approval_path == Some(ApprovalPath::Review) {
                     TASK_DECIDED
                 } else {
                     TASK_WITHDRAWN
@@ -223,11 +225,11 @@ pub async fn append<C: ConnectionTrait>(db: &C, bu: &str, events: &[NewEvent]) -
             Value::from(i as i64 + 1),
             e.event_type.into(),
             e.request_id.clone().into(),
-            e.kind.map(str::to_owned).into(),
+            e.kind.map(|k| k.to_value()).into(),
             e.time.into(),
             e.actor.clone().into(),
-            e.from.map(|s| s.as_str().to_owned()).into(),
-            e.to.map(|s| s.as_str().to_owned()).into(),
+            e.from.map(|s| State::from(s).to_value()).into(),
+            e.to.map(|s| State::from(s).to_value()).into(),
             e.reason.clone().into(),
             e.payload.clone().into(),
         ]);
@@ -430,16 +432,16 @@ pub async fn pruned_through<C: ConnectionTrait>(db: &C) -> Result<i64, DbErr> {
 pub struct HistoryEntry {
     /// The request.
     pub request_id: String,
-    /// `TRANSITION`, `REVERTED` or `NOTE`.
-    pub kind: String,
+    /// Its kind.
+    pub kind: HistoryKind,
     /// Unix microseconds.
     pub time: i64,
     /// Who.
     pub actor: String,
     /// State before.
-    pub from_state: Option<String>,
+    pub from_state: Option<RequestState>,
     /// State after.
-    pub to_state: String,
+    pub to_state: RequestState,
     /// Why.
     pub reason: String,
 }
@@ -449,11 +451,11 @@ impl HistoryEntry {
     pub fn of(id: &str, time: i64, e: &Entry) -> Self {
         Self {
             request_id: id.to_owned(),
-            kind: e.kind.to_owned(),
+            kind: e.kind,
             time,
             actor: e.actor.clone(),
-            from_state: e.from.map(|s| s.as_str().to_owned()),
-            to_state: e.to.as_str().to_owned(),
+            from_state: e.from,
+            to_state: e.to,
             reason: e.reason.clone(),
         }
     }
@@ -465,8 +467,8 @@ impl HistoryEntry {
             kind: row.kind?,
             time: row.time,
             actor: row.actor,
-            from_state: row.from_state,
-            to_state: row.to_state.unwrap_or_default(),
+            from_state: row.from_state.map(Into::into),
+            to_state: row.to_state?.into(),
             reason: row.reason,
         })
     }
@@ -481,11 +483,7 @@ pub fn is_history() -> sea_orm::sea_query::SimpleExpr {
 pub fn event_pb(row: event::Model) -> pb::Event {
     let position = row.position.unwrap_or_default();
     let payload = row.payload.as_deref().unwrap_or_default();
-    let state = |s: &Option<String>| {
-        s.as_deref()
-            .and_then(RequestState::from_name)
-            .map_or(pb::PortChangeRequestState::Unspecified, state_pb)
-    };
+    let state = |s: Option<State>| s.map_or(pb::PortChangeRequestState::Unspecified, |s| state_pb(s.into()));
     let data = if row.event_type == LIMITS_CHANGED {
         pb::PortLimitsChanged::decode(payload)
             .ok()
@@ -501,8 +499,8 @@ pub fn event_pb(row: event::Model) -> pb::Event {
         Some(pb::event::Data::Request(pb::RequestEvent {
             request_id: row.request_id.clone().unwrap_or_default(),
             business_unit_id: row.business_unit_id.clone(),
-            from_state: state(&row.from_state).into(),
-            state: state(&row.to_state).into(),
+            from_state: state(row.from_state).into(),
+            state: state(row.to_state).into(),
             actor: row.actor.clone(),
             reason: row.reason.clone(),
             request: None,

@@ -147,21 +147,19 @@ fn register_figures(app: &ServiceApp, store: store::Store, watchers: Arc<watch::
         async move {
             let (rows, waiting) = store.figures().await?;
             // Every state appears, at zero if no request is in it, so alerts see it.
-            let mut values: Vec<_> = sspm_rules::RequestState::ALL
-                .iter()
-                .filter(|s| !rows.iter().any(|(state, _, _)| state == s.as_str()))
-                .map(|s| {
-                    (
-                        vec![("state", s.as_str().to_owned()), ("approval_path", "NONE".to_owned())],
-                        0,
-                    )
-                })
+            use sea_orm::{ActiveEnum, Iterable};
+            let mut values: Vec<_> = entities::request::State::iter()
+                .filter(|s| !rows.iter().any(|(state, _, _)| state == s))
+                .map(|s| (vec![("state", s.to_value()), ("approval_path", "NONE".to_owned())], 0))
                 .collect();
             values.extend(rows.into_iter().map(|(state, path, n)| {
                 (
                     vec![
-                        ("state", state),
-                        ("approval_path", path.unwrap_or_else(|| "NONE".to_owned())),
+                        ("state", state.to_value()),
+                        (
+                            "approval_path",
+                            path.map_or_else(|| "NONE".to_owned(), |p| p.to_value()),
+                        ),
                     ],
                     n,
                 )

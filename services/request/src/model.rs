@@ -2,44 +2,12 @@
 //! stored row, with its state and approval path as enums and its change validated, so no
 //! step parses the row again.
 
-use std::fmt;
-
 use sea_orm::DbErr;
 use sspm_rules::{PortKind, PortLimit, PortLimits, RequestState, Targets, ValidatedChange};
 
 use crate::entities::{limits, request};
 
-/// How a request was decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ApprovalPath {
-    /// By SSPM: the increase fit the daily limit, or needed no check (R8).
-    Automatic,
-    /// By a human approver.
-    Review,
-}
-
-impl ApprovalPath {
-    /// Stored name (as in the proto enum without its prefix).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApprovalPath::Automatic => "AUTOMATIC",
-            ApprovalPath::Review => "REVIEW",
-        }
-    }
-
-    /// The path of a stored name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [ApprovalPath::Automatic, ApprovalPath::Review]
-            .into_iter()
-            .find(|p| p.as_str() == name)
-    }
-}
-
-impl fmt::Display for ApprovalPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::entities::request::ApprovalPath;
 
 /// A decision on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,16 +54,10 @@ pub struct Request {
 }
 
 impl Request {
-    /// The request a stored row holds; an error for a row no version of SSPM writes (an
-    /// unknown state or path, limits beyond R1).
+    /// The request a stored row holds; an error for a row no version of SSPM writes (limits
+    /// beyond R1; an unknown state or path already fails the row's read).
     pub fn from_row(r: &request::Model) -> Result<Self, DbErr> {
-        let bad = |what: &str| DbErr::Custom(format!("stored request {} is invalid: {what}", r.request_id));
-        let state = RequestState::from_name(&r.state).ok_or_else(|| bad(&format!("unknown state {:?}", r.state)))?;
-        let path = r
-            .approval_path
-            .as_deref()
-            .map(|p| ApprovalPath::from_name(p).ok_or_else(|| bad(&format!("unknown approval path {p:?}"))))
-            .transpose()?;
+        let path = r.approval_path;
         let decision = match (&r.decided_by, r.decision_approved) {
             (Some(by), Some(approved)) => Some(Decision {
                 by: by.clone(),
@@ -111,7 +73,7 @@ impl Request {
             business_unit_id: r.business_unit_id.clone(),
             cluster: r.cluster.clone(),
             requester: r.requester.clone(),
-            state,
+            state: r.state.into(),
             path,
             change: change_of(r)?,
             case_number: r.case_number.clone(),
@@ -131,9 +93,9 @@ impl Request {
     }
 }
 
-/// The state of a stored request (FAILED for a name no version writes).
+/// The state of a stored request.
 pub fn state_of(r: &request::Model) -> RequestState {
-    RequestState::from_name(&r.state).unwrap_or(RequestState::Failed)
+    r.state.into()
 }
 
 /// The change a stored request asks for.

@@ -34,7 +34,7 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEffect {
     /// Kind ([`Effect::kind`]).
-    pub kind: &'static str,
+    pub kind: effect::Kind,
     /// Argument.
     pub argument: String,
     /// On whose behalf.
@@ -43,14 +43,14 @@ pub struct NewEffect {
 
 impl Effect {
     /// Stored kind.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> effect::Kind {
         match self {
-            Effect::Comment(_) => "COMMENT",
-            Effect::CaseStatus(_) => "CASE_STATUS",
-            Effect::CloseCase(_) => "CLOSE_CASE",
-            Effect::SubmitReview => "SUBMIT_REVIEW",
-            Effect::WithdrawReview(_) => "WITHDRAW_REVIEW",
-            Effect::Release(_) => "RELEASE",
+            Effect::Comment(_) => effect::Kind::Comment,
+            Effect::CaseStatus(_) => effect::Kind::CaseStatus,
+            Effect::CloseCase(_) => effect::Kind::CloseCase,
+            Effect::SubmitReview => effect::Kind::SubmitReview,
+            Effect::WithdrawReview(_) => effect::Kind::WithdrawReview,
+            Effect::Release(_) => effect::Kind::Release,
         }
     }
 
@@ -65,17 +65,18 @@ impl Effect {
         }
     }
 
-    /// The effect a stored row holds; `None` for one this version does not know.
-    pub fn decode(kind: &str, argument: &str) -> Option<Self> {
+    /// The effect a stored row holds; `None` for a case status this version does not know.
+    /// (A kind it does not know fails the row's read instead: it stays queued for a version
+    /// that knows it.)
+    pub fn decode(kind: effect::Kind, argument: &str) -> Option<Self> {
         let text = argument.to_owned();
         Some(match kind {
-            "COMMENT" => Effect::Comment(text),
-            "CASE_STATUS" => Effect::CaseStatus(case_status_of(argument)?),
-            "CLOSE_CASE" => Effect::CloseCase(text),
-            "SUBMIT_REVIEW" => Effect::SubmitReview,
-            "WITHDRAW_REVIEW" => Effect::WithdrawReview(text),
-            "RELEASE" => Effect::Release(text),
-            _ => return None,
+            effect::Kind::Comment => Effect::Comment(text),
+            effect::Kind::CaseStatus => Effect::CaseStatus(case_status_of(argument)?),
+            effect::Kind::CloseCase => Effect::CloseCase(text),
+            effect::Kind::SubmitReview => Effect::SubmitReview,
+            effect::Kind::WithdrawReview => Effect::WithdrawReview(text),
+            effect::Kind::Release => Effect::Release(text),
         })
     }
 
@@ -132,8 +133,8 @@ impl Outbox {
     /// Makes the call of stored effect `e` of request `r` (an effect this version does not
     /// know is skipped, and says so).
     pub async fn call(&self, r: &request::Model, e: &effect::Model) -> Result<(), Status> {
-        let Some(effect) = Effect::decode(&e.kind, &e.argument) else {
-            tracing::error!(request_id = r.request_id, kind = e.kind, "unknown effect; skipped");
+        let Some(effect) = Effect::decode(e.kind, &e.argument) else {
+            tracing::error!(request_id = r.request_id, kind = ?e.kind, argument = e.argument, "unknown case status; skipped");
             return Ok(());
         };
         let case = r.case_number.clone().unwrap_or_default();
@@ -234,9 +235,12 @@ mod tests {
             let status = pb::CaseStatus::try_from(n).expect("a case status");
             let stored = Effect::CaseStatus(status).argument();
             assert_eq!(format!("CASE_STATUS_{stored}"), status.as_str_name());
-            assert_eq!(Effect::decode("CASE_STATUS", &stored), Some(Effect::CaseStatus(status)));
+            assert_eq!(
+                Effect::decode(effect::Kind::CaseStatus, &stored),
+                Some(Effect::CaseStatus(status))
+            );
         }
-        assert_eq!(Effect::decode("CASE_STATUS", "UNSPECIFIED"), None);
-        assert_eq!(Effect::decode("CASE_STATUS", "closed"), None);
+        assert_eq!(Effect::decode(effect::Kind::CaseStatus, "UNSPECIFIED"), None);
+        assert_eq!(Effect::decode(effect::Kind::CaseStatus, "closed"), None);
     }
 }

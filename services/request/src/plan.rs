@@ -10,6 +10,7 @@ use sspm_proto::v1 as pb;
 use sspm_rules::lifecycle::{Event, next};
 use sspm_rules::{BusinessUnitFacts, PortLimits, RequestState, Rule, ValidatedChange, Violation, reapply, revert};
 
+pub use crate::entities::event::Kind as HistoryKind;
 use crate::model::{ApprovalPath, Decision, Request};
 use crate::outbox::{Effect, NewEffect};
 
@@ -85,8 +86,8 @@ pub enum Input<'a> {
 /// A history entry to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// `TRANSITION`, `REVERTED` or `NOTE`.
-    pub kind: &'static str,
+    /// Its kind.
+    pub kind: HistoryKind,
     /// Who.
     pub actor: String,
     /// State before (`None` for the creation).
@@ -260,7 +261,7 @@ pub fn next_step(r: &Request, input: Input<'_>, now: i64) -> Result<Step, Violat
             Ok(Step {
                 from: r.state,
                 entry: Entry {
-                    kind: "REVERTED",
+                    kind: HistoryKind::Reverted,
                     actor: SYSTEM.to_owned(),
                     from: Some(r.state),
                     to: r.state,
@@ -287,7 +288,7 @@ fn moved(r: &Request) -> Violation {
 /// A transition's history entry.
 fn transition(from: RequestState, to: RequestState, actor: &str, reason: String) -> Entry {
     Entry {
-        kind: "TRANSITION",
+        kind: HistoryKind::Transition,
         actor: actor.to_owned(),
         from: Some(from),
         to,
@@ -430,6 +431,7 @@ mod tests {
     use sspm_rules::{RequestedTargets, validate_change};
 
     use super::*;
+    use crate::entities::effect;
     use crate::outbox::Effect;
 
     const PC: BusinessUnitFacts = BusinessUnitFacts {
@@ -480,7 +482,7 @@ mod tests {
         }
     }
 
-    fn kinds(step: &Step) -> Vec<&'static str> {
+    fn kinds(step: &Step) -> Vec<effect::Kind> {
         step.effects.iter().map(|e| e.kind).collect()
     }
 
@@ -549,25 +551,25 @@ mod tests {
                             let to = step.to();
                             assert_eq!(step.from, state, "{input:?}");
                             assert!(
-                                state.is_open() || step.entry.kind == "REVERTED",
+                                state.is_open() || step.entry.kind == HistoryKind::Reverted,
                                 "{state} moved: {input:?}"
                             );
                             let ends = state.is_open() && to.is_terminal();
-                            let closes = kinds(&step).iter().filter(|k| **k == "CLOSE_CASE").count();
+                            let closes = kinds(&step).iter().filter(|k| **k == effect::Kind::CloseCase).count();
                             assert_eq!(closes, usize::from(ends), "{state} -> {to}: {:?}", kinds(&step));
                             if ends {
-                                assert_eq!(kinds(&step).last(), Some(&"CLOSE_CASE"));
+                                assert_eq!(kinds(&step).last(), Some(&effect::Kind::CloseCase));
                             }
-                            let releases = kinds(&step).contains(&"RELEASE");
+                            let releases = kinds(&step).contains(&effect::Kind::Release);
                             assert_eq!(releases, ends && to != RequestState::Approved, "{state} -> {to}");
                             assert_eq!(
-                                kinds(&step).contains(&"SUBMIT_REVIEW"),
+                                kinds(&step).contains(&effect::Kind::SubmitReview),
                                 to == RequestState::UnderReview && state != to,
                                 "{state} -> {to}"
                             );
                             assert_eq!(
                                 step.limits.is_some(),
-                                (ends && to == RequestState::Approved) || step.entry.kind == "REVERTED",
+                                (ends && to == RequestState::Approved) || step.entry.kind == HistoryKind::Reverted,
                                 "{state} -> {to}"
                             );
                         }
@@ -646,7 +648,7 @@ mod tests {
                 step.set
             );
             assert!(step.set.iter().any(|s| matches!(s, Set::Decision(d) if d.by == "nora")));
-            assert_eq!(kinds(&step), ["RELEASE", "CLOSE_CASE"]);
+            assert_eq!(kinds(&step), [effect::Kind::Release, effect::Kind::CloseCase]);
         }
     }
 
@@ -687,7 +689,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(step.to(), RequestState::Cancelled);
-        assert_eq!(kinds(&step), ["RELEASE", "WITHDRAW_REVIEW", "CLOSE_CASE"]);
+        assert_eq!(
+            kinds(&step),
+            [
+                effect::Kind::Release,
+                effect::Kind::WithdrawReview,
+                effect::Kind::CloseCase
+            ]
+        );
         assert_eq!(step.entry.reason, "cancelled: not needed");
     }
 

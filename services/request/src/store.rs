@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait,
+    ActiveEnum, ActiveModelTrait,
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, ExprTrait,
     QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
@@ -21,7 +21,7 @@ use sspm_rules::{RequestState, Rule, Violation};
 use crate::entities::{cursor, effect, event, limits, request};
 use crate::events::{self, HistoryEntry, NewEvent};
 use crate::model::Request;
-use crate::plan::{self, Entry, Step};
+use crate::plan::{self, Entry, HistoryKind, Step};
 
 /// What [`Store::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -459,7 +459,7 @@ impl Store {
                 };
                 let mut changed = None;
                 if let Some(after) = step.limits {
-                    let cause = if step.entry.kind == "REVERTED" {
+                    let cause = if step.entry.kind == HistoryKind::Reverted {
                         "reverted"
                     } else {
                         "applied"
@@ -484,7 +484,8 @@ impl Store {
 
     /// Business figures: the number of requests by state and approval path, and of effects
     /// (calls to other services) not yet carried out.
-    pub async fn figures(&self) -> Result<(Vec<(String, Option<String>, i64)>, u64), DbErr> {
+    #[allow(clippy::type_complexity)]
+    pub async fn figures(&self) -> Result<(Vec<(request::State, Option<request::ApprovalPath>, i64)>, u64), DbErr> {
         use sea_orm::PaginatorTrait;
         let by_state = request::Entity::find()
             .select_only()
@@ -527,7 +528,7 @@ impl Store {
     pub async fn note(&self, r: &request::Model, actor: &str, reason: &str, now: i64) -> Result<(), DbErr> {
         let state = crate::model::state_of(r);
         let entry = Entry {
-            kind: "NOTE",
+            kind: HistoryKind::Note,
             actor: actor.to_owned(),
             from: Some(state),
             to: state,
@@ -626,7 +627,7 @@ impl Store {
     pub async fn list(
         &self,
         bus: Option<&[String]>,
-        states: &[&'static str],
+        states: &[request::State],
         after: Option<(i64, String)>,
         limit: u64,
     ) -> Result<Vec<request::Model>, DbErr> {
@@ -846,7 +847,7 @@ async fn first_step_in(
 
 /// `old` with what `step` sets, as it is after the step at `now`.
 fn patched(mut r: request::Model, step: &Step, now: i64, lease_until: i64) -> request::Model {
-    r.state = step.to().as_str().to_owned();
+    r.state = step.to().into();
     r.update_time = now;
     for set in &step.set {
         match set {
@@ -856,9 +857,9 @@ fn patched(mut r: request::Model, step: &Step, now: i64, lease_until: i64) -> re
                 r.decision_approved = Some(d.approved);
                 r.decision_reason = Some(d.reason.clone());
                 r.decide_time = Some(d.time);
-                r.approval_path = Some(d.path.as_str().to_owned());
+                r.approval_path = Some(d.path);
             }
-            plan::Set::Path(path) => r.approval_path = Some(path.as_str().to_owned()),
+            plan::Set::Path(path) => r.approval_path = Some(*path),
             plan::Set::Justification(text) => r.justification = Some(text.clone()),
             plan::Set::FailureReason(why) => r.failure_reason = Some(why.clone()),
             plan::Set::Reverted(l) => {
@@ -931,14 +932,14 @@ async fn write_step_in(
         .collect();
     audit::record_many(tx, &rows, now).await?;
     let limits_event = changed.map(|change| {
-        let cause = if entry.kind == "REVERTED" {
+        let cause = if entry.kind == HistoryKind::Reverted {
             pb::PortLimitsChangeCause::Reverted
         } else {
             pb::PortLimitsChangeCause::Applied
         };
         let reason = format!(
             "{} by {id}",
-            if entry.kind == "REVERTED" {
+            if entry.kind == HistoryKind::Reverted {
                 "reverted"
             } else {
                 "applied"
@@ -966,7 +967,7 @@ async fn write_step_in(
         effect::Entity::insert_many(effects.iter().map(|e| effect::ActiveModel {
             id: NotSet,
             request_id: Set(id.clone()),
-            kind: Set(e.kind.to_owned()),
+            kind: Set(e.kind),
             argument: Set(e.argument.clone()),
             actor: Set(e.actor.clone()),
             done_time: Set(None),
@@ -990,11 +991,11 @@ pub(crate) fn open_state_sql() -> String {
     format!("state IN ({})", open.join(", "))
 }
 
-fn open_states() -> Vec<&'static str> {
+fn open_states() -> Vec<String> {
     RequestState::ALL
         .into_iter()
         .filter(|s| s.is_open())
-        .map(RequestState::as_str)
+        .map(|s| request::State::from(s).to_value())
         .collect()
 }
 
@@ -1045,10 +1046,10 @@ async fn write_limits(
 /// The audit action of history entry `e`.
 fn audit_action(e: &Entry) -> &'static str {
     match (e.kind, e.from) {
-        ("TRANSITION", None) => "request.created",
-        ("TRANSITION", Some(_)) => "request.transition",
-        ("REVERTED", _) => "request.reverted",
-        _ => "request.note",
+        (HistoryKind::Transition, None) => "request.created",
+        (HistoryKind::Transition, Some(_)) => "request.transition",
+        (HistoryKind::Reverted, _) => "request.reverted",
+        (HistoryKind::Note, _) => "request.note",
     }
 }
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use rand::Rng;
-use sea_orm::DbErr;
+use sea_orm::{ActiveEnum, DbErr};
 use sspm_platform::config::WorkflowConfig;
 use sspm_platform::rpc::{Authz, ServiceIdentity, is_transient, now_micros};
 use sspm_proto::internal::v1 as ipb;
@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::entities::{effect, request};
 use crate::model::{ApprovalPath, Decision, Request, change_of};
-use crate::outbox::{Effect, Outbox};
+use crate::outbox::Outbox;
 use crate::plan::{Input, SYSTEM, Verdict, describe, next_step};
 use crate::store::{CaseLink, Stepped, Store, Written};
 
@@ -399,7 +399,7 @@ impl Workflow {
             Stepped::Done(written) => {
                 tracing::info!(
                     request_id = r.request_id,
-                    state = written.request.state,
+                    state = %RequestState::from(written.request.state),
                     case = case,
                     "request decided"
                 );
@@ -426,10 +426,7 @@ impl Workflow {
                 // calls that tell the requester to act (a comment asking for a
                 // justification, the case's new status) are made before it, so the case
                 // says so when the caller looks.
-                if effects
-                    .iter()
-                    .all(|e| matches!(Effect::decode(&e.kind, &e.argument), Some(Effect::CloseCase(_))))
-                {
+                if effects.iter().all(|e| e.kind == effect::Kind::CloseCase) {
                     tokio::spawn(async move { wf.finish(request, effects).await }.in_current_span());
                 } else {
                     wf.finish(request, effects).await;
@@ -536,7 +533,7 @@ impl Workflow {
                 let Written { request, effects, .. } = *written;
                 tracing::info!(
                     request_id = id,
-                    state = request.state,
+                    state = %RequestState::from(request.state),
                     by,
                     "request changed by its requester"
                 );
@@ -558,19 +555,19 @@ impl Workflow {
     /// Carries out one effect. Answers that mean "already done" count as done; other
     /// permanent refusals are recorded as a note and not retried.
     async fn carry_out(&self, r: &request::Model, e: &effect::Model) -> Result<(), StepError> {
-        let is_status = matches!(Effect::decode(&e.kind, &e.argument), Some(Effect::CaseStatus(_)));
+        let is_status = e.kind == effect::Kind::CaseStatus;
         match self.outbox.call(r, e).await {
             Ok(()) => Ok(()),
             Err(s) if is_transient(&s) => Err(remote("a dependency", &s)),
             // A closed case cannot change status; anything else permanent is recorded.
             Err(s) if s.code() == Code::FailedPrecondition && is_status => Ok(()),
             Err(s) => {
-                tracing::error!(request_id = r.request_id, effect = e.kind, code = ?s.code(), message = s.message(), "effect refused");
+                tracing::error!(request_id = r.request_id, effect = ?e.kind, code = ?s.code(), message = s.message(), "effect refused");
                 self.store
                     .note(
                         r,
                         SYSTEM,
-                        &format!("{} could not be carried out: {}", e.kind, s.message()),
+                        &format!("{} could not be carried out: {}", e.kind.to_value(), s.message()),
                         now_micros(),
                     )
                     .await?;
@@ -628,7 +625,7 @@ impl Workflow {
                 request_id = task.request_id,
                 approved,
                 by = task.decided_by,
-                state = written.request.state,
+                state = %RequestState::from(written.request.state),
                 "decision carried out"
             );
             self.changed(&task.request_id);

@@ -24,13 +24,11 @@ pub async fn import_history(
     actor: &str,
     now: i64,
 ) -> Result<(), DbErr> {
-    if let Some((r, _)) = requests
-        .iter()
-        .find(|(r, _)| RequestState::from_name(&r.state).is_none_or(|s| s.is_open()))
-    {
+    if let Some((r, _)) = requests.iter().find(|(r, _)| RequestState::from(r.state).is_open()) {
         return Err(DbErr::Custom(format!(
             "request {} is {}: only requests that are over can be imported",
-            r.request_id, r.state
+            r.request_id,
+            RequestState::from(r.state)
         )));
     }
     let count = requests.len();

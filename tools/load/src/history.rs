@@ -13,8 +13,8 @@
 use std::time::Instant;
 
 use sspm_platform::rpc::now_micros;
-use sspm_request::entities::request;
-use sspm_request::plan::Entry;
+use sspm_request::entities::request::{self, ApprovalPath};
+use sspm_request::plan::{Entry, HistoryKind};
 use sspm_rules::RequestState;
 
 use crate::{bulk, tenancy};
@@ -93,7 +93,7 @@ fn synthetic(i: usize, plan: HistoryPlan) -> (request::Model, Vec<(i64, Entry)>)
         business_unit_id: tenancy::unit(unit),
         cluster,
         requester: requester.clone(),
-        state: RequestState::Approved.as_str().to_owned(),
+        state: RequestState::Approved.into(),
         case_number: Some(format!("H{i:08}")),
         before_concurrent: before,
         before_outbound: 0,
@@ -104,7 +104,7 @@ fn synthetic(i: usize, plan: HistoryPlan) -> (request::Model, Vec<(i64, Entry)>)
         cost_change_micros: 12_500_000,
         currency: "USD".to_owned(),
         justification: None,
-        approval_path: Some("AUTOMATIC".to_owned()),
+        approval_path: Some(ApprovalPath::Automatic),
         decided_by: Some("system".to_owned()),
         decision_approved: Some(true),
         decision_reason: Some(reason.clone()),
@@ -124,7 +124,7 @@ fn synthetic(i: usize, plan: HistoryPlan) -> (request::Model, Vec<(i64, Entry)>)
         (
             created,
             Entry {
-                kind: "TRANSITION",
+                kind: HistoryKind::Transition,
                 actor: requester,
                 from: None,
                 to: RequestState::New,
@@ -134,7 +134,7 @@ fn synthetic(i: usize, plan: HistoryPlan) -> (request::Model, Vec<(i64, Entry)>)
         (
             decided,
             Entry {
-                kind: "TRANSITION",
+                kind: HistoryKind::Transition,
                 actor: "system".to_owned(),
                 from: Some(RequestState::New),
                 to: RequestState::Approved,
@@ -191,7 +191,7 @@ mod tests {
 
         // An open request is refused, and nothing of its batch is written.
         let (mut open, entries) = synthetic(13, plan);
-        open.state = RequestState::New.as_str().to_owned();
+        open.state = RequestState::New.into();
         let err = bulk::import_history(&conn, vec![synthetic(12, plan), (open, entries)], tenancy::NETOPS, 0)
             .await
             .unwrap_err();
