@@ -111,12 +111,12 @@ pub async fn run_all(apps: Vec<ServiceApp>, shutdown: impl Future<Output = ()> +
 }
 
 /// Port limits of the demo business units: (id, concurrent, outbound, agentless).
-pub const DEMO_LIMITS: [(&str, i32, i32, i32); 5] = [
-    (demo::PARTNER, 200, 50, 50),
-    (demo::CUSTOMER, 100, 40, 20),
-    (demo::SIBLING, 50, 0, 0),
-    (demo::NO_GATEWAY, 80, 10, 10),
-    (demo::OTHER_PARTNER, 300, 100, 100),
+pub const DEMO_LIMITS: [sspm_request::DemoLimits; 5] = [
+    (demo::PARTNER, demo::CLUSTER, demo::PARTNER, 200, 50, 50),
+    (demo::CUSTOMER, demo::CLUSTER, demo::PARTNER, 100, 40, 20),
+    (demo::SIBLING, demo::CLUSTER, demo::PARTNER, 50, 0, 0),
+    (demo::NO_GATEWAY, demo::CLUSTER, demo::PARTNER, 80, 10, 10),
+    (demo::OTHER_PARTNER, "E39", demo::OTHER_PARTNER, 300, 100, 100),
 ];
 
 /// Seeds the demo tenancy (see the README) into the services' databases where they are

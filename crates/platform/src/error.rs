@@ -20,10 +20,11 @@ pub const ERROR_DOMAIN: &str = "sspm.v1";
 pub fn violations(v: &Violations) -> Status {
     let first = v.first();
     let mut details = ErrorDetails::new();
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("rule".to_owned(), first.rule.code().to_owned()),
         ("field".to_owned(), first.field.clone()),
     ]);
+    metadata.extend(first.metadata.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
     details.set_error_info(first.rule.reason(), ERROR_DOMAIN, metadata);
     let code = match v.class() {
         ViolationClass::InvalidArgument => {

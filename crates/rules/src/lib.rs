@@ -9,11 +9,13 @@
 //! - provisioned limits (onboarding: R1, R2, no daily limit): [`validate_provisioned`]
 //! - R10 cost: [`monthly_cost_change`]
 //! - R11 temporary changes: [`validate_temporary`], [`revert`]
+//! - R12 partner pools and R13 cluster capacity (sums of limits): [`capacity`]
 //! - the lifecycle: [`lifecycle::next`]
 //! - a create call's fields parsed and checked, as the handler and the fuzz target do: [`parse_create`]
 //!
 //! Every violation is a [`Violation`] naming the rule and the field.
 
+pub mod capacity;
 pub mod change;
 pub mod cost;
 pub mod create;

@@ -24,6 +24,10 @@ pub enum Rule {
     R9EmptyChange,
     /// R11: temporary changes (revert time in the future, increases only).
     R11Temporary,
+    /// R12: a partner's business units together stay within the partner's pool.
+    R12PartnerPool,
+    /// R13: the business units of a cluster together stay within its capacity.
+    R13ClusterCapacity,
     /// The request lifecycle (docs/ARCHITECTURE.md, "The request lifecycle") does not allow this transition.
     Lifecycle,
 }
@@ -50,6 +54,8 @@ impl Rule {
             Rule::R6MonitoringGateway => "R6",
             Rule::R9EmptyChange => "R9",
             Rule::R11Temporary => "R11",
+            Rule::R12PartnerPool => "R12",
+            Rule::R13ClusterCapacity => "R13",
             Rule::Lifecycle => "LIFECYCLE",
         }
     }
@@ -66,12 +72,14 @@ impl Rule {
             Rule::R6MonitoringGateway => "R6_MONITORING_GATEWAY_DISABLED",
             Rule::R9EmptyChange => "R9_NO_CHANGE",
             Rule::R11Temporary => "R11_INVALID_REVERT",
+            Rule::R12PartnerPool => "R12_PARTNER_POOL_EXCEEDED",
+            Rule::R13ClusterCapacity => "R13_CLUSTER_CAPACITY_EXCEEDED",
             Rule::Lifecycle => "ILLEGAL_TRANSITION",
         }
     }
 
     /// INVALID_ARGUMENT for malformed input and R1/R9/R11/R4; FAILED_PRECONDITION for rules
-    /// that depend on the stored state (R2, R3, R5, R6, the lifecycle).
+    /// that depend on the stored state (R2, R3, R5, R6, R12, R13, the lifecycle).
     pub fn class(self) -> ViolationClass {
         match self {
             Rule::Input | Rule::R1PortRange | Rule::R4SingleBusinessUnit | Rule::R9EmptyChange | Rule::R11Temporary => {
@@ -81,6 +89,8 @@ impl Rule {
             | Rule::R3Atomic
             | Rule::R5OneOpenRequest
             | Rule::R6MonitoringGateway
+            | Rule::R12PartnerPool
+            | Rule::R13ClusterCapacity
             | Rule::Lifecycle => ViolationClass::FailedPrecondition,
         }
     }
@@ -102,6 +112,9 @@ pub struct Violation {
     pub field: String,
     /// What is wrong, for humans: lowercase, no trailing punctuation.
     pub message: String,
+    /// What a program may match on besides the rule and the field (ErrorInfo metadata):
+    /// the pool or cluster of R12/R13 and its headroom.
+    pub metadata: Vec<(&'static str, String)>,
 }
 
 impl Violation {
@@ -111,7 +124,15 @@ impl Violation {
             rule,
             field: field.into(),
             message: message.into(),
+            metadata: Vec::new(),
         }
+    }
+
+    /// With one more metadata entry.
+    #[must_use]
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.metadata.push((key, value.into()));
+        self
     }
 }
 

@@ -18,6 +18,7 @@ use sspm_rules::{
 };
 use tonic::Status;
 
+use crate::capacity::Membership;
 use crate::entities::request;
 use crate::model::limits_of;
 use crate::plan::{Entry, HistoryKind, describe};
@@ -135,10 +136,11 @@ pub fn same_create(command: &CreateCommand, r: &request::Model, requester: &Prin
 
 impl Create<'_> {
     fn facts(&self) -> BusinessUnitFacts {
-        BusinessUnitFacts {
-            monitoring_gateway: self.unit.monitoring_gateway_enabled,
-            personal_connection: self.unit.personal_connection_enabled,
-        }
+        crate::workflow::facts_of(self.unit)
+    }
+
+    fn membership(&self) -> Membership {
+        Membership::of(self.unit)
     }
 
     /// The stored request under this id, if it is this create made before; an error if the
@@ -209,8 +211,20 @@ impl Workflow {
     /// when the change no longer validates because it is this create's, applied since.
     async fn compute(&self, c: &Create<'_>) -> Result<Result<ValidatedChange, request::Model>, CreateError> {
         let bu = c.command.business_unit_id.as_str();
-        let current = limits_of(self.store.limits(bu).await.map_err(db("loading limits"))?.as_ref());
-        match c.command.change(current, c.facts(), now_micros()) {
+        let (limits, room) = self
+            .store
+            .limits_and_room(bu, &c.membership())
+            .await
+            .map_err(db("loading limits"))?;
+        let current = limits_of(limits.as_ref());
+        // R12, R13 as things stand: an increase that does not fit its pool or cluster now is
+        // refused before anything is written (the exact check is the first step's).
+        let checked = c.command.change(current, c.facts(), now_micros()).and_then(|change| {
+            room.check(change.before, change.after)
+                .map(|()| change)
+                .map_err(Into::into)
+        });
+        match checked {
             Ok(change) => Ok(Ok(change)),
             Err(v) => match self.existing(c.command.request_id.as_str()).await? {
                 Some(existing) => Ok(Err(c.replay(existing)?)),
@@ -264,7 +278,7 @@ impl Workflow {
                 }
             }
         };
-        let started = self.start(&model, c.facts()).await;
+        let started = self.start(&model, (c.facts(), c.membership())).await;
         Ok(Created::Written { model, entry, started })
     }
 

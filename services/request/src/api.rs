@@ -11,8 +11,7 @@ use sspm_platform::{Draining, caller};
 use sspm_proto::v1 as pb;
 use sspm_proto::v1::port_request_service_server::PortRequestService;
 use sspm_rules::{
-    BusinessUnitFacts, BusinessUnitId, CreateFields, Price, PrincipalId, RequestId, RequestState, Text, parse_create,
-    validate_provisioned,
+    BusinessUnitId, CreateFields, Price, PrincipalId, RequestId, RequestState, Text, parse_create, validate_provisioned,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
@@ -20,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::admit::{Create, Created, DryRun};
+use crate::capacity::Membership;
 use crate::convert::{limits_pb, outcome, request_pb, state_of_pb};
 use crate::entities::request;
 use crate::events;
@@ -27,7 +27,7 @@ use crate::feed::Feed;
 use crate::model::{limits_of, state_of};
 use crate::store::Provisioned;
 use crate::watch::Watchers;
-use crate::workflow::{Command, Workflow};
+use crate::workflow::{Command, Workflow, facts_of};
 
 /// The handlers.
 #[derive(Debug, Clone)]
@@ -209,30 +209,34 @@ impl RequestApi {
             BusinessUnitId::parse(business_unit_id),
         )?;
         let limits = limits.ok_or_else(|| invalid(&format!("{field}limits"), "is required"))?;
-        let facts = self
+        let unit = self
             .wf
             .authz()
             .business_unit(bu.as_str())
             .await?
             .ok_or_else(|| not_found("business unit", bu.as_str()))?;
-        let facts = BusinessUnitFacts {
-            monitoring_gateway: facts.monitoring_gateway_enabled,
-            personal_connection: facts.personal_connection_enabled,
-        };
+        let (facts, membership) = (facts_of(&unit), Membership::of(&unit));
         let prefix = format!("{field}limits");
         let done = self
             .wf
             .store()
-            .provision(bu.as_str(), actor.as_str(), reason, now_micros(), |current| {
-                validate_provisioned(
-                    current,
-                    facts,
-                    limits.concurrent.into(),
-                    limits.outbound.into(),
-                    limits.agentless.into(),
-                    &prefix,
-                )
-            })
+            .provision(
+                bu.as_str(),
+                &membership,
+                actor.as_str(),
+                reason,
+                now_micros(),
+                |current| {
+                    validate_provisioned(
+                        current,
+                        facts,
+                        limits.concurrent.into(),
+                        limits.outbound.into(),
+                        limits.agentless.into(),
+                        &prefix,
+                    )
+                },
+            )
             .await
             .map_err(db("setting provisioned limits"))?;
         let (before, after, changed) = match done {

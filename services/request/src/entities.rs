@@ -21,6 +21,11 @@ pub mod limits {
         pub version: i64,
         /// Unix microseconds.
         pub update_time: i64,
+        /// The cluster it draws on (R13), as of its last write.
+        pub cluster: Option<String>,
+        /// The pool it draws on (R12): its partner's, or its own when it has no partner; as
+        /// of its last write.
+        pub pool_id: Option<String>,
     }
 
     /// No relations are navigated.
@@ -319,6 +324,61 @@ pub mod effect {
         /// Release its daily-limit reservation.
         #[sea_orm(string_value = "RELEASE")]
         Release,
+    }
+}
+
+/// `port_capacities`: the size of each partner pool (R12) and cluster (R13); a row without
+/// a size is an unbounded level, kept as the lock an increase takes.
+pub mod capacity {
+    use sea_orm::entity::prelude::*;
+
+    /// One pool or cluster.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "port_capacities")]
+    pub struct Model {
+        /// A pool or a cluster.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub level: Level,
+        /// The partner's business unit, or the cluster's name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub target: String,
+        /// Concurrent ports; `None` while no size is set.
+        pub concurrent: Option<i32>,
+        /// Outbound ports.
+        pub outbound: Option<i32>,
+        /// Agentless ports.
+        pub agentless: Option<i32>,
+        /// Who set the size.
+        pub updated_by: Option<String>,
+        /// Unix microseconds (0 for a row only ever locked).
+        pub update_time: i64,
+    }
+
+    /// No relations are navigated.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+
+    /// What a row sizes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+    pub enum Level {
+        /// A partner's pool (R12).
+        #[sea_orm(string_value = "POOL")]
+        Pool,
+        /// A cluster (R13).
+        #[sea_orm(string_value = "CLUSTER")]
+        Cluster,
+    }
+
+    impl From<Level> for sspm_rules::capacity::Level {
+        fn from(l: Level) -> Self {
+            match l {
+                Level::Pool => Self::Pool,
+                Level::Cluster => Self::Cluster,
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod admit;
 pub mod api;
+pub mod capacity;
 pub mod convert;
 pub mod entities;
 pub mod events;
@@ -175,19 +176,27 @@ fn register_figures(app: &ServiceApp, store: store::Store, watchers: Arc<watch::
     });
 }
 
+/// One demo business unit's limits: the business unit, its cluster, its pool (its partner,
+/// or itself), and its concurrent, outbound and agentless ports.
+pub type DemoLimits = (&'static str, &'static str, &'static str, i32, i32, i32);
+
 /// Demo data of `sspm up`: the port limits of the demo business units, unless SSPM has
 /// limits on record already.
-pub async fn seed_demo(db: &DatabaseConnection, limits: &[(&str, i32, i32, i32)]) -> Result<bool, DbErr> {
+pub async fn seed_demo(db: &DatabaseConnection, limits: &[DemoLimits]) -> Result<bool, DbErr> {
     use sea_orm::{EntityTrait, PaginatorTrait};
     if entities::limits::Entity::find().count(db).await? > 0 {
         return Ok(false);
     }
     let store = store::Store::new(db.clone());
-    for (bu, c, o, a) in limits {
+    for (bu, cluster, pool, c, o, a) in limits {
+        let membership = capacity::Membership {
+            cluster: (*cluster).to_owned(),
+            pool: (*pool).to_owned(),
+        };
         // The account representative's onboarding path (SetProvisionedLimits), as the
         // demo's account representative would take it.
         let provisioned = store
-            .provision(bu, "demo", "demo tenancy", now_micros(), |_| {
+            .provision(bu, &membership, "demo", "demo tenancy", now_micros(), |_| {
                 sspm_rules::PortLimits::parse((*c).into(), (*o).into(), (*a).into(), "limits")
             })
             .await?;
@@ -261,14 +270,21 @@ mod schema_tests {
             a
         };
         assert_eq!(both("bu-1").await, (None, None));
-        db.execute_unprepared("INSERT INTO port_limits VALUES ('bu-1', 120, 10, 5, 3, 77)")
+        db.execute_unprepared("INSERT INTO port_limits VALUES ('bu-1', 120, 10, 5, 3, 77, 'C14', 'bu-p')")
             .await
             .unwrap();
         insert(&db, "r1", "bu-1", "APPROVED").await.unwrap();
         let (limits, open) = both("bu-1").await;
         assert_eq!(
-            limits.map(|l| (l.concurrent, l.outbound, l.agentless, l.version, l.update_time)),
-            Some((120, 10, 5, 3, 77))
+            limits.map(|l| (
+                l.concurrent,
+                l.outbound,
+                l.agentless,
+                l.version,
+                l.update_time,
+                l.pool_id
+            )),
+            Some((120, 10, 5, 3, 77, Some("bu-p".to_owned())))
         );
         assert_eq!(open, None);
         insert(&db, "r2", "bu-1", "UNDER_REVIEW").await.unwrap();

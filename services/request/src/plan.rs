@@ -10,6 +10,7 @@ use sspm_proto::v1 as pb;
 use sspm_rules::lifecycle::{Event, next};
 use sspm_rules::{BusinessUnitFacts, PortLimits, RequestState, Rule, ValidatedChange, Violation, reapply, revert};
 
+use crate::capacity::Room;
 pub use crate::entities::event::Kind as HistoryKind;
 use crate::model::{ApprovalPath, Decision, Request};
 use crate::outbox::{Effect, NewEffect};
@@ -42,6 +43,8 @@ pub enum Input<'a> {
         facts: Option<BusinessUnitFacts>,
         /// Its limits now.
         current: PortLimits,
+        /// Its pool and cluster now (R12, R13).
+        room: &'a Room,
     },
     /// An approver decided the request under review: apply or reject it.
     Decided {
@@ -51,6 +54,8 @@ pub enum Input<'a> {
         facts: Option<BusinessUnitFacts>,
         /// Its limits now.
         current: PortLimits,
+        /// Its pool and cluster now (R12, R13).
+        room: &'a Room,
     },
     /// The decision already recorded on an open request (by an earlier version, which
     /// recorded decisions and applied them in two steps) is carried out.
@@ -59,6 +64,8 @@ pub enum Input<'a> {
         facts: Option<BusinessUnitFacts>,
         /// Its limits now.
         current: PortLimits,
+        /// Its pool and cluster now (R12, R13).
+        room: &'a Room,
     },
     /// The requester cancels.
     Cancel {
@@ -152,6 +159,7 @@ pub fn next_step(r: &Request, input: Input<'_>, now: i64) -> Result<Step, Violat
             verdict,
             facts,
             current,
+            room,
         } => {
             if r.state != RequestState::New || r.decision.is_some() {
                 return Err(moved(r));
@@ -184,7 +192,7 @@ pub fn next_step(r: &Request, input: Input<'_>, now: i64) -> Result<Step, Violat
                         path: ApprovalPath::Automatic,
                         time: now,
                     };
-                    decide(r, &decision, facts, current, set, audit, true)
+                    decide(r, &decision, facts, (current, room), set, audit, true)
                 }
             }
         }
@@ -192,6 +200,7 @@ pub fn next_step(r: &Request, input: Input<'_>, now: i64) -> Result<Step, Violat
             decision,
             facts,
             current,
+            room,
         } => {
             if r.decision.is_some() {
                 return Err(Violation::new(
@@ -208,13 +217,13 @@ pub fn next_step(r: &Request, input: Input<'_>, now: i64) -> Result<Step, Violat
                     Event::Reject
                 },
             )?;
-            decide(r, decision, facts, current, Vec::new(), Vec::new(), true)
+            decide(r, decision, facts, (current, room), Vec::new(), Vec::new(), true)
         }
-        Input::Resume { facts, current } => {
+        Input::Resume { facts, current, room } => {
             let Some(decision) = r.decision.as_ref().filter(|_| r.state.is_open()) else {
                 return Err(moved(r));
             };
-            decide(r, decision, facts, current, Vec::new(), Vec::new(), false)
+            decide(r, decision, facts, (current, room), Vec::new(), Vec::new(), false)
         }
         Input::Cancel { by, reason } => {
             let to = next(r.state, Event::Cancel)?;
@@ -326,14 +335,15 @@ fn to_review(r: &Request, why: &str) -> (Event, Vec<NewEffect>) {
 }
 
 /// Carries out `decision` on `r`: an approval applies the change to the limits as they are
-/// (`current`), or fails the request when that breaks a rule now; a rejection closes it.
+/// (`current`), or fails the request when that breaks a rule now (R3), or no longer fits
+/// the business unit's pool or cluster (`room`: R12, R13); a rejection closes it.
 /// `record` also stores the decision (with an audit event); `set` and `audit` are what the
 /// step stores besides. A lifecycle violation when the request cannot be decided so.
 fn decide(
     r: &Request,
     decision: &Decision,
     facts: Option<BusinessUnitFacts>,
-    current: PortLimits,
+    (current, room): (PortLimits, &Room),
     mut set: Vec<Set>,
     mut audit: Vec<Audit>,
     record: bool,
@@ -370,7 +380,9 @@ fn decide(
     };
     let applied = match facts {
         None => Err("the business unit no longer exists".to_owned()),
-        Some(f) => reapply(&r.change, current, f).map_err(|v| v.to_string()),
+        Some(f) => reapply(&r.change, current, f)
+            .map_err(|v| v.to_string())
+            .and_then(|after| room.check(current, after).map(|()| after).map_err(|v| v.to_string())),
     };
     Ok(match (applied, next(r.state, event)) {
         (Ok(after), Ok(to)) => {
@@ -432,6 +444,9 @@ mod tests {
 
     use super::*;
     use crate::entities::effect;
+
+    /// No pool or cluster sized.
+    static UNBOUNDED: Room = Room { levels: Vec::new() };
     use crate::outbox::Effect;
 
     const PC: BusinessUnitFacts = BusinessUnitFacts {
@@ -512,26 +527,31 @@ mod tests {
                                 verdict: &fits,
                                 facts: Some(PC),
                                 current,
+                                room: &UNBOUNDED,
                             },
                             Input::Started {
                                 case: "00001000",
                                 verdict: &exceeds,
                                 facts: Some(PC),
                                 current,
+                                room: &UNBOUNDED,
                             },
                             Input::Decided {
                                 decision: &approve,
                                 facts: Some(PC),
                                 current,
+                                room: &UNBOUNDED,
                             },
                             Input::Decided {
                                 decision: &reject,
                                 facts: Some(PC),
                                 current,
+                                room: &UNBOUNDED,
                             },
                             Input::Resume {
                                 facts: Some(PC),
                                 current,
+                                room: &UNBOUNDED,
                             },
                             Input::Cancel {
                                 by: "alice",
@@ -590,6 +610,7 @@ mod tests {
             verdict: &verdict,
             facts: Some(PC),
             current: limits(100, 50, 50),
+            room: &UNBOUNDED,
         };
         let step = next_step(&r, input, 7).unwrap();
         assert_eq!(step.to(), RequestState::Approved);
@@ -621,6 +642,7 @@ mod tests {
                     decision: &approve,
                     facts,
                     current,
+                    room: &UNBOUNDED,
                 },
                 7,
             )
@@ -653,6 +675,74 @@ mod tests {
     }
 
     #[test]
+    fn an_approval_past_the_pool_or_the_cluster_fails_the_request_saying_which() {
+        use crate::capacity::LevelState;
+        use crate::entities::capacity::Level;
+        use sspm_rules::capacity::Ports;
+        let r = request(RequestState::UnderReview, 150);
+        let approve = decision(true);
+        let level = |level, name: &str, size: u32, allocated: u32| LevelState {
+            level,
+            name: name.into(),
+            size: Some(Ports {
+                concurrent: size,
+                outbound: size,
+                agentless: size,
+            }),
+            allocated: Ports {
+                concurrent: allocated,
+                outbound: 50,
+                agentless: 50,
+            },
+        };
+        for (room, why) in [
+            (
+                Room {
+                    levels: vec![level(Level::Pool, "bu-classics", 520, 500)],
+                },
+                "R12: targets.concurrent: partner pool bu-classics has 20 concurrent ports left (500 of 520 allocated); this change needs 50",
+            ),
+            (
+                Room {
+                    levels: vec![
+                        level(Level::Cluster, "C14", 1_000, 990),
+                        level(Level::Pool, "bu-classics", 0, 0),
+                    ],
+                },
+                "R13: targets.concurrent: cluster C14 has 10 concurrent ports left",
+            ),
+        ] {
+            let input = Input::Decided {
+                decision: &approve,
+                facts: Some(PC),
+                current: limits(100, 50, 50),
+                room: &room,
+            };
+            let step = next_step(&r, input, 7).unwrap();
+            assert_eq!(step.to(), RequestState::Failed);
+            assert_eq!(step.limits, None);
+            assert!(
+                step.set
+                    .iter()
+                    .any(|s| matches!(s, Set::FailureReason(f) if f.contains(why))),
+                "{:?}",
+                step.set
+            );
+        }
+        // Exactly to the edge applies.
+        let room = Room {
+            levels: vec![level(Level::Pool, "bu-classics", 550, 500)],
+        };
+        let input = Input::Decided {
+            decision: &approve,
+            facts: Some(PC),
+            current: limits(100, 50, 50),
+            room: &room,
+        };
+        assert_eq!(next_step(&r, input, 7).unwrap().limits, Some(limits(150, 50, 50)));
+    }
+
+    #[test]
     fn a_second_decision_and_a_late_command_are_refused() {
         let mut r = request(RequestState::UnderReview, 150);
         r.decision = Some(decision(true));
@@ -661,6 +751,7 @@ mod tests {
             decision: &reject,
             facts: Some(PC),
             current: limits(100, 50, 50),
+            room: &UNBOUNDED,
         };
         assert_eq!(next_step(&r, input, 7).unwrap_err().rule, Rule::Lifecycle);
         let done = request(RequestState::Approved, 150);

@@ -18,6 +18,7 @@ use sspm_platform::lite::LiteReader;
 use sspm_proto::v1 as pb;
 use sspm_rules::{RequestState, Rule, Violation};
 
+use crate::capacity::{self, Membership, Room};
 use crate::entities::{cursor, effect, event, limits, request};
 use crate::events::{self, HistoryEntry, NewEvent};
 use crate::model::Request;
@@ -154,6 +155,12 @@ impl Store {
         &self.db
     }
 
+    /// A business unit's limits (if SSPM has any on record) and the room its pool and
+    /// cluster leave it (R12, R13), read as they are.
+    pub async fn limits_and_room(&self, bu: &str, m: &Membership) -> Result<(Option<limits::Model>, Room), DbErr> {
+        capacity::limits_and_room(&self.read, bu, m).await
+    }
+
     /// A business unit's limits, if SSPM has any on record.
     pub async fn limits(&self, bu: &str) -> Result<Option<limits::Model>, DbErr> {
         limits::Entity::find_by_id(bu.to_owned()).unique(&self.read).await
@@ -164,7 +171,7 @@ impl Store {
     pub async fn limits_and_open_request(&self, bu: &str) -> Result<(Option<limits::Model>, Option<String>), DbErr> {
         let sql = format!(
             "SELECT l.business_unit_id, l.concurrent, l.outbound, l.agentless, l.version, l.update_time, \
-             (SELECT r.request_id FROM port_change_requests r \
+             l.cluster, l.pool_id, (SELECT r.request_id FROM port_change_requests r \
               WHERE r.business_unit_id = $1 AND r.{} LIMIT 1) AS open_request_id \
              FROM (SELECT 1 AS one) AS d LEFT JOIN port_limits l ON l.business_unit_id = $1",
             open_state_sql()
@@ -182,9 +189,11 @@ impl Store {
                             agentless: row.get(3)?,
                             version: row.get(4)?,
                             update_time: row.get(5)?,
+                            cluster: row.get(6)?,
+                            pool_id: row.get(7)?,
                         }),
                     };
-                    Ok((limits, row.get(6)?))
+                    Ok((limits, row.get(8)?))
                 })
             });
         }
@@ -208,6 +217,8 @@ impl Store {
                 agentless: row.try_get("", "agentless")?,
                 version: row.try_get("", "version")?,
                 update_time: row.try_get("", "update_time")?,
+                cluster: row.try_get("", "cluster")?,
+                pool_id: row.try_get("", "pool_id")?,
             }),
         };
         Ok((limits, open_request))
@@ -360,28 +371,37 @@ impl Store {
     /// (compare and set), and only when they moved since (a revert, an onboarding) are they
     /// read and the step planned again. Nothing is written when the request is no longer
     /// new and undecided ([`Stepped::Refused`]) or another request holds the case number.
+    /// An increase is assumed to fit its pool and cluster (R12, R13): checked under their
+    /// locks when written, and planned again with their room only when it does not.
     pub async fn first_step(
         &self,
         old: &request::Model,
         before: sspm_rules::PortLimits,
+        membership: Option<&Membership>,
         now: i64,
         lease_until: i64,
-        plan: impl Fn(sspm_rules::PortLimits) -> Result<Step, Violation>,
+        plan: impl Fn(sspm_rules::PortLimits, &Room) -> Result<Step, Violation>,
     ) -> Result<Stepped, DbErr> {
         let mut assumed = before;
+        let mut room = Room::default();
         for _ in 0..5 {
-            let step = match plan(assumed) {
+            let step = match plan(assumed, &room) {
                 Ok(step) => step,
                 Err(v) => return Ok(Stepped::Refused(v)),
             };
-            let old = old.clone();
+            let (old, membership) = (old.clone(), membership.cloned());
             let wrote = self
-                .write(move |tx| Box::pin(async move { first_step_in(tx, old, assumed, step, now, lease_until).await }))
+                .write(move |tx| {
+                    Box::pin(async move {
+                        first_step_in(tx, old, assumed, membership.as_ref(), step, now, lease_until).await
+                    })
+                })
                 .await?;
             match wrote {
                 StepWrite::Done(written) => return Ok(Stepped::Done(written)),
                 StepWrite::Moved(v) => return Ok(Stepped::Refused(v)),
                 StepWrite::LimitsAre(current) => assumed = current,
+                StepWrite::RoomIs(now) => room = now,
                 StepWrite::CaseHeld(number) => {
                     return Ok(Stepped::HeldByAnother(self.holder_of_case(&number).await?));
                 }
@@ -423,16 +443,19 @@ impl Store {
     /// transition table, `crate::plan::next_step`) written: the request's state and columns,
     /// the limits, history, audit and outbox. A step that queues effects leaves the request
     /// leased until `lease_until`, so that the worker carries them out if the caller dies.
+    /// With the limits and the business unit's `membership`, its pool and cluster are
+    /// locked too, and the plan sees their room (R12, R13; see [`crate::capacity`]).
     pub async fn step<P>(
         &self,
         id: &str,
         with_limits: bool,
+        membership: Option<Membership>,
         now: i64,
         lease_until: i64,
         plan: P,
     ) -> Result<Stepped, DbErr>
     where
-        P: FnOnce(&Request, sspm_rules::PortLimits) -> Result<Step, Violation> + Send + 'static,
+        P: FnOnce(&Request, sspm_rules::PortLimits, &Room) -> Result<Step, Violation> + Send + 'static,
     {
         let id = id.to_owned();
         self.write(move |tx| {
@@ -453,7 +476,12 @@ impl Store {
                     None
                 };
                 let model = Request::from_row(&old)?;
-                let step = match plan(&model, stored_limits(current.as_ref())?) {
+                let limits_now = stored_limits(current.as_ref())?;
+                let room = match (&membership, with_limits) {
+                    (Some(m), true) => capacity::room(tx, &old.business_unit_id, m, limits_now, true).await?,
+                    _ => Room::default(),
+                };
+                let step = match plan(&model, limits_now, &room) {
                     Ok(step) => step,
                     Err(v) => return Ok(Savepoint::Undo(Stepped::Refused(v))),
                 };
@@ -465,7 +493,15 @@ impl Store {
                         "applied"
                     };
                     let new = limits_row(&old.business_unit_id, after);
-                    write_limits(tx, current.as_ref(), new, &format!("{cause} by {id}"), now).await?;
+                    write_limits(
+                        tx,
+                        current.as_ref(),
+                        new,
+                        membership.as_ref(),
+                        &format!("{cause} by {id}"),
+                        now,
+                    )
+                    .await?;
                     changed = Some((stored_limits(current.as_ref())?, after));
                 }
                 let guard = Condition::all().add(request::Column::State.eq(step.from.as_str()));
@@ -657,11 +693,13 @@ impl Store {
     /// Sets a business unit's provisioned limits (onboarding, a contract change, the demo
     /// tenancy) in one transaction: its limits are locked, it must have no open request
     /// (R5: that request was computed from the limits it has), `validate` computes the new
-    /// limits from the current ones (R1, R2), and the change is written with two audit
+    /// limits from the current ones (R1, R2), an increase must fit the business unit's
+    /// pool and cluster (R12, R13, under their locks), and the change is written with two audit
     /// events on the business unit: the limits changed, and who provisioned them and why.
     pub async fn provision(
         &self,
         bu: &str,
+        membership: &Membership,
         actor: &str,
         reason: &str,
         now: i64,
@@ -693,10 +731,18 @@ impl Store {
             tx.rollback().await?;
             return Ok(Provisioned::Unchanged(before));
         }
+        if capacity::grows(before, after) {
+            let room = capacity::room(&tx, bu, membership, before, true).await?;
+            if let Err(v) = room.check(before, after) {
+                tx.rollback().await?;
+                return Ok(Provisioned::Invalid(v.into()));
+            }
+        }
         write_limits(
             &tx,
             current.as_ref(),
             limits_row(bu, after),
+            Some(membership),
             &format!("provisioned by {actor}"),
             now,
         )
@@ -751,6 +797,8 @@ enum StepWrite {
     Moved(Violation),
     /// Nothing: the limits are these, not those assumed; plan again.
     LimitsAre(sspm_rules::PortLimits),
+    /// Nothing: the increase does not fit this room (R12, R13); plan again.
+    RoomIs(Room),
     /// Nothing: another request holds this case number.
     CaseHeld(String),
 }
@@ -760,6 +808,7 @@ async fn first_step_in(
     tx: &DatabaseTransaction,
     old: request::Model,
     assumed: sspm_rules::PortLimits,
+    membership: Option<&Membership>,
     step: Step,
     now: i64,
     lease_until: i64,
@@ -779,12 +828,18 @@ async fn first_step_in(
             i32::from(after.outbound.get()),
             i32::from(after.agentless.get()),
         );
-        let mut written = limits::Entity::update_many()
+        let mut update = limits::Entity::update_many()
             .col_expr(limits::Column::Concurrent, Expr::val(c))
             .col_expr(limits::Column::Outbound, Expr::val(o))
             .col_expr(limits::Column::Agentless, Expr::val(a))
             .col_expr(limits::Column::Version, Expr::col(limits::Column::Version).add(1))
-            .col_expr(limits::Column::UpdateTime, Expr::val(now))
+            .col_expr(limits::Column::UpdateTime, Expr::val(now));
+        if let Some(m) = membership {
+            update = update
+                .col_expr(limits::Column::Cluster, Expr::val(m.cluster.as_str()))
+                .col_expr(limits::Column::PoolId, Expr::val(m.pool.as_str()));
+        }
+        let mut written = update
             .filter(limits::Column::BusinessUnitId.eq(bu.as_str()))
             .filter(limits::Column::Concurrent.eq(was.0))
             .filter(limits::Column::Outbound.eq(was.1))
@@ -802,6 +857,8 @@ async fn first_step_in(
                 agentless: Set(a),
                 version: Set(1),
                 update_time: Set(now),
+                cluster: Set(membership.map(|m| m.cluster.clone())),
+                pool_id: Set(membership.map(|m| m.pool.clone())),
             })
             .on_conflict_do_nothing()
             .exec_without_returning(tx)
@@ -812,6 +869,14 @@ async fn first_step_in(
             let current = limits::Entity::find_by_id(bu.clone()).unique(tx).await?;
             let current = stored_limits(current.as_ref())?;
             return Ok(Savepoint::Undo(StepWrite::LimitsAre(current)));
+        }
+        // An increase locks its cluster and pool (after the limits row, as every writer
+        // does) and is checked against them; it is planned again when it does not fit.
+        if let Some(m) = membership.filter(|_| capacity::grows(assumed, after)) {
+            let room = capacity::room(tx, &bu, m, assumed, true).await?;
+            if room.check(assumed, after).is_err() {
+                return Ok(Savepoint::Undo(StepWrite::RoomIs(room)));
+            }
         }
         let before = format!("{}/{}/{}", was.0, was.1, was.2);
         let detail = limits_changed(&before, (c, o, a), &format!("applied by {id}"));
@@ -1005,10 +1070,12 @@ fn limits_changed(before: &str, (c, o, a): (i32, i32, i32), cause: &str) -> Stri
     format!("concurrent/outbound/agentless {before} -> {c}/{o}/{a} ({cause})")
 }
 
+/// Writes a business unit's limits (and, when known, what it draws on: `membership`).
 async fn write_limits(
     tx: &DatabaseTransaction,
     current: Option<&limits::Model>,
     new: limits::Model,
+    membership: Option<&Membership>,
     cause: &str,
     now: i64,
 ) -> Result<(), DbErr> {
@@ -1019,16 +1086,24 @@ async fn write_limits(
     let detail = limits_changed(&before, (new.concurrent, new.outbound, new.agentless), cause);
     audit::record(tx, "limits.changed", &new.business_unit_id, &detail, now).await?;
     match current {
-        Some(c) => limits::Entity::update_many()
-            .col_expr(limits::Column::Concurrent, Expr::val(new.concurrent))
-            .col_expr(limits::Column::Outbound, Expr::val(new.outbound))
-            .col_expr(limits::Column::Agentless, Expr::val(new.agentless))
-            .col_expr(limits::Column::Version, Expr::val(c.version + 1))
-            .col_expr(limits::Column::UpdateTime, Expr::val(now))
-            .filter(limits::Column::BusinessUnitId.eq(c.business_unit_id.clone()))
-            .exec(tx)
-            .await
-            .map(|_| ()),
+        Some(c) => {
+            let mut update = limits::Entity::update_many()
+                .col_expr(limits::Column::Concurrent, Expr::val(new.concurrent))
+                .col_expr(limits::Column::Outbound, Expr::val(new.outbound))
+                .col_expr(limits::Column::Agentless, Expr::val(new.agentless))
+                .col_expr(limits::Column::Version, Expr::val(c.version + 1))
+                .col_expr(limits::Column::UpdateTime, Expr::val(now));
+            if let Some(m) = membership {
+                update = update
+                    .col_expr(limits::Column::Cluster, Expr::val(m.cluster.as_str()))
+                    .col_expr(limits::Column::PoolId, Expr::val(m.pool.as_str()));
+            }
+            update
+                .filter(limits::Column::BusinessUnitId.eq(c.business_unit_id.clone()))
+                .exec(tx)
+                .await
+                .map(|_| ())
+        }
         None => limits::Entity::insert(limits::ActiveModel {
             business_unit_id: Set(new.business_unit_id),
             concurrent: Set(new.concurrent),
@@ -1036,6 +1111,8 @@ async fn write_limits(
             agentless: Set(new.agentless),
             version: Set(1),
             update_time: Set(now),
+            cluster: Set(membership.map(|m| m.cluster.clone())),
+            pool_id: Set(membership.map(|m| m.pool.clone())),
         })
         .exec_without_returning(tx)
         .await
@@ -1070,6 +1147,8 @@ pub(crate) fn limits_row(bu: &str, l: sspm_rules::PortLimits) -> limits::Model {
         agentless: l.agentless.get().into(),
         version: 0,
         update_time: 0,
+        cluster: None,
+        pool_id: None,
     }
 }
 

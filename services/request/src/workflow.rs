@@ -20,11 +20,23 @@ use tokio::sync::broadcast;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+use crate::capacity::Membership;
 use crate::entities::{effect, request};
 use crate::model::{ApprovalPath, Decision, Request, change_of};
 use crate::outbox::Outbox;
 use crate::plan::{Input, SYSTEM, Verdict, describe, next_step};
 use crate::store::{CaseLink, Stepped, Store, Written};
+
+/// A business unit as a step needs it: its facts (R2, R6) and what it draws on (R12, R13).
+pub type Unit = (BusinessUnitFacts, Membership);
+
+/// The facts of a business unit as the authorization service describes it.
+pub fn facts_of(b: &pb::BusinessUnit) -> BusinessUnitFacts {
+    BusinessUnitFacts {
+        monitoring_gateway: b.monitoring_gateway_enabled,
+        personal_connection: b.personal_connection_enabled,
+    }
+}
 
 /// Why a step could not complete.
 #[derive(Debug, thiserror::Error)]
@@ -370,30 +382,35 @@ impl Workflow {
     /// whole step is retried. `facts` are the business unit's as the caller's authorization
     /// answered them, if at hand. `None` when the request was no longer new meanwhile
     /// (another replica's worker took it, or its requester cancelled it).
-    pub async fn first_steps(
-        &self,
-        r: &request::Model,
-        facts: Option<BusinessUnitFacts>,
-    ) -> Result<Option<Written>, StepError> {
+    pub async fn first_steps(&self, r: &request::Model, unit: Option<Unit>) -> Result<Option<Written>, StepError> {
         let model = Request::from_row(r)?;
         let (case, verdict) = tokio::join!(self.open_case_call(r, &model.change), self.verdict(r, &model.change));
         let (case, verdict) = (case?, verdict?);
-        let facts = match (&verdict, facts) {
-            (Verdict::Fits(_), None) => self.facts(&r.business_unit_id).await?,
-            (_, facts) => facts,
+        let unit = match (&verdict, unit) {
+            (Verdict::Fits(_), None) => self.unit(&r.business_unit_id).await?,
+            (_, unit) => unit,
         };
+        let (facts, membership) = unit.unzip();
         let now = now_micros();
         let step = self
             .store
-            .first_step(r, model.change.before, now, Self::lease_until(now), |current| {
-                let input = Input::Started {
-                    case: &case,
-                    verdict: &verdict,
-                    facts,
-                    current,
-                };
-                next_step(&model, input, now)
-            })
+            .first_step(
+                r,
+                model.change.before,
+                membership.as_ref(),
+                now,
+                Self::lease_until(now),
+                |current, room| {
+                    let input = Input::Started {
+                        case: &case,
+                        verdict: &verdict,
+                        facts,
+                        current,
+                        room,
+                    };
+                    next_step(&model, input, now)
+                },
+            )
             .await?;
         match step {
             Stepped::Done(written) => {
@@ -415,9 +432,9 @@ impl Workflow {
     /// the background, so the caller waits for its outcome being durable, not for them.
     /// `None` when the steps could not run now (a dependency is down: they are retried
     /// with backoff) or another worker took the request.
-    pub async fn start(self: &Arc<Self>, r: &request::Model, facts: BusinessUnitFacts) -> Option<Written> {
+    pub async fn start(self: &Arc<Self>, r: &request::Model, unit: Unit) -> Option<Written> {
         let id = r.request_id.as_str();
-        match self.first_steps(r, Some(facts)).await {
+        match self.first_steps(r, Some(unit)).await {
             Ok(Some(written)) => {
                 self.changed(id);
                 let wf = Arc::clone(self);
@@ -463,33 +480,40 @@ impl Workflow {
         self.changed(&id);
     }
 
-    async fn facts(&self, bu: &str) -> Result<Option<BusinessUnitFacts>, StepError> {
+    async fn unit(&self, bu: &str) -> Result<Option<Unit>, StepError> {
         let bu = self
             .authz
             .business_unit(bu)
             .await
             .map_err(|s| StepError::Retry(s.message().to_owned()))?;
-        Ok(bu.map(|b| BusinessUnitFacts {
-            monitoring_gateway: b.monitoring_gateway_enabled,
-            personal_connection: b.personal_connection_enabled,
-        }))
+        Ok(bu.map(|b| (facts_of(&b), Membership::of(&b))))
+    }
+
+    async fn facts(&self, bu: &str) -> Result<Option<BusinessUnitFacts>, StepError> {
+        Ok(self.unit(bu).await?.map(|(facts, _)| facts))
     }
 
     /// Carries out the decision recorded on an open request (an earlier version recorded
     /// decisions and applied them in two steps); whether it did.
     async fn resume(&self, r: &Request) -> Result<bool, StepError> {
         let approved = r.decision.as_ref().is_some_and(|d| d.approved);
-        let facts = if approved {
-            self.facts(&r.business_unit_id).await?
+        let unit = if approved {
+            self.unit(&r.business_unit_id).await?
         } else {
             None
         };
+        let (facts, membership) = unit.unzip();
         let now = now_micros();
         let step = self
             .store
-            .step(&r.id, approved, now, Self::lease_until(now), move |r, current| {
-                next_step(r, Input::Resume { facts, current }, now)
-            })
+            .step(
+                &r.id,
+                approved,
+                membership,
+                now,
+                Self::lease_until(now),
+                move |r, current, room| next_step(r, Input::Resume { facts, current, room }, now),
+            )
             .await?;
         Ok(matches!(step, Stepped::Done(_)))
     }
@@ -505,7 +529,7 @@ impl Workflow {
         let now = now_micros();
         let step = self
             .store
-            .step(&r.id, true, now, Self::lease_until(now), move |r, current| {
+            .step(&r.id, true, None, now, Self::lease_until(now), move |r, current, _| {
                 next_step(r, Input::Revert { facts, current }, now)
             })
             .await?;
@@ -524,7 +548,7 @@ impl Workflow {
         let now = now_micros();
         let step = self
             .store
-            .step(id, false, now, Self::lease_until(now), move |r, _| {
+            .step(id, false, None, now, Self::lease_until(now), move |r, _, _| {
                 next_step(r, command.input(), now)
             })
             .await?;
@@ -597,24 +621,27 @@ impl Workflow {
             path: ApprovalPath::Review,
             time,
         };
-        let facts = if approved {
-            self.facts(&task.business_unit_id).await?
+        let unit = if approved {
+            self.unit(&task.business_unit_id).await?
         } else {
             None
         };
+        let (facts, membership) = unit.unzip();
         let now = now_micros();
         let step = self
             .store
             .step(
                 &task.request_id,
                 approved,
+                membership,
                 now,
                 Self::lease_until(now),
-                move |r, current| {
+                move |r, current, room| {
                     let input = Input::Decided {
                         decision: &decision,
                         facts,
                         current,
+                        room,
                     };
                     next_step(r, input, now)
                 },

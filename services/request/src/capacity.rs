@@ -1,0 +1,268 @@
+//! Partner pools (R12) and cluster capacity (R13) in the request service's database
+//! (docs/ARCHITECTURE.md, "Rules"): what a business unit draws on, the sizes, and the sums.
+//!
+//! Exact under concurrency and replicas, as the daily limit is. Every write of a business
+//! unit's limits locks its `port_limits` row first (or writes it); a write that raises them
+//! then reads the sizes of its cluster and pool and, for each that has one, locks the
+//! level's row in `port_capacities` (an upsert; cluster first, then pool) and sums the other
+//! business units' limits, in the transaction that writes the limits. Two increases on one
+//! sized level therefore run one after the other, and the second sums what the first
+//! committed (PostgreSQL's READ COMMITTED reads with a new snapshot per statement; SQLite has
+//! one writer). Setting a size takes `port_limits` in EXCLUSIVE mode first (PostgreSQL),
+//! which waits for every transaction holding a limits row and holds off new ones until it
+//! commits: a size is never set while an increase that read none is still writing. An
+//! increase on unsized levels costs one read and takes no lock; a decrease frees ports and is
+//! never checked.
+
+use sea_orm::{ActiveEnum, ConnectionTrait, DbErr, Statement, Value};
+use sspm_proto::v1 as pb;
+use sspm_rules::capacity::{self, Ports};
+use sspm_rules::{PortLimits, Violation};
+
+use crate::entities::capacity::Level;
+use crate::entities::limits;
+
+/// What a business unit draws on: its cluster, and its pool (its partner's; its own when it
+/// has no partner, which is how a partner's own business unit draws on its pool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The cluster.
+    pub cluster: String,
+    /// The pool's id: a partner's business unit id.
+    pub pool: String,
+}
+
+impl Membership {
+    /// The membership of a business unit as the authorization service describes it.
+    pub fn of(bu: &pb::BusinessUnit) -> Self {
+        Self {
+            cluster: bu.cluster.clone(),
+            pool: if bu.partner_id.is_empty() {
+                bu.business_unit_id.clone()
+            } else {
+                bu.partner_id.clone()
+            },
+        }
+    }
+
+    /// Each level with its name, cluster first (the order locks are taken in).
+    fn levels(&self) -> [(Level, &str); 2] {
+        [(Level::Cluster, &self.cluster), (Level::Pool, &self.pool)]
+    }
+}
+
+/// One level as a change of one business unit sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelState {
+    /// Pool or cluster.
+    pub level: Level,
+    /// The pool's or cluster's name.
+    pub name: String,
+    /// Its size; `None`: unbounded.
+    pub size: Option<Ports>,
+    /// What is allocated from it, the business unit's current limits included.
+    pub allocated: Ports,
+}
+
+/// The levels a business unit draws on; none known, or none sized, is unbounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Room {
+    /// Cluster first, then pool.
+    pub levels: Vec<LevelState>,
+}
+
+impl Room {
+    /// Whether changing the business unit's limits from `before` (counted in each level's
+    /// allocation) to `after` fits every sized level (R13, then R12).
+    pub fn check(&self, before: PortLimits, after: PortLimits) -> Result<(), Violation> {
+        for l in &self.levels {
+            if let Some(size) = l.size {
+                capacity::check_change(l.level.into(), &l.name, size, l.allocated, before, after)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a change from `before` to `after` raises any kind (only then are levels locked).
+pub fn grows(before: PortLimits, after: PortLimits) -> bool {
+    sspm_rules::PortKind::ALL
+        .into_iter()
+        .any(|k| after.get(k) > before.get(k))
+}
+
+/// The size a stored row holds (`None`: unbounded).
+fn size_of(c: Option<i32>, o: Option<i32>, a: Option<i32>) -> Option<Ports> {
+    let n = |v: i32| u32::try_from(v).unwrap_or(0);
+    match (c, o, a) {
+        (Some(c), Some(o), Some(a)) => Some(Ports {
+            concurrent: n(c),
+            outbound: n(o),
+            agentless: n(a),
+        }),
+        _ => None,
+    }
+}
+
+/// Locks the row of level `level` `name` (creating it, without a size, when there is none)
+/// and returns its size.
+pub async fn lock_level<C: ConnectionTrait>(db: &C, level: Level, name: &str) -> Result<Option<Ports>, DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "INSERT INTO port_capacities (level, target, update_time) VALUES ($1, $2, 0) \
+             ON CONFLICT (level, target) DO UPDATE SET update_time = port_capacities.update_time \
+             RETURNING concurrent, outbound, agentless",
+            [level.to_value().into(), name.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("the lock of {level:?} {name} answered no row")))?;
+    Ok(size_of(
+        row.try_get("", "concurrent")?,
+        row.try_get("", "outbound")?,
+        row.try_get("", "agentless")?,
+    ))
+}
+
+/// The sizes of a business unit's levels, read without a lock.
+async fn sizes<C: ConnectionTrait>(db: &C, m: &Membership) -> Result<[Option<Ports>; 2], DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT level, concurrent, outbound, agentless FROM port_capacities \
+             WHERE (level = $1 AND target = $2) OR (level = $3 AND target = $4)",
+            [
+                Level::Cluster.to_value().into(),
+                m.cluster.as_str().into(),
+                Level::Pool.to_value().into(),
+                m.pool.as_str().into(),
+            ],
+        ))
+        .await?;
+    let mut out = [None, None];
+    for row in rows {
+        let level = Level::try_from_value(&row.try_get::<String>("", "level")?)?;
+        let slot = usize::from(level == Level::Pool);
+        out[slot] = size_of(
+            row.try_get("", "concurrent")?,
+            row.try_get("", "outbound")?,
+            row.try_get("", "agentless")?,
+        );
+    }
+    Ok(out)
+}
+
+/// The limits summed over the business units recorded as drawing on level `level` `name`,
+/// except `except` (empty: none excepted).
+pub async fn allocated<C: ConnectionTrait>(db: &C, level: Level, name: &str, except: &str) -> Result<Ports, DbErr> {
+    let column = match level {
+        Level::Cluster => "cluster",
+        Level::Pool => "pool_id",
+    };
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            format!(
+                "SELECT COALESCE(SUM(concurrent), 0) AS c, COALESCE(SUM(outbound), 0) AS o, \
+                 COALESCE(SUM(agentless), 0) AS a FROM port_limits WHERE {column} = $1 AND business_unit_id <> $2"
+            ),
+            [Value::from(name), Value::from(except)],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("a sum answered no row".into()))?;
+    let n = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+    Ok(Ports {
+        concurrent: n(row.try_get("", "c")?),
+        outbound: n(row.try_get("", "o")?),
+        agentless: n(row.try_get("", "a")?),
+    })
+}
+
+/// The room of business unit `bu` (`m`), whose limits are `current`: the sizes of its
+/// levels and, for each sized one, what is allocated from it. With `lock` (inside a write
+/// transaction that holds the business unit's limits row), the sized levels' rows are locked
+/// before they are summed; without, they are read as they are (a precheck, a dry run).
+pub async fn room<C: ConnectionTrait>(
+    db: &C,
+    bu: &str,
+    m: &Membership,
+    current: PortLimits,
+    lock: bool,
+) -> Result<Room, DbErr> {
+    let mut levels = Vec::new();
+    for ((level, name), size) in m.levels().into_iter().zip(sizes(db, m).await?) {
+        let Some(mut size) = size else { continue };
+        if lock {
+            // The row's size, read under its lock (the same as read: sizes change only
+            // while no limits row is held).
+            size = lock_level(db, level, name).await?.unwrap_or(size);
+        }
+        let others = allocated(db, level, name, bu).await?;
+        levels.push(LevelState {
+            level,
+            name: name.to_owned(),
+            size: Some(size),
+            allocated: others.with_change(PortLimits::default(), current),
+        });
+    }
+    Ok(Room { levels })
+}
+
+/// A business unit's limits (if SSPM has any on record) and its room (unlocked, as for
+/// [`room`]), read in one statement (plus one sum per sized level): what a create checks
+/// its change against before it writes anything.
+pub async fn limits_and_room<C: ConnectionTrait>(
+    db: &C,
+    bu: &str,
+    m: &Membership,
+) -> Result<(Option<limits::Model>, Room), DbErr> {
+    let sql = format!(
+        "SELECT l.business_unit_id, l.concurrent, l.outbound, l.agentless, l.version, l.update_time, \
+         l.cluster, l.pool_id, c.concurrent AS cc, c.outbound AS co, c.agentless AS ca, \
+         p.concurrent AS pc, p.outbound AS po, p.agentless AS pa \
+         FROM (SELECT 1 AS one) AS d \
+         LEFT JOIN port_limits l ON l.business_unit_id = $1 \
+         LEFT JOIN port_capacities c ON c.level = '{}' AND c.target = $2 \
+         LEFT JOIN port_capacities p ON p.level = '{}' AND p.target = $3",
+        Level::Cluster.to_value(),
+        Level::Pool.to_value()
+    );
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [bu.into(), m.cluster.as_str().into(), m.pool.as_str().into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("the limits query answered no row".into()))?;
+    let limits = match row.try_get::<Option<String>>("", "business_unit_id")? {
+        None => None,
+        Some(business_unit_id) => Some(limits::Model {
+            business_unit_id,
+            concurrent: row.try_get("", "concurrent")?,
+            outbound: row.try_get("", "outbound")?,
+            agentless: row.try_get("", "agentless")?,
+            version: row.try_get("", "version")?,
+            update_time: row.try_get("", "update_time")?,
+            cluster: row.try_get("", "cluster")?,
+            pool_id: row.try_get("", "pool_id")?,
+        }),
+    };
+    let current = crate::model::limits_of(limits.as_ref());
+    let sizes = [
+        size_of(row.try_get("", "cc")?, row.try_get("", "co")?, row.try_get("", "ca")?),
+        size_of(row.try_get("", "pc")?, row.try_get("", "po")?, row.try_get("", "pa")?),
+    ];
+    let mut levels = Vec::new();
+    for ((level, name), size) in m.levels().into_iter().zip(sizes) {
+        let Some(size) = size else { continue };
+        let others = allocated(db, level, name, bu).await?;
+        levels.push(LevelState {
+            level,
+            name: name.to_owned(),
+            size: Some(size),
+            allocated: others.with_change(PortLimits::default(), current),
+        });
+    }
+    Ok((limits, Room { levels }))
+}
