@@ -58,7 +58,7 @@ fn of_request<'a>(events: &'a [pb::Event], id: &str) -> Vec<&'a pb::Event> {
             Some(pb::event::Data::Request(r)) => r.request_id == id,
             Some(pb::event::Data::ApprovalTask(t)) => t.request_id == id,
             Some(pb::event::Data::PortLimitsChanged(c)) => c.request_id == id,
-            None => false,
+            Some(pb::event::Data::CapacityChanged(_)) | None => false,
         })
         .collect()
 }

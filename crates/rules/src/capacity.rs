@@ -110,9 +110,10 @@ impl fmt::Display for Ports {
     }
 }
 
-/// A pool's or a cluster's size as a caller sent it, or the rules it breaks: each kind 0 to
-/// [`MAX_SIZE`], and outbound and agentless at most concurrent (as in each business unit,
-/// R2). Fields are named under `prefix` (e.g. `pool`).
+/// A pool's or a cluster's size as a caller sent it, or what is wrong with it (INVALID_ARGUMENT
+/// for each field): each kind 0 to [`MAX_SIZE`], and outbound and agentless at most
+/// concurrent (as in each business unit with Personal Connection, R2). Fields are named
+/// under `prefix` (e.g. `size`).
 pub fn validate_size(concurrent: i64, outbound: i64, agentless: i64, prefix: &str) -> Result<Ports, Violations> {
     let mut found = Vec::new();
     let mut one = |kind: PortKind, raw: i64| match u32::try_from(raw) {
@@ -135,7 +136,7 @@ pub fn validate_size(concurrent: i64, outbound: i64, agentless: i64, prefix: &st
         for kind in [PortKind::Outbound, PortKind::Agentless] {
             if size.get(kind) > size.concurrent {
                 found.push(Violation::new(
-                    Rule::R2PersonalConnection,
+                    Rule::Input,
                     join(prefix, kind.field_name()),
                     format!(
                         "{kind} {} exceeds concurrent {}: outbound and agentless are at most concurrent",

@@ -3,6 +3,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+mod pools;
+
 use sspm_platform::error::{self, db, not_found};
 use sspm_platform::rpc::{
     enum_filter, invalid, next_page_token, now_micros, page_size, page_time_id, parse_at, time_id_key,
@@ -503,6 +505,77 @@ impl PortRequestService for RequestApi {
             )
             .await?;
         Ok(Response::new(answer))
+    }
+
+    async fn get_partner_pool(
+        &self,
+        request: Request<pb::GetPartnerPoolRequest>,
+    ) -> Result<Response<pb::GetPartnerPoolResponse>, Status> {
+        let caller = caller(&request)?;
+        sspm_platform::rpc::annotate("", &request.get_ref().partner_id);
+        Ok(Response::new(
+            self.get_partner_pool_impl(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn set_partner_pool(
+        &self,
+        request: Request<pb::SetPartnerPoolRequest>,
+    ) -> Result<Response<pb::SetPartnerPoolResponse>, Status> {
+        let caller = caller(&request)?;
+        sspm_platform::rpc::annotate("", &request.get_ref().partner_id);
+        Ok(Response::new(
+            self.set_partner_pool_impl(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn clear_partner_pool(
+        &self,
+        request: Request<pb::ClearPartnerPoolRequest>,
+    ) -> Result<Response<pb::ClearPartnerPoolResponse>, Status> {
+        let caller = caller(&request)?;
+        sspm_platform::rpc::annotate("", &request.get_ref().partner_id);
+        Ok(Response::new(
+            self.clear_partner_pool_impl(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_cluster_capacity(
+        &self,
+        request: Request<pb::GetClusterCapacityRequest>,
+    ) -> Result<Response<pb::GetClusterCapacityResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            self.get_cluster_capacity_impl(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_cluster_capacities(
+        &self,
+        request: Request<pb::ListClusterCapacitiesRequest>,
+    ) -> Result<Response<pb::ListClusterCapacitiesResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(self.list_cluster_capacities_impl(&caller).await?))
+    }
+
+    async fn set_cluster_capacity(
+        &self,
+        request: Request<pb::SetClusterCapacityRequest>,
+    ) -> Result<Response<pb::SetClusterCapacityResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            self.set_cluster_capacity_impl(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn clear_cluster_capacity(
+        &self,
+        request: Request<pb::ClearClusterCapacityRequest>,
+    ) -> Result<Response<pb::ClearClusterCapacityResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            self.clear_cluster_capacity_impl(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn import_provisioned_limits(

@@ -14,13 +14,15 @@
 //! increase on unsized levels costs one read and takes no lock; a decrease frees ports and is
 //! never checked.
 
-use sea_orm::{ActiveEnum, ConnectionTrait, DbErr, Statement, Value};
+use sea_orm::{ActiveEnum, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, Value};
+use sspm_platform::audit;
 use sspm_proto::v1 as pb;
-use sspm_rules::capacity::{self, Ports};
-use sspm_rules::{PortLimits, Violation};
+use sspm_rules::capacity::Ports;
+use sspm_rules::{PortLimits, Violation, Violations};
 
-use crate::entities::capacity::Level;
+use crate::entities::capacity::{self, Level};
 use crate::entities::limits;
+use crate::events::{self, NewEvent};
 
 /// What a business unit draws on: its cluster, and its pool (its partner's; its own when it
 /// has no partner, which is how a partner's own business unit draws on its pool).
@@ -77,7 +79,7 @@ impl Room {
     pub fn check(&self, before: PortLimits, after: PortLimits) -> Result<(), Violation> {
         for l in &self.levels {
             if let Some(size) = l.size {
-                capacity::check_change(l.level.into(), &l.name, size, l.allocated, before, after)?;
+                sspm_rules::capacity::check_change(l.level.into(), &l.name, size, l.allocated, before, after)?;
             }
         }
         Ok(())
@@ -155,6 +157,16 @@ async fn sizes<C: ConnectionTrait>(db: &C, m: &Membership) -> Result<[Option<Por
 /// The limits summed over the business units recorded as drawing on level `level` `name`,
 /// except `except` (empty: none excepted).
 pub async fn allocated<C: ConnectionTrait>(db: &C, level: Level, name: &str, except: &str) -> Result<Ports, DbErr> {
+    Ok(allocated_and_count(db, level, name, except).await?.0)
+}
+
+/// [`allocated`], with how many business units hold it.
+async fn allocated_and_count<C: ConnectionTrait>(
+    db: &C,
+    level: Level,
+    name: &str,
+    except: &str,
+) -> Result<(Ports, u32), DbErr> {
     let column = match level {
         Level::Cluster => "cluster",
         Level::Pool => "pool_id",
@@ -164,18 +176,20 @@ pub async fn allocated<C: ConnectionTrait>(db: &C, level: Level, name: &str, exc
             db.get_database_backend(),
             format!(
                 "SELECT COALESCE(SUM(concurrent), 0) AS c, COALESCE(SUM(outbound), 0) AS o, \
-                 COALESCE(SUM(agentless), 0) AS a FROM port_limits WHERE {column} = $1 AND business_unit_id <> $2"
+                 COALESCE(SUM(agentless), 0) AS a, COUNT(*) AS n FROM port_limits \
+                 WHERE {column} = $1 AND business_unit_id <> $2"
             ),
             [Value::from(name), Value::from(except)],
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("a sum answered no row".into()))?;
     let n = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
-    Ok(Ports {
+    let sum = Ports {
         concurrent: n(row.try_get("", "c")?),
         outbound: n(row.try_get("", "o")?),
         agentless: n(row.try_get("", "a")?),
-    })
+    };
+    Ok((sum, n(row.try_get("", "n")?)))
 }
 
 /// The room of business unit `bu` (`m`), whose limits are `current`: the sizes of its
@@ -265,4 +279,173 @@ pub async fn limits_and_room<C: ConnectionTrait>(
         });
     }
     Ok((limits, Room { levels }))
+}
+
+/// The most shares a pool's view lists, and the most clusters a list answers.
+pub const MAX_LISTED: u64 = 1_000;
+
+/// A pool or a cluster as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelView {
+    /// Pool or cluster.
+    pub level: Level,
+    /// Its name.
+    pub name: String,
+    /// Its size; `None`: unbounded.
+    pub size: Option<Ports>,
+    /// What its business units hold together.
+    pub allocated: Ports,
+    /// How many business units hold it.
+    pub units: u32,
+    /// For a pool, each business unit's limits (at most [`MAX_LISTED`], by id).
+    pub shares: Vec<limits::Model>,
+    /// More business units than `shares` lists.
+    pub truncated: bool,
+    /// Who set the size last.
+    pub updated_by: Option<String>,
+    /// When (0: never).
+    pub update_time: i64,
+}
+
+/// Level `level` `name` as it stands; with `shares`, its business units' limits too.
+pub async fn view<C: ConnectionTrait>(db: &C, level: Level, name: &str, shares: bool) -> Result<LevelView, DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+    let row = capacity::Entity::find_by_id((level, name.to_owned())).one(db).await?;
+    let (allocated, units) = allocated_and_count(db, level, name, "").await?;
+    let (shares, truncated) = if shares {
+        let column = match level {
+            Level::Cluster => limits::Column::Cluster,
+            Level::Pool => limits::Column::PoolId,
+        };
+        let mut rows = limits::Entity::find()
+            .filter(column.eq(name))
+            .order_by_asc(limits::Column::BusinessUnitId)
+            .limit(MAX_LISTED + 1)
+            .all(db)
+            .await?;
+        let truncated = rows.len() as u64 > MAX_LISTED;
+        rows.truncate(MAX_LISTED as usize);
+        (rows, truncated)
+    } else {
+        (Vec::new(), false)
+    };
+    Ok(LevelView {
+        level,
+        name: name.to_owned(),
+        size: row
+            .as_ref()
+            .and_then(|r| size_of(r.concurrent, r.outbound, r.agentless)),
+        allocated,
+        units,
+        shares,
+        truncated,
+        updated_by: row.as_ref().and_then(|r| r.updated_by.clone()),
+        update_time: row.map_or(0, |r| r.update_time),
+    })
+}
+
+/// Every cluster with a capacity set or limits on record, by name (at most [`MAX_LISTED`]).
+pub async fn clusters<C: ConnectionTrait>(db: &C) -> Result<Vec<LevelView>, DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT target AS name FROM port_capacities WHERE level = $1 AND concurrent IS NOT NULL \
+             UNION SELECT cluster AS name FROM port_limits WHERE cluster IS NOT NULL \
+             ORDER BY name LIMIT $2",
+            [Level::Cluster.to_value().into(), (MAX_LISTED as i64).into()],
+        ))
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let name: String = row.try_get("", "name")?;
+        out.push(view(db, Level::Cluster, &name, false).await?);
+    }
+    Ok(out)
+}
+
+/// What [`set_size`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeSet {
+    /// The size before (`None`: there was none).
+    pub before: Option<Ports>,
+    /// The level as it is now.
+    pub after: LevelView,
+}
+
+/// Sets (`Some`) or clears (`None`) the size of level `level` `name` in `tx`, on behalf of
+/// `actor` for `reason`, with its audit event and its feed event; refused (nothing written)
+/// below what is allocated (R12, R13). `None` when a clear found no size. On PostgreSQL the
+/// limits table is taken in EXCLUSIVE mode first (see the module's documentation).
+#[allow(clippy::too_many_arguments)]
+pub async fn set_size(
+    tx: &DatabaseTransaction,
+    level: Level,
+    name: &str,
+    size: Option<Ports>,
+    actor: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Result<Option<SizeSet>, Violations>, DbErr> {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    if tx.get_database_backend() == DbBackend::Postgres {
+        tx.execute_unprepared("LOCK TABLE port_limits IN EXCLUSIVE MODE")
+            .await?;
+    }
+    let before = lock_level(tx, level, name).await?;
+    if size.is_none() && before.is_none() {
+        return Ok(Ok(None));
+    }
+    let allocated = allocated(tx, level, name, "").await?;
+    let prefix = "size";
+    if let Some(size) = size
+        && let Err(v) = sspm_rules::capacity::check_resize(level.into(), name, size, allocated, prefix)
+    {
+        return Ok(Err(v));
+    }
+    let n = |f: fn(&Ports) -> u32| size.map(|s| i32::try_from(f(&s)).unwrap_or(i32::MAX));
+    capacity::Entity::update_many()
+        .col_expr(capacity::Column::Concurrent, Expr::val(n(|s| s.concurrent)))
+        .col_expr(capacity::Column::Outbound, Expr::val(n(|s| s.outbound)))
+        .col_expr(capacity::Column::Agentless, Expr::val(n(|s| s.agentless)))
+        .col_expr(capacity::Column::UpdatedBy, Expr::val(actor))
+        .col_expr(capacity::Column::UpdateTime, Expr::val(now))
+        .filter(capacity::Column::Level.eq(level))
+        .filter(capacity::Column::Target.eq(name))
+        .exec(tx)
+        .await?;
+    let (noun, pool) = match level {
+        Level::Pool => ("partner_pool", true),
+        Level::Cluster => ("cluster_capacity", false),
+    };
+    let show = |p: Option<Ports>| p.map_or_else(|| "none".to_owned(), |p| p.to_string());
+    let detail = format!("{} -> {}: {reason}", show(before), show(size));
+    let action = if size.is_some() {
+        format!("{noun}.set")
+    } else {
+        format!("{noun}.cleared")
+    };
+    audit::record_as(tx, Some(actor), &action, name, &detail, now).await?;
+    let payload = pb::CapacityChanged {
+        partner_id: if pool { name.to_owned() } else { String::new() },
+        cluster: if pool { String::new() } else { name.to_owned() },
+        size_before: before.map(counts_pb),
+        size_after: size.map(counts_pb),
+        allocated: Some(counts_pb(allocated)),
+        actor: actor.to_owned(),
+        reason: reason.to_owned(),
+    };
+    events::append(tx, name, &[NewEvent::capacity_changed(&payload, now)]).await?;
+    let after = view(tx, level, name, level == Level::Pool).await?;
+    Ok(Ok(Some(SizeSet { before, after })))
+}
+
+/// Ports as the API shows them.
+pub fn counts_pb(p: Ports) -> pb::PortCounts {
+    let n = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    pb::PortCounts {
+        concurrent: n(p.concurrent),
+        outbound: n(p.outbound),
+        agentless: n(p.agentless),
+    }
 }

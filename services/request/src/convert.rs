@@ -67,6 +67,7 @@ pub fn outcome(r: &request::Model) -> pb::CreateOutcome {
         (RequestState::Approved, Some(ApprovalPath::Automatic)) => pb::CreateOutcome::AutoApproved,
         (RequestState::PendingInformation, _) => pb::CreateOutcome::NeedsInformation,
         (RequestState::UnderReview, _) => pb::CreateOutcome::SentToReview,
+        (RequestState::Failed, _) => pb::CreateOutcome::Failed,
         (_, Some(ApprovalPath::Review)) if r.justification.is_some() => pb::CreateOutcome::SentToReview,
         (_, Some(ApprovalPath::Review)) => pb::CreateOutcome::NeedsInformation,
         _ => pb::CreateOutcome::Accepted,

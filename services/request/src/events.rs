@@ -30,9 +30,13 @@ const REVERTED: &str = "sspm.v1.request.reverted";
 const TASK_CREATED: &str = "sspm.v1.approval_task.created";
 const TASK_DECIDED: &str = "sspm.v1.approval_task.decided";
 const TASK_WITHDRAWN: &str = "sspm.v1.approval_task.withdrawn";
+/// A partner's pool was set or cleared (subject: the partner's business unit).
+pub const POOL_CHANGED: &str = "sspm.v1.partner_pool.changed";
+/// A cluster's capacity was set or cleared (subject: the cluster).
+pub const CAPACITY_CHANGED: &str = "sspm.v1.cluster_capacity.changed";
 
 /// Every event type, as `ListEvents` filters take them.
-pub const TYPES: [&str; 13] = [
+pub const TYPES: [&str; 15] = [
     LIMITS_CHANGED,
     CREATED,
     "sspm.v1.request.needs_information",
@@ -46,6 +50,8 @@ pub const TYPES: [&str; 13] = [
     TASK_CREATED,
     TASK_DECIDED,
     TASK_WITHDRAWN,
+    POOL_CHANGED,
+    CAPACITY_CHANGED,
 ];
 
 /// The type of the event of history entry `e`.
@@ -188,6 +194,26 @@ impl NewEvent {
             from: None,
             to: None,
             reason,
+            payload: payload.encode_to_vec(),
+        }
+    }
+
+    /// A pool's or a cluster's size set or cleared (`payload.partner_id` or `cluster` says
+    /// which).
+    pub fn capacity_changed(payload: &pb::CapacityChanged, time: i64) -> Self {
+        Self {
+            event_type: if payload.partner_id.is_empty() {
+                CAPACITY_CHANGED
+            } else {
+                POOL_CHANGED
+            },
+            request_id: None,
+            kind: None,
+            time,
+            actor: payload.actor.clone(),
+            from: None,
+            to: None,
+            reason: payload.reason.clone(),
             payload: payload.encode_to_vec(),
         }
     }
@@ -488,6 +514,10 @@ pub fn event_pb(row: event::Model) -> pb::Event {
         pb::PortLimitsChanged::decode(payload)
             .ok()
             .map(pb::event::Data::PortLimitsChanged)
+    } else if row.event_type == POOL_CHANGED || row.event_type == CAPACITY_CHANGED {
+        pb::CapacityChanged::decode(payload)
+            .ok()
+            .map(pb::event::Data::CapacityChanged)
     } else if row.event_type.starts_with("sspm.v1.approval_task.") {
         pb::ApprovalTaskEvent::decode(payload)
             .ok()

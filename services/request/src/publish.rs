@@ -96,6 +96,7 @@ fn message(e: &pb::Event, time: i64) -> PublishMessage {
         Some(pb::event::Data::PortLimitsChanged(m)) => m.encode_to_vec(),
         Some(pb::event::Data::Request(m)) => m.encode_to_vec(),
         Some(pb::event::Data::ApprovalTask(m)) => m.encode_to_vec(),
+        Some(pb::event::Data::CapacityChanged(m)) => m.encode_to_vec(),
         None => Vec::new(),
     };
     PublishMessage::build()

@@ -161,6 +161,42 @@ impl Store {
         capacity::limits_and_room(&self.read, bu, m).await
     }
 
+    /// Sets (`Some`) or clears (`None`) a pool's or a cluster's size in one transaction
+    /// ([`capacity::set_size`]); refused (nothing written) below what is allocated.
+    pub async fn set_size(
+        &self,
+        level: crate::entities::capacity::Level,
+        name: &str,
+        size: Option<sspm_rules::capacity::Ports>,
+        actor: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Result<Option<capacity::SizeSet>, sspm_rules::Violations>, DbErr> {
+        let tx = self.begin().await?;
+        let done = capacity::set_size(&tx, level, name, size, actor, reason, now).await?;
+        if matches!(done, Ok(Some(_))) {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(done)
+    }
+
+    /// A pool or a cluster as it stands (with its business units' shares: `shares`).
+    pub async fn level_view(
+        &self,
+        level: crate::entities::capacity::Level,
+        name: &str,
+        shares: bool,
+    ) -> Result<capacity::LevelView, DbErr> {
+        capacity::view(&self.read, level, name, shares).await
+    }
+
+    /// Every cluster with a capacity or limits on record.
+    pub async fn clusters(&self) -> Result<Vec<capacity::LevelView>, DbErr> {
+        capacity::clusters(&self.read).await
+    }
+
     /// A business unit's limits, if SSPM has any on record.
     pub async fn limits(&self, bu: &str) -> Result<Option<limits::Model>, DbErr> {
         limits::Entity::find_by_id(bu.to_owned()).unique(&self.read).await

@@ -53,6 +53,15 @@ pub const TABLE: &[(&str, Callers)] = &[
     // The request service: the account representative's onboarding (staff).
     ("/sspm.v1.PortRequestService/SetProvisionedLimits", USERS),
     ("/sspm.v1.PortRequestService/ImportProvisionedLimits", USERS),
+    // The levels above the business unit (R12, R13): partners' administrators read their
+    // pool; account representatives set pools, Network Operations cluster capacity.
+    ("/sspm.v1.PortRequestService/GetPartnerPool", USERS),
+    ("/sspm.v1.PortRequestService/SetPartnerPool", USERS),
+    ("/sspm.v1.PortRequestService/ClearPartnerPool", USERS),
+    ("/sspm.v1.PortRequestService/GetClusterCapacity", USERS),
+    ("/sspm.v1.PortRequestService/ListClusterCapacities", USERS),
+    ("/sspm.v1.PortRequestService/SetClusterCapacity", USERS),
+    ("/sspm.v1.PortRequestService/ClearClusterCapacity", USERS),
     // Authorization: the checks the three other services make for their callers.
     (
         "/sspm.v1.AuthorizationService/Check",
