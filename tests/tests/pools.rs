@@ -102,12 +102,14 @@ async fn concurrent_of(s: &TestSystem, bu: &str) -> i32 {
 
 async fn pools_and_capacity(s: &TestSystem) {
     // The demo: Classics 200, League 100, Musketeers 50, Baskerville 80 concurrent, all on
-    // C14 and in Classics' pool; no pool and no capacity set yet.
-    let unbounded = pool(s, PERCY).await.unwrap();
-    assert_eq!(unbounded.size, None, "{unbounded:?}");
-    assert_eq!(unbounded.allocated, Some(counts(430, 100, 80)));
-    let shares: Vec<_> = unbounded.shares.iter().map(|s| s.business_unit_id.as_str()).collect();
+    // C14 and in Classics' pool of 12,000 (C14 carries 20,000).
+    let demo = pool(s, PERCY).await.unwrap();
+    assert_eq!(demo.size, Some(counts(12_000, 6_000, 6_000)), "{demo:?}");
+    assert_eq!(demo.allocated, Some(counts(430, 100, 80)));
+    assert_eq!(demo.headroom, Some(counts(11_570, 5_900, 5_920)));
+    let shares: Vec<_> = demo.shares.iter().map(|s| s.business_unit_id.as_str()).collect();
     assert_eq!(shares, ["bu-baskerville", CLASSICS, LEAGUE, MUSKETEERS]);
+    assert_eq!(demo.updated_by, "demo");
 
     // Only account representatives set pools; never below what is allocated.
     let denied = s
@@ -266,6 +268,8 @@ async fn pools_and_capacity(s: &TestSystem) {
     // A temporary increase's revert frees the pool's headroom.
     assert!(clear_pool(s).await);
     assert!(!clear_pool(s).await, "a second clear finds none");
+    let unbounded = pool(s, PERCY).await.unwrap();
+    assert_eq!((unbounded.size, unbounded.headroom), (None, None), "{unbounded:?}");
     set_pool(s, 470).await.unwrap(); // 455 allocated: 15 left
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -405,7 +409,8 @@ async fn pools_and_capacity(s: &TestSystem) {
         .iter()
         .filter(|e| e.r#type == "sspm.v1.cluster_capacity.changed" && e.subject == CLUSTER)
         .count();
-    assert_eq!((pools, clusters), (5, 4), "{events:#?}");
+    // The demo's two, and this scenario's.
+    assert_eq!((pools, clusters), (6, 5), "{events:#?}");
 }
 scenario!(
     pools_and_capacity,

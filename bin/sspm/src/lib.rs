@@ -119,6 +119,21 @@ pub const DEMO_LIMITS: [sspm_request::DemoLimits; 5] = [
     (demo::OTHER_PARTNER, "E39", demo::OTHER_PARTNER, 300, 100, 100),
 ];
 
+/// The demo's partner pool and cluster capacity (R12, R13): Classics, Inc. bought 12,000
+/// concurrent ports for its customers and itself, cluster C14 carries 20,000.
+pub const DEMO_SIZES: [sspm_request::DemoSize; 2] = [
+    (
+        sspm_request::entities::capacity::Level::Pool,
+        demo::PARTNER,
+        (12_000, 6_000, 6_000),
+    ),
+    (
+        sspm_request::entities::capacity::Level::Cluster,
+        demo::CLUSTER,
+        (20_000, 10_000, 10_000),
+    ),
+];
+
 /// Seeds the demo tenancy (see the README) into the services' databases where they are
 /// empty; whether anything was seeded.
 pub async fn seed_demo(apps: &[ServiceApp], config: &SspmConfig) -> anyhow::Result<bool> {
@@ -126,7 +141,7 @@ pub async fn seed_demo(apps: &[ServiceApp], config: &SspmConfig) -> anyhow::Resu
     for app in apps {
         seeded |= match app.kind {
             ServiceKind::Authorization => sspm_authorization::seed::seed_demo(&app.db).await?,
-            ServiceKind::Request => sspm_request::seed_demo(&app.db, &DEMO_LIMITS).await?,
+            ServiceKind::Request => sspm_request::seed_demo(&app.db, &DEMO_LIMITS, &DEMO_SIZES).await?,
             ServiceKind::Approval => {
                 sspm_approval::seed_demo(&app.db, demo::NETOPS, config.daily_limits.default_max_daily_increase).await?
             }

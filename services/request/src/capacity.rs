@@ -3,16 +3,17 @@
 //!
 //! Exact under concurrency and replicas, as the daily limit is. Every write of a business
 //! unit's limits locks its `port_limits` row first (or writes it); a write that raises them
-//! then reads the sizes of its cluster and pool and, for each that has one, locks the
-//! level's row in `port_capacities` (an upsert; cluster first, then pool) and sums the other
-//! business units' limits, in the transaction that writes the limits. Two increases on one
+//! then reads the sizes of its cluster and pool with a statement that also locks the rows
+//! of the sized ones in `port_capacities`, and, when one is sized, sums the other business
+//! units' limits, in the transaction that writes the limits. Two increases on one
 //! sized level therefore run one after the other, and the second sums what the first
 //! committed (PostgreSQL's READ COMMITTED reads with a new snapshot per statement; SQLite has
 //! one writer). Setting a size takes `port_limits` in EXCLUSIVE mode first (PostgreSQL),
 //! which waits for every transaction holding a limits row and holds off new ones until it
-//! commits: a size is never set while an increase that read none is still writing. An
-//! increase on unsized levels costs one read and takes no lock; a decrease frees ports and is
-//! never checked.
+//! commits: a size is never set while an increase that read none is still writing (and a
+//! size read under a held limits row cannot change before the transaction ends). An
+//! increase on unsized levels costs one statement and takes no lock; a decrease frees ports
+//! and is never checked.
 
 use sea_orm::{ActiveEnum, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, Value};
 use sspm_platform::audit;
@@ -126,13 +127,22 @@ pub async fn lock_level<C: ConnectionTrait>(db: &C, level: Level, name: &str) ->
     ))
 }
 
-/// The sizes of a business unit's levels, read without a lock.
-async fn sizes<C: ConnectionTrait>(db: &C, m: &Membership) -> Result<[Option<Ports>; 2], DbErr> {
+/// The sizes of a business unit's levels: with `lock`, the rows of the sized ones locked by
+/// the same statement (an `UPDATE … RETURNING` that touches only rows with a size; a level
+/// without one takes no lock), else read as they are.
+async fn sizes<C: ConnectionTrait>(db: &C, m: &Membership, lock: bool) -> Result<[Option<Ports>; 2], DbErr> {
+    let sql = if lock {
+        "UPDATE port_capacities SET update_time = update_time WHERE concurrent IS NOT NULL \
+         AND ((level = $1 AND target = $2) OR (level = $3 AND target = $4)) \
+         RETURNING level, concurrent, outbound, agentless"
+    } else {
+        "SELECT level, concurrent, outbound, agentless FROM port_capacities \
+         WHERE (level = $1 AND target = $2) OR (level = $3 AND target = $4)"
+    };
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
             db.get_database_backend(),
-            "SELECT level, concurrent, outbound, agentless FROM port_capacities \
-             WHERE (level = $1 AND target = $2) OR (level = $3 AND target = $4)",
+            sql,
             [
                 Level::Cluster.to_value().into(),
                 m.cluster.as_str().into(),
@@ -152,6 +162,68 @@ async fn sizes<C: ConnectionTrait>(db: &C, m: &Membership) -> Result<[Option<Por
         );
     }
     Ok(out)
+}
+
+/// What the business units other than `bu` hold on `m`'s cluster and on its pool, in one
+/// statement.
+async fn others<C: ConnectionTrait>(db: &C, bu: &str, m: &Membership) -> Result<[Ports; 2], DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            format!(
+                "SELECT {} FROM port_limits WHERE (cluster = $1 OR pool_id = $2) AND business_unit_id <> $3",
+                SUMS
+            ),
+            [m.cluster.as_str().into(), m.pool.as_str().into(), bu.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("a sum answered no row".into()))?;
+    sums_of(&row)
+}
+
+/// The six sums (cluster, then pool) of the rows of `port_limits` selected, over columns
+/// `cluster = $1` and `pool_id = $2`.
+const SUMS: &str = "COALESCE(SUM(CASE WHEN cluster = $1 THEN concurrent ELSE 0 END), 0) AS cc, \
+    COALESCE(SUM(CASE WHEN cluster = $1 THEN outbound ELSE 0 END), 0) AS co, \
+    COALESCE(SUM(CASE WHEN cluster = $1 THEN agentless ELSE 0 END), 0) AS ca, \
+    COALESCE(SUM(CASE WHEN pool_id = $2 THEN concurrent ELSE 0 END), 0) AS pc, \
+    COALESCE(SUM(CASE WHEN pool_id = $2 THEN outbound ELSE 0 END), 0) AS po, \
+    COALESCE(SUM(CASE WHEN pool_id = $2 THEN agentless ELSE 0 END), 0) AS pa";
+
+fn sums_of(row: &sea_orm::QueryResult) -> Result<[Ports; 2], DbErr> {
+    let n = |col: &str| -> Result<u32, DbErr> { Ok(u32::try_from(row.try_get::<i64>("", col)?).unwrap_or(u32::MAX)) };
+    Ok([
+        Ports {
+            concurrent: n("cc")?,
+            outbound: n("co")?,
+            agentless: n("ca")?,
+        },
+        Ports {
+            concurrent: n("pc")?,
+            outbound: n("po")?,
+            agentless: n("pa")?,
+        },
+    ])
+}
+
+/// The room of the sized levels among `sizes`, with `others` held by the other business
+/// units and `current` by this one.
+fn room_of(m: &Membership, sizes: [Option<Ports>; 2], others: [Ports; 2], current: PortLimits) -> Room {
+    let levels = m
+        .levels()
+        .into_iter()
+        .zip(sizes)
+        .zip(others)
+        .filter_map(|(((level, name), size), others)| {
+            size.map(|size| LevelState {
+                level,
+                name: name.to_owned(),
+                size: Some(size),
+                allocated: others.with_change(PortLimits::default(), current),
+            })
+        })
+        .collect();
+    Room { levels }
 }
 
 /// The limits summed over the business units recorded as drawing on level `level` `name`,
@@ -195,7 +267,8 @@ async fn allocated_and_count<C: ConnectionTrait>(
 /// The room of business unit `bu` (`m`), whose limits are `current`: the sizes of its
 /// levels and, for each sized one, what is allocated from it. With `lock` (inside a write
 /// transaction that holds the business unit's limits row), the sized levels' rows are locked
-/// before they are summed; without, they are read as they are (a precheck, a dry run).
+/// by the statement that reads their sizes, before the sum; without, they are read as they
+/// are. One statement when no level is sized, two when one is.
 pub async fn room<C: ConnectionTrait>(
     db: &C,
     bu: &str,
@@ -203,27 +276,15 @@ pub async fn room<C: ConnectionTrait>(
     current: PortLimits,
     lock: bool,
 ) -> Result<Room, DbErr> {
-    let mut levels = Vec::new();
-    for ((level, name), size) in m.levels().into_iter().zip(sizes(db, m).await?) {
-        let Some(mut size) = size else { continue };
-        if lock {
-            // The row's size, read under its lock (the same as read: sizes change only
-            // while no limits row is held).
-            size = lock_level(db, level, name).await?.unwrap_or(size);
-        }
-        let others = allocated(db, level, name, bu).await?;
-        levels.push(LevelState {
-            level,
-            name: name.to_owned(),
-            size: Some(size),
-            allocated: others.with_change(PortLimits::default(), current),
-        });
+    let sizes = sizes(db, m, lock).await?;
+    if sizes.iter().all(Option::is_none) {
+        return Ok(Room::default());
     }
-    Ok(Room { levels })
+    Ok(room_of(m, sizes, others(db, bu, m).await?, current))
 }
 
 /// A business unit's limits (if SSPM has any on record) and its room (unlocked, as for
-/// [`room`]), read in one statement (plus one sum per sized level): what a create checks
+/// [`room`]), read in one statement (and one more for the sums when a level is sized): what a create checks
 /// its change against before it writes anything.
 pub async fn limits_and_room<C: ConnectionTrait>(
     db: &C,
@@ -267,18 +328,11 @@ pub async fn limits_and_room<C: ConnectionTrait>(
         size_of(row.try_get("", "cc")?, row.try_get("", "co")?, row.try_get("", "ca")?),
         size_of(row.try_get("", "pc")?, row.try_get("", "po")?, row.try_get("", "pa")?),
     ];
-    let mut levels = Vec::new();
-    for ((level, name), size) in m.levels().into_iter().zip(sizes) {
-        let Some(size) = size else { continue };
-        let others = allocated(db, level, name, bu).await?;
-        levels.push(LevelState {
-            level,
-            name: name.to_owned(),
-            size: Some(size),
-            allocated: others.with_change(PortLimits::default(), current),
-        });
+    if sizes.iter().all(Option::is_none) {
+        return Ok((limits, Room::default()));
     }
-    Ok((limits, Room { levels }))
+    let room = room_of(m, sizes, others(db, bu, m).await?, current);
+    Ok((limits, room))
 }
 
 /// The most shares a pool's view lists, and the most clusters a list answers.

@@ -180,9 +180,13 @@ fn register_figures(app: &ServiceApp, store: store::Store, watchers: Arc<watch::
 /// or itself), and its concurrent, outbound and agentless ports.
 pub type DemoLimits = (&'static str, &'static str, &'static str, i32, i32, i32);
 
-/// Demo data of `sspm up`: the port limits of the demo business units, unless SSPM has
-/// limits on record already.
-pub async fn seed_demo(db: &DatabaseConnection, limits: &[DemoLimits]) -> Result<bool, DbErr> {
+/// One demo pool or cluster capacity: its level, its name (the partner's business unit, or
+/// the cluster), and its concurrent, outbound and agentless ports.
+pub type DemoSize = (entities::capacity::Level, &'static str, (u32, u32, u32));
+
+/// Demo data of `sspm up`: the port limits of the demo business units and the sizes of the
+/// demo pools and clusters, unless SSPM has limits on record already.
+pub async fn seed_demo(db: &DatabaseConnection, limits: &[DemoLimits], sizes: &[DemoSize]) -> Result<bool, DbErr> {
     use sea_orm::{EntityTrait, PaginatorTrait};
     if entities::limits::Entity::find().count(db).await? > 0 {
         return Ok(false);
@@ -202,6 +206,19 @@ pub async fn seed_demo(db: &DatabaseConnection, limits: &[DemoLimits]) -> Result
             .await?;
         if let store::Provisioned::OpenRequest(_) | store::Provisioned::Invalid(_) = provisioned {
             return Err(DbErr::Custom(format!("demo limits of {bu} refused: {provisioned:?}")));
+        }
+    }
+    for (level, name, (concurrent, outbound, agentless)) in sizes {
+        let size = sspm_rules::capacity::Ports {
+            concurrent: *concurrent,
+            outbound: *outbound,
+            agentless: *agentless,
+        };
+        let set = store
+            .set_size(*level, name, Some(size), "demo", "demo tenancy", now_micros())
+            .await?;
+        if let Err(v) = set {
+            return Err(DbErr::Custom(format!("demo size of {name} refused: {v}")));
         }
     }
     Ok(true)
