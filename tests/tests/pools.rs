@@ -11,6 +11,7 @@ use std::time::Duration;
 use sspm_e2e::{TestSystem, scenario};
 use sspm_platform::ServiceKind;
 use sspm_proto::v1 as pb;
+use sspm_proto::v1::audit_service_client::AuditServiceClient;
 use sspm_proto::v1::port_request_service_client::PortRequestServiceClient;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -376,8 +377,25 @@ async fn pools_and_capacity(s: &TestSystem) {
         "{failed:?}"
     );
     assert_eq!(concurrent_of(s, CLASSICS).await, 200);
-    // A decrease always goes through, even at full capacity.
+    // A decrease always goes through, even at full capacity; provisioning past it is refused.
     set_capacity(s, 455).await.unwrap();
+    let provisioned = s
+        .requests()
+        .set_provisioned_limits(s.authed(
+            REP,
+            pb::SetProvisionedLimitsRequest {
+                business_unit_id: MUSKETEERS.into(),
+                limits: Some(pb::PortLimits {
+                    concurrent: 61,
+                    outbound: 0,
+                    agentless: 0,
+                }),
+                reason: "onboarding".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(info(&provisioned).0, "R13_CLUSTER_CAPACITY_EXCEEDED", "{provisioned:?}");
     let down = s.create_concurrent(PERCY, "cap-down", LEAGUE, 100).await.unwrap();
     assert_eq!(down.outcome(), pb::CreateOutcome::AutoApproved, "{down:?}");
     let listed = s
@@ -411,6 +429,28 @@ async fn pools_and_capacity(s: &TestSystem) {
         .count();
     // The demo's two, and this scenario's.
     assert_eq!((pools, clusters), (6, 5), "{events:#?}");
+    // And audited, with who and why.
+    let audit = AuditServiceClient::new(s.channel(ServiceKind::Request))
+        .list_audit_events(s.authed(
+            REP,
+            pb::ListAuditEventsRequest {
+                target: CLASSICS.into(),
+                page_size: 100,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let set: Vec<_> = audit.iter().filter(|e| e.action == "partner_pool.set").collect();
+    assert!(
+        set.iter().any(|e| e.actor == REP
+            && e.detail
+                .contains("-> concurrent 450, outbound 200, agentless 200: contract 2026-12")),
+        "{audit:#?}"
+    );
+    assert!(audit.iter().any(|e| e.action == "partner_pool.cleared"), "{audit:#?}");
 }
 scenario!(
     pools_and_capacity,
