@@ -88,6 +88,41 @@ async fn clear_pool(s: &TestSystem) -> bool {
         .cleared
 }
 
+/// The account representative provisions the Musketeers with `concurrent` ports.
+async fn provision_musketeers(
+    s: &TestSystem,
+    concurrent: i32,
+) -> Result<pb::SetProvisionedLimitsResponse, tonic::Status> {
+    s.requests()
+        .set_provisioned_limits(s.authed(
+            REP,
+            pb::SetProvisionedLimitsRequest {
+                business_unit_id: MUSKETEERS.into(),
+                limits: Some(pb::PortLimits {
+                    concurrent,
+                    outbound: 0,
+                    agentless: 0,
+                }),
+                reason: "onboarding".into(),
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A request for `concurrent` ports on `bu`, id `id`.
+fn change(id: &str, bu: &str, concurrent: i32) -> pb::CreatePortChangeRequestRequest {
+    pb::CreatePortChangeRequestRequest {
+        request_id: id.into(),
+        business_unit_id: bu.into(),
+        targets: Some(pb::PortTargets {
+            concurrent: Some(concurrent),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The ErrorInfo reason and metadata of a refusal.
 fn info(status: &tonic::Status) -> (String, std::collections::HashMap<String, String>) {
     let details = status.get_error_details();
@@ -197,14 +232,8 @@ async fn pools_and_capacity(s: &TestSystem) {
         .create_port_change_request(s.authed(
             PERCY,
             pb::CreatePortChangeRequestRequest {
-                request_id: "pool-dry".into(),
-                business_unit_id: MUSKETEERS.into(),
-                targets: Some(pb::PortTargets {
-                    concurrent: Some(60),
-                    ..Default::default()
-                }),
                 validate_only: true,
-                ..Default::default()
+                ..change("pool-dry", MUSKETEERS, 60)
             },
         ))
         .await
@@ -215,14 +244,8 @@ async fn pools_and_capacity(s: &TestSystem) {
         .create_port_change_request(s.authed(
             PERCY,
             pb::CreatePortChangeRequestRequest {
-                request_id: "pool-dry-2".into(),
-                business_unit_id: MUSKETEERS.into(),
-                targets: Some(pb::PortTargets {
-                    concurrent: Some(55),
-                    ..Default::default()
-                }),
                 validate_only: true,
-                ..Default::default()
+                ..change("pool-dry-2", MUSKETEERS, 55)
             },
         ))
         .await
@@ -243,22 +266,7 @@ async fn pools_and_capacity(s: &TestSystem) {
     );
 
     // Provisioned limits respect the pool too.
-    let provisioned = s
-        .requests()
-        .set_provisioned_limits(s.authed(
-            REP,
-            pb::SetProvisionedLimitsRequest {
-                business_unit_id: MUSKETEERS.into(),
-                limits: Some(pb::PortLimits {
-                    concurrent: 60,
-                    outbound: 0,
-                    agentless: 0,
-                }),
-                reason: "onboarding".into(),
-            },
-        ))
-        .await
-        .unwrap_err();
+    let provisioned = provision_musketeers(s, 60).await.unwrap_err();
     assert_eq!(info(&provisioned).0, "R12_PARTNER_POOL_EXCEEDED", "{provisioned:?}");
 
     // The pool raised, the increase goes through.
@@ -281,17 +289,11 @@ async fn pools_and_capacity(s: &TestSystem) {
         .create_port_change_request(s.authed(
             PERCY,
             pb::CreatePortChangeRequestRequest {
-                request_id: "pool-temp".into(),
-                business_unit_id: LEAGUE.into(),
-                targets: Some(pb::PortTargets {
-                    concurrent: Some(130),
-                    ..Default::default()
-                }),
                 revert_at: Some(prost_types::Timestamp {
                     seconds: i64::try_from(secs + 2).unwrap(),
                     nanos: 0,
                 }),
-                ..Default::default()
+                ..change("pool-temp", LEAGUE, 130)
             },
         ))
         .await
@@ -332,14 +334,8 @@ async fn pools_and_capacity(s: &TestSystem) {
         .create_port_change_request(s.authed(
             PERCY,
             pb::CreatePortChangeRequestRequest {
-                request_id: "cap-review".into(),
-                business_unit_id: CLASSICS.into(),
-                targets: Some(pb::PortTargets {
-                    concurrent: Some(300),
-                    ..Default::default()
-                }),
                 justification: "season peak".into(),
-                ..Default::default()
+                ..change("cap-review", CLASSICS, 300)
             },
         ))
         .await;
@@ -351,14 +347,8 @@ async fn pools_and_capacity(s: &TestSystem) {
         .create_port_change_request(s.authed(
             PERCY,
             pb::CreatePortChangeRequestRequest {
-                request_id: "cap-review-2".into(),
-                business_unit_id: CLASSICS.into(),
-                targets: Some(pb::PortTargets {
-                    concurrent: Some(400),
-                    ..Default::default()
-                }),
                 justification: "season peak".into(),
-                ..Default::default()
+                ..change("cap-review-2", CLASSICS, 400)
             },
         ))
         .await
@@ -379,22 +369,7 @@ async fn pools_and_capacity(s: &TestSystem) {
     assert_eq!(concurrent_of(s, CLASSICS).await, 200);
     // A decrease always goes through, even at full capacity; provisioning past it is refused.
     set_capacity(s, 455).await.unwrap();
-    let provisioned = s
-        .requests()
-        .set_provisioned_limits(s.authed(
-            REP,
-            pb::SetProvisionedLimitsRequest {
-                business_unit_id: MUSKETEERS.into(),
-                limits: Some(pb::PortLimits {
-                    concurrent: 61,
-                    outbound: 0,
-                    agentless: 0,
-                }),
-                reason: "onboarding".into(),
-            },
-        ))
-        .await
-        .unwrap_err();
+    let provisioned = provision_musketeers(s, 61).await.unwrap_err();
     assert_eq!(info(&provisioned).0, "R13_CLUSTER_CAPACITY_EXCEEDED", "{provisioned:?}");
     let down = s.create_concurrent(PERCY, "cap-down", LEAGUE, 100).await.unwrap();
     assert_eq!(down.outcome(), pb::CreateOutcome::AutoApproved, "{down:?}");

@@ -310,19 +310,7 @@ pub async fn limits_and_room<C: ConnectionTrait>(
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("the limits query answered no row".into()))?;
-    let limits = match row.try_get::<Option<String>>("", "business_unit_id")? {
-        None => None,
-        Some(business_unit_id) => Some(limits::Model {
-            business_unit_id,
-            concurrent: row.try_get("", "concurrent")?,
-            outbound: row.try_get("", "outbound")?,
-            agentless: row.try_get("", "agentless")?,
-            version: row.try_get("", "version")?,
-            update_time: row.try_get("", "update_time")?,
-            cluster: row.try_get("", "cluster")?,
-            pool_id: row.try_get("", "pool_id")?,
-        }),
-    };
+    let limits = crate::store::limits_in(&row)?;
     let current = crate::model::limits_of(limits.as_ref());
     let sizes = [
         size_of(row.try_get("", "cc")?, row.try_get("", "co")?, row.try_get("", "ca")?),

@@ -197,11 +197,6 @@ impl Store {
         capacity::clusters(&self.read).await
     }
 
-    /// A business unit's limits, if SSPM has any on record.
-    pub async fn limits(&self, bu: &str) -> Result<Option<limits::Model>, DbErr> {
-        limits::Entity::find_by_id(bu.to_owned()).unique(&self.read).await
-    }
-
     /// A business unit's limits and its open request, in one query (GetPortLimits, a hot
     /// path: each query is a round trip, to the server or to SQLite's thread).
     pub async fn limits_and_open_request(&self, bu: &str) -> Result<(Option<limits::Model>, Option<String>), DbErr> {
@@ -243,21 +238,7 @@ impl Store {
             .await?
             .ok_or_else(|| DbErr::RecordNotFound("the limits query answered no row".into()))?;
         let open_request: Option<String> = row.try_get("", "open_request_id")?;
-        let id: Option<String> = row.try_get("", "business_unit_id")?;
-        let limits = match id {
-            None => None,
-            Some(business_unit_id) => Some(limits::Model {
-                business_unit_id,
-                concurrent: row.try_get("", "concurrent")?,
-                outbound: row.try_get("", "outbound")?,
-                agentless: row.try_get("", "agentless")?,
-                version: row.try_get("", "version")?,
-                update_time: row.try_get("", "update_time")?,
-                cluster: row.try_get("", "cluster")?,
-                pool_id: row.try_get("", "pool_id")?,
-            }),
-        };
-        Ok((limits, open_request))
+        Ok((limits_in(&row)?, open_request))
     }
 
     /// The open request of a business unit (R5: at most one).
@@ -1172,6 +1153,24 @@ fn audit_detail(e: &Entry) -> String {
         Some(from) if from != e.to => format!("{} -> {}: {}", from.as_str(), e.to.as_str(), e.reason),
         _ => format!("{}: {}", e.to.as_str(), e.reason),
     }
+}
+
+/// The limits a raw query's row holds in `port_limits`' column names, when its
+/// `business_unit_id` is not NULL (a `LEFT JOIN port_limits` that found none).
+pub(crate) fn limits_in(row: &sea_orm::QueryResult) -> Result<Option<limits::Model>, DbErr> {
+    let Some(business_unit_id) = row.try_get::<Option<String>>("", "business_unit_id")? else {
+        return Ok(None);
+    };
+    Ok(Some(limits::Model {
+        business_unit_id,
+        concurrent: row.try_get("", "concurrent")?,
+        outbound: row.try_get("", "outbound")?,
+        agentless: row.try_get("", "agentless")?,
+        version: row.try_get("", "version")?,
+        update_time: row.try_get("", "update_time")?,
+        cluster: row.try_get("", "cluster")?,
+        pool_id: row.try_get("", "pool_id")?,
+    }))
 }
 
 /// The row of `limits` for business unit `bu` (version and time are set when written).

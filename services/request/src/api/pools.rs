@@ -10,7 +10,7 @@ use sspm_rules::{BusinessUnitId, ClusterName, Text};
 use tonic::Status;
 
 use super::RequestApi;
-use crate::capacity::{LevelView, counts_pb};
+use crate::capacity::{LevelView, SizeSet, counts_pb};
 use crate::entities::capacity::Level;
 
 /// A pool as the API shows it.
@@ -94,6 +94,25 @@ impl RequestApi {
         Ok(id)
     }
 
+    /// Sets (`Some`) or clears (`None`) level `level` `name`'s size for `caller`: what
+    /// [`crate::store::Store::set_size`] did, its refusal (R12, R13) as the caller's error.
+    async fn resize(
+        &self,
+        level: Level,
+        name: &str,
+        size: Option<Ports>,
+        caller: &Principal,
+        reason: &str,
+        what: &'static str,
+    ) -> Result<Option<SizeSet>, Status> {
+        self.wf
+            .store()
+            .set_size(level, name, size, caller.id.as_str(), reason, now_micros())
+            .await
+            .map_err(db(what))?
+            .map_err(|v| error::violations(&v))
+    }
+
     pub(super) async fn get_partner_pool_impl(
         &self,
         caller: &Principal,
@@ -127,20 +146,16 @@ impl RequestApi {
         let size = size_of(req.size.as_ref())?;
         let reason = parse_at("reason", Text::parse(&req.reason, "reason"))?;
         let set = self
-            .wf
-            .store()
-            .set_size(
+            .resize(
                 Level::Pool,
                 id.as_str(),
                 Some(size),
-                caller.id.as_str(),
+                caller,
                 reason.as_str(),
-                now_micros(),
+                "setting a pool",
             )
-            .await
-            .map_err(db("setting a pool"))?
-            .map_err(|v| error::violations(&v))?
-            .ok_or_else(|| Status::internal("a pool set answered nothing"))?;
+            .await?
+            .ok_or_else(|| Status::internal("a size set answered nothing"))?;
         tracing::info!(partner = %id, size = %size, by = %caller.id, "partner pool set");
         Ok(pb::SetPartnerPoolResponse {
             pool: Some(pool_pb(set.after)),
@@ -156,19 +171,15 @@ impl RequestApi {
         let id = self.partner(&req.partner_id).await?;
         let reason = parse_at("reason", Text::parse(&req.reason, "reason"))?;
         let cleared = self
-            .wf
-            .store()
-            .set_size(
+            .resize(
                 Level::Pool,
                 id.as_str(),
                 None,
-                caller.id.as_str(),
+                caller,
                 reason.as_str(),
-                now_micros(),
+                "clearing a pool",
             )
-            .await
-            .map_err(db("clearing a pool"))?
-            .map_err(|v| error::violations(&v))?
+            .await?
             .is_some();
         Ok(pb::ClearPartnerPoolResponse { cleared })
     }
@@ -212,20 +223,16 @@ impl RequestApi {
         let size = size_of(req.size.as_ref())?;
         let reason = parse_at("reason", Text::parse(&req.reason, "reason"))?;
         let set = self
-            .wf
-            .store()
-            .set_size(
+            .resize(
                 Level::Cluster,
                 cluster.as_str(),
                 Some(size),
-                caller.id.as_str(),
+                caller,
                 reason.as_str(),
-                now_micros(),
+                "setting a cluster's capacity",
             )
-            .await
-            .map_err(db("setting a cluster's capacity"))?
-            .map_err(|v| error::violations(&v))?
-            .ok_or_else(|| Status::internal("a capacity set answered nothing"))?;
+            .await?
+            .ok_or_else(|| Status::internal("a size set answered nothing"))?;
         tracing::info!(cluster = %cluster, size = %size, by = %caller.id, "cluster capacity set");
         Ok(pb::SetClusterCapacityResponse {
             capacity: Some(cluster_pb(set.after)),
@@ -241,19 +248,15 @@ impl RequestApi {
         let cluster = parse_at("cluster", ClusterName::parse(&req.cluster))?;
         let reason = parse_at("reason", Text::parse(&req.reason, "reason"))?;
         let cleared = self
-            .wf
-            .store()
-            .set_size(
+            .resize(
                 Level::Cluster,
                 cluster.as_str(),
                 None,
-                caller.id.as_str(),
+                caller,
                 reason.as_str(),
-                now_micros(),
+                "clearing a cluster's capacity",
             )
-            .await
-            .map_err(db("clearing a cluster's capacity"))?
-            .map_err(|v| error::violations(&v))?
+            .await?
             .is_some();
         Ok(pb::ClearClusterCapacityResponse { cleared })
     }
